@@ -1,0 +1,188 @@
+"""Django settings: everything comes from the environment, with local defaults.
+
+With nothing set, the project runs on SQLite and kombu's filesystem transport, so it needs
+nothing but Python. Set DATABASE_URL and CELERY_BROKER_URL for PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+# Where the embedded defaults keep their files (SQLite database, filesystem broker, beat heartbeat).
+DATA_DIR = Path(env_str("SCHEDULER_DATA_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env_str("SECRET_KEY", "django-insecure-local-development-only" if DEBUG else None)
+if not DEBUG and SECRET_KEY.startswith("django-insecure"):
+    raise ImproperlyConfigured("SECRET_KEY: set a real secret when DEBUG is off.")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "django_celery_results",
+    "workflows",
+    "schedules",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's static files under gunicorn without a separate web server.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "scheduler_project.urls"
+WSGI_APPLICATION = "scheduler_project.wsgi.application"
+ASGI_APPLICATION = "scheduler_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        # Web, worker and beat share one file: WAL lets readers run beside the one writer, and
+        # IMMEDIATE transactions take the write lock at BEGIN, so two processes claiming the same
+        # slot queue up instead of failing with "database is locked" on upgrade.
+        # https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-transaction-behavior
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # The test database must be a file that worker and beat subprocesses can open too.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Celery ---------------------------------------------------------------------------------
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+# How long Redis keeps a delivered, unacknowledged message before handing it out again.
+# Countdown retries sit in the broker, so the longest backoff must stay below it (checked at
+# start-up by schedules.checks). https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60)
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    BROKER_DIR = DATA_DIR / "broker"
+    for _folder in ("queue", "processed", "control"):
+        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+# A message is acknowledged only after its task returns, and a worker child that dies mid-task
+# sends its message back to the queue: a killed worker loses nothing.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Reserve one message per process, so a busy worker doesn't sit on slots an idle one could run.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A workflow call is bounded by its own deadline (at most 300 s); these stop anything stuck past it.
+CELERY_TASK_SOFT_TIME_LIMIT = 360
+CELERY_TASK_TIME_LIMIT = 420
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+# django-celery-beat's DatabaseScheduler, extended to fire triggers on their exact slots.
+CELERY_BEAT_SCHEDULER = "schedules.beat:TriggerScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = env_int("CELERY_BEAT_MAX_LOOP_INTERVAL", 5, minimum=1, maximum=60)
+
+# --- Scheduler ------------------------------------------------------------------------------
+# Base URL of this service, used to reach the built-in execution endpoint
+# (/api/workflows/<id>/runs/) for workflows that have no endpoint_url of their own.
+SCHEDULER_PUBLIC_BASE_URL = env_str("SCHEDULER_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# Connect timeout for workflow calls; the read timeout and total deadline are the workflow's own.
+SCHEDULER_CONNECT_TIMEOUT_SECONDS = env_int("SCHEDULER_CONNECT_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
+# An attempt holds its execution for its deadline plus this grace; past it the holder is
+# presumed dead and the recovery task runs the execution again (same Idempotency-Key).
+SCHEDULER_LEASE_GRACE_SECONDS = env_int("SCHEDULER_LEASE_GRACE_SECONDS", 60, minimum=1)
+# How often beat runs the recovery task (stuck executions, slots whose message was lost).
+SCHEDULER_RECOVERY_INTERVAL_SECONDS = env_int("SCHEDULER_RECOVERY_INTERVAL_SECONDS", 30, minimum=1)
+# A due slot that no fire has claimed this long after its time is taken by the recovery task.
+SCHEDULER_MISSED_SLOT_GRACE_SECONDS = env_int("SCHEDULER_MISSED_SLOT_GRACE_SECONDS", 90, minimum=1)
+# Responses are read up to this size; history keeps only the first SCHEDULER_RESPONSE_EXCERPT_BYTES.
+SCHEDULER_MAX_RESPONSE_BYTES = env_int("SCHEDULER_MAX_RESPONSE_BYTES", 1024 * 1024, minimum=1024)
+SCHEDULER_RESPONSE_EXCERPT_BYTES = env_int("SCHEDULER_RESPONSE_EXCERPT_BYTES", 4096, minimum=0)
+# Longest retry backoff a trigger may ask for; must stay below the broker's visibility timeout.
+SCHEDULER_MAX_BACKOFF_CAP_SECONDS = env_int("SCHEDULER_MAX_BACKOFF_CAP_SECONDS", 1800, minimum=1)
+# beat touches this file on every tick; `manage.py healthcheck beat` reads its age.
+SCHEDULER_BEAT_HEARTBEAT_FILE = env_str("SCHEDULER_BEAT_HEARTBEAT_FILE", str(DATA_DIR / "beat-heartbeat"))
+
+CELERY_BEAT_SCHEDULE = {
+    "scheduler.recover-executions": {
+        "task": "schedules.recover_executions",
+        "schedule": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS),
+        "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS)},
+    },
+}
+
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Shortest interval an interval trigger may have (Cloud Scheduler's shortest is 60 s).
+SCHEDULER_MIN_INTERVAL_SECONDS = env_int("SCHEDULER_MIN_INTERVAL_SECONDS", 10, minimum=1)

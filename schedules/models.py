@@ -1,0 +1,204 @@
+"""Triggers (when a workflow runs) and executions (what happened for each slot)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from workflows.models import Workflow
+from workflows.validators import validate_json_object
+
+from . import timing
+from .validators import validate_cron, validate_timezone
+
+
+class TriggerKind(models.TextChoices):
+    CRON = timing.CRON, "Cron"
+    ONCE = timing.ONCE, "Once"
+    INTERVAL = timing.INTERVAL, "Interval"
+
+
+class Trigger(models.Model):
+    """When a workflow runs: a cron schedule in a time zone, a single time, or an interval."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="triggers")
+    # PROTECT: a workflow's triggers are removed through trigger_delete, which also removes
+    # their periodic tasks; a cascade would leave beat firing for triggers that are gone.
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="triggers")
+    name = models.CharField(max_length=200, help_text="For example: Weekday morning report.")
+    kind = models.CharField(max_length=16, choices=TriggerKind.choices, default=TriggerKind.CRON)
+    cron = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_cron],
+        help_text="For kind cron: 5 fields or @hourly/@daily/..., e.g. '0 9 * * MON-FRI'.",
+    )
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone],
+        help_text="IANA time zone the cron expression is read in, e.g. 'America/Los_Angeles'.",
+    )
+    run_at = models.DateTimeField(null=True, blank=True, help_text="For kind once: when to run, e.g. 2026-12-01T09:00Z.")
+    interval_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="For kind interval: seconds between runs, aligned to the Unix epoch, e.g. 900.",
+    )
+    inputs = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_json_object],
+        help_text='Merged over the workflow\'s default inputs, e.g. {"report": "weekly"}.',
+    )
+    enabled = models.BooleanField(default=True, help_text="Paused triggers do not fire.")
+    pause_reason = models.CharField(max_length=500, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    max_attempts = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text="Calls per slot before it is failed, 1-20, e.g. 3.",
+    )
+    min_backoff_seconds = models.PositiveIntegerField(
+        default=5,
+        validators=[MinValueValidator(1)],
+        help_text="Wait before the first retry, e.g. 5; each retry waits up to twice as long.",
+    )
+    max_backoff_seconds = models.PositiveIntegerField(
+        default=300,
+        validators=[MinValueValidator(1)],
+        help_text="Longest wait between retries, e.g. 300.",
+    )
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Kept in sync by schedules.beat, never edited by hand.
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask",
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="trigger",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="trigger_unique_name_per_owner"),
+            models.CheckConstraint(
+                condition=Q(min_backoff_seconds__lte=F("max_backoff_seconds")),
+                name="trigger_backoff_min_le_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def cadence(self) -> timing.Cadence:
+        """The schedule as the timing functions read it (cron in numeric form)."""
+        cron = timing.normalize_cron(self.cron) if self.kind == TriggerKind.CRON and self.cron else ""
+        return timing.Cadence(
+            kind=self.kind,
+            cron=cron,
+            timezone=self.timezone,
+            run_at=self.run_at,
+            interval_seconds=self.interval_seconds,
+        )
+
+    @property
+    def description(self) -> str:
+        try:
+            return timing.describe(self.cadence)
+        except Exception:  # noqa: BLE001 - a description must never break a page
+            return "(invalid schedule)"
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        if self.kind == TriggerKind.CRON and not self.cron:
+            errors.setdefault("cron", []).append("is required for a cron trigger, e.g. '0 9 * * MON-FRI'.")
+        if self.kind == TriggerKind.ONCE and self.run_at is None:
+            errors.setdefault("run_at", []).append("is required for a once trigger.")
+        if self.kind == TriggerKind.INTERVAL:
+            minimum = settings.SCHEDULER_MIN_INTERVAL_SECONDS
+            if self.interval_seconds is None:
+                errors.setdefault("interval_seconds", []).append("is required for an interval trigger.")
+            elif self.interval_seconds < minimum:
+                errors.setdefault("interval_seconds", []).append(f"must be at least {minimum} seconds.")
+        if self.kind != TriggerKind.CRON and self.cron:
+            errors.setdefault("cron", []).append(f"only applies to cron triggers; clear it for a {self.kind} trigger.")
+        if self.kind != TriggerKind.ONCE and self.run_at is not None:
+            errors.setdefault("run_at", []).append(f"only applies to once triggers; clear it for a {self.kind} trigger.")
+        if self.kind != TriggerKind.INTERVAL and self.interval_seconds is not None:
+            errors.setdefault("interval_seconds", []).append(
+                f"only applies to interval triggers; clear it for a {self.kind} trigger."
+            )
+        cap = settings.SCHEDULER_MAX_BACKOFF_CAP_SECONDS
+        if self.max_backoff_seconds and self.max_backoff_seconds > cap:
+            errors.setdefault("max_backoff_seconds", []).append(f"must be at most {cap} seconds.")
+        if self.min_backoff_seconds and self.max_backoff_seconds and self.min_backoff_seconds > self.max_backoff_seconds:
+            errors.setdefault("min_backoff_seconds", []).append("must not exceed max_backoff_seconds.")
+        if self.workflow_id and self.owner_id and self.workflow.owner_id != self.owner_id:
+            errors.setdefault("workflow", []).append("must be one of the trigger owner's workflows.")
+        if errors:
+            raise ValidationError(errors)
+
+
+class ExecutionStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    RETRYING = "retrying", "Retrying"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+FINISHED_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.SKIPPED)
+UNFINISHED_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.RETRYING)
+
+
+class Execution(models.Model):
+    """One slot of a trigger (or one manual run) and how calling the workflow went."""
+
+    # Sent as the Idempotency-Key and webhook-id of every call for this slot.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    trigger = models.ForeignKey(Trigger, on_delete=models.CASCADE, related_name="executions")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="executions")
+    scheduled_for = models.DateTimeField(help_text="The slot this execution is for (manual runs: when asked).")
+    manual = models.BooleanField(default=False, help_text="Started by 'run now' rather than by the schedule.")
+    inputs = models.JSONField(default=dict, blank=True, help_text="What was sent: workflow defaults + trigger inputs.")
+    status = models.CharField(max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Whoever works on the execution holds it until then; past it, recovery takes it over.
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    run_id = models.CharField(max_length=255, blank=True, help_text="The run id the endpoint answered with.")
+    duration_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Duration of the last call.")
+    metadata = models.JSONField(default=dict, blank=True, help_text="Attempt log and other details.")
+
+    class Meta:
+        ordering = ["-scheduled_for"]
+        constraints = [
+            # At most one execution per slot: a second delivery of the same slot calls nothing.
+            models.UniqueConstraint(fields=["trigger", "scheduled_for"], name="execution_unique_slot"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "lease_expires_at"], name="execution_status_lease"),
+            models.Index(fields=["trigger", "-scheduled_for"], name="execution_trigger_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trigger_id} @ {self.scheduled_for:%Y-%m-%d %H:%M:%S}Z ({self.status})"

@@ -1,0 +1,44 @@
+"""Celery tasks: thin wrappers that take ids, call one service and return a short summary.
+
+Task names are explicit because PeriodicTask rows store them as strings.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from celery import shared_task
+
+from . import services
+
+# A killed worker's message goes back to the queue (acks_late + reject_on_worker_lost); the
+# claim in the services keeps the redelivery from calling a second time.
+_RELIABLE = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": False}
+
+
+@shared_task(name="schedules.fire_trigger", **_RELIABLE)
+def fire_trigger(trigger_id: int, scheduled_for: str | None = None) -> dict[str, object]:
+    """Sent by beat when a trigger's slot falls due: claim the slot and make the first call."""
+    slot = datetime.fromisoformat(scheduled_for) if scheduled_for else None
+    execution = services.trigger_fire(trigger_id=trigger_id, scheduled_for=slot)
+    if execution is None:
+        return {"trigger_id": trigger_id, "scheduled_for": scheduled_for, "status": "nothing to do"}
+    outcome = services.execution_perform(execution=execution)
+    return {"execution_id": str(execution.pk), "attempt": 1, "status": outcome.status}
+
+
+@shared_task(name="schedules.run_execution", **_RELIABLE)
+def run_execution(execution_id: str, attempt: int) -> dict[str, object]:
+    """Run one attempt of an execution (manual runs, retries and recovered executions)."""
+    execution = services.execution_claim(execution_id=execution_id, attempt=attempt)
+    if execution is None:
+        return {"execution_id": execution_id, "attempt": attempt, "status": "nothing to do"}
+    outcome = services.execution_perform(execution=execution)
+    return {"execution_id": execution_id, "attempt": execution.attempts, "status": outcome.status}
+
+
+@shared_task(name="schedules.recover_executions", ignore_result=True)
+def recover_executions() -> dict[str, int]:
+    """Periodic (beat): re-queue executions whose worker died and slots whose message was lost."""
+    report = services.executions_recover()
+    return {"executions": report.executions, "slots": report.slots}

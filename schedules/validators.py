@@ -1,0 +1,24 @@
+"""Single-field rules for triggers, as Django validators."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+
+from . import timing
+from .exceptions import ScheduleError
+
+
+def validate_cron(value: str) -> None:
+    """A 5-field cron expression or @macro that fires at least once."""
+    try:
+        timing.normalize_cron(value)
+    except ScheduleError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def validate_timezone(value: str) -> None:
+    """An IANA time zone name, e.g. 'America/Los_Angeles'."""
+    try:
+        timing.zone(value)
+    except ScheduleError as exc:
+        raise ValidationError(str(exc)) from None

@@ -1,0 +1,40 @@
+"""Errors of the workflows app. Messages never carry secrets."""
+
+from __future__ import annotations
+
+
+class WorkflowError(Exception):
+    """Base class for workflow errors."""
+
+    retryable = False
+
+
+class WorkflowCallError(WorkflowError):
+    """A call to a workflow's execution endpoint did not succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after_seconds: float | None = None,
+        body_excerpt: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.retry_after_seconds = retry_after_seconds
+        self.body_excerpt = body_excerpt
+
+
+class WorkflowUnavailable(WorkflowCallError):
+    """Worth retrying: connection errors, timeouts, 408, 425, 429 and 5xx."""
+
+    retryable = True
+
+
+class WorkflowRejected(WorkflowCallError):
+    """Final: the endpoint refused the call (other 4xx, redirects, bad URL)."""
+
+
+class SignatureInvalid(WorkflowError):
+    """An incoming run request is unsigned, wrongly signed or stale."""

@@ -1,0 +1,100 @@
+"""Workflows (what to call) and the runs the built-in execution endpoint records."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import uuid
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
+from django.db import models
+from django.urls import reverse
+
+from .validators import SECRET_PREFIX, validate_headers, validate_json_object, validate_secret
+
+
+def generate_secret() -> str:
+    """A new Standard Webhooks signing secret (``whsec_`` + base64 of 32 random bytes)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class HttpMethod(models.TextChoices):
+    POST = "POST", "POST"
+    PUT = "PUT", "PUT"
+    PATCH = "PATCH", "PATCH"
+
+
+class Workflow(models.Model):
+    """An HTTP-started workflow: our built-in engine or an external one (n8n, LangGraph, ...)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="workflows")
+    name = models.CharField(max_length=200, help_text="For example: Daily sales report.")
+    endpoint_url = models.CharField(
+        max_length=2048,
+        blank=True,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="Execution endpoint, e.g. https://n8n.example.com/webhook/abc. "
+        "Blank: this service's own /api/workflows/<id>/runs/.",
+    )
+    http_method = models.CharField(max_length=8, choices=HttpMethod.choices, default=HttpMethod.POST)
+    headers = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_headers],
+        help_text='Extra request headers, e.g. {"X-Team": "growth"}.',
+    )
+    secret = models.CharField(
+        max_length=128,
+        default=generate_secret,
+        validators=[validate_secret],
+        help_text="Standard Webhooks signing secret (whsec_...). Write-only.",
+    )
+    timeout_seconds = models.PositiveIntegerField(
+        default=30,
+        validators=[MinValueValidator(1), MaxValueValidator(300)],
+        help_text="Deadline for one call, 1-300 seconds, e.g. 30.",
+    )
+    default_inputs = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_json_object],
+        help_text='Inputs every run gets unless a trigger overrides them, e.g. {"region": "us"}.',
+    )
+    is_active = models.BooleanField(default=True, help_text="Inactive workflows are not called.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="workflow_unique_name_per_owner")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def execution_url(self) -> str:
+        """Where the worker sends runs: the endpoint, or this service's own run endpoint."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        return settings.SCHEDULER_PUBLIC_BASE_URL + reverse("workflow-runs", kwargs={"workflow_id": self.pk})
+
+
+class WorkflowRun(models.Model):
+    """A run accepted by the built-in execution endpoint (one per idempotency key)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, help_text="The run id.")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="runs")
+    idempotency_key = models.CharField(max_length=255, help_text="The caller's Idempotency-Key header.")
+    inputs = models.JSONField(default=dict, blank=True)
+    payload = models.JSONField(default=dict, blank=True, help_text="The whole request body as received.")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "idempotency_key"], name="run_unique_idempotency_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.id}"

@@ -1,0 +1,40 @@
+"""The built-in workflow execution endpoint: POST /api/workflows/<id>/runs/."""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from . import services
+from .exceptions import SignatureInvalid
+from .models import Workflow
+
+logger = logging.getLogger(__name__)
+MAX_KEY_LENGTH = 255
+
+
+@csrf_exempt
+@require_POST
+def workflow_runs(request: HttpRequest, workflow_id: int) -> JsonResponse:
+    """Accept a signed run request: 202 {"run_id": ...}, the same run id for a repeated key."""
+    workflow = Workflow.objects.filter(pk=workflow_id).first()
+    if workflow is None:
+        return JsonResponse({"errors": {"workflow": ["not found"]}}, status=404)
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    try:
+        payload = services.run_signature_verify(workflow=workflow, body=request.body, headers=headers)
+    except SignatureInvalid as exc:
+        logger.info("run request for workflow %s refused: %s", workflow.pk, exc)
+        return JsonResponse({"errors": {"signature": [str(exc)]}}, status=401)
+    key = headers.get("idempotency-key") or headers.get("webhook-id", "")
+    if not key or len(key) > MAX_KEY_LENGTH:
+        return JsonResponse(
+            {"errors": {"Idempotency-Key": [f"required header, 1-{MAX_KEY_LENGTH} characters"]}}, status=400
+        )
+    if not workflow.is_active:
+        return JsonResponse({"errors": {"workflow": ["is not active"]}}, status=409)
+    run, created = services.run_record(workflow=workflow, idempotency_key=key, payload=payload)
+    return JsonResponse({"run_id": str(run.id), "created": created}, status=202)
