@@ -1,0 +1,82 @@
+"""Fixtures for end-to-end tests: real worker, beat and web processes against the test database."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from .harness import BEAT_COMMAND, GUNICORN_COMMAND, WORKER_COMMAND, Endpoint, Process, child_env, purge_broker
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+class Stack:
+    """Starts and stops the project's processes for one test."""
+
+    def __init__(self, tmp_path, env_extra):
+        self.tmp_path = tmp_path
+        self.env_extra = env_extra
+        self.processes: list[Process] = []
+
+    def env(self):
+        return child_env(**self.env_extra)
+
+    def start_worker(self) -> Process:
+        worker = Process("worker", WORKER_COMMAND, self.tmp_path, self.env())
+        self.processes.append(worker)
+        worker.wait_for_log("ready.", timeout=60)
+        return worker
+
+    def start_beat(self) -> Process:
+        beat = Process("beat", BEAT_COMMAND, self.tmp_path, self.env())
+        self.processes.append(beat)
+        beat.wait_for_log("beat: Starting", timeout=60)
+        return beat
+
+    def start_web(self) -> tuple[Process, str]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        web = Process("web", [*GUNICORN_COMMAND, "--bind", f"127.0.0.1:{port}"], self.tmp_path, self.env())
+        self.processes.append(web)
+        web.wait_for_log("Booting worker", timeout=60)
+        return web, base
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} ({p.log_path})\n{p.log()[-4000:]}" for p in self.processes)
+
+    def stop(self):
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def stack(transactional_db, tmp_path, request):
+    """Real processes against this test's database and broker; their logs are shown on failure."""
+    purge_broker()
+    started = Stack(tmp_path, {})
+    yield started
+    started.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(started.logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def endpoint():
+    server = Endpoint()
+    yield server
+    server.close()

@@ -1,0 +1,199 @@
+"""Real processes for end-to-end tests: celery worker, celery beat and gunicorn, started with the
+same command lines as docker-compose.yml, plus a scripted HTTP endpoint on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+WORKER_COMMAND = [str(BIN / "celery"), "-A", "scheduler_project", "worker", "-l", "info"]
+BEAT_COMMAND = [str(BIN / "celery"), "-A", "scheduler_project", "beat", "-l", "info"]
+GUNICORN_COMMAND = [str(BIN / "gunicorn"), "scheduler_project.wsgi:application", "--workers", "2", "--timeout", "60"]
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def database_url() -> str:
+    """A DATABASE_URL for the test database that this test process is using."""
+    data = connection.settings_dict
+    if data["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(data['NAME']).resolve()}"
+    user = data.get("USER") or "postgres"
+    password = f":{data['PASSWORD']}" if data.get("PASSWORD") else ""
+    host = data.get("HOST") or "127.0.0.1"
+    port = data.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{data['NAME']}"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "scheduler_project.settings_test",
+        "DATABASE_URL": database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "SCHEDULER_DATA_DIR": str(settings.DATA_DIR),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def purge_broker() -> None:
+    """Start each test with an empty broker."""
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("redis://"):
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+    elif url.startswith("filesystem://"):
+        for folder in ("queue", "processed"):
+            for path in (settings.DATA_DIR / "broker" / folder).glob("*"):
+                path.unlink(missing_ok=True)
+
+
+class Process:
+    """A child process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, command: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.command = command
+        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, *, timeout: float = 30) -> None:
+        def seen() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()[-3000:]}")
+            return text in self.log()
+
+        wait_for(seen, timeout=timeout, what=f"{self.name} to log {text!r}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (main process and pool children) at once."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+@dataclass
+class Call:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class Reply:
+    """What the endpoint answers to one call; ``hold`` blocks the answer until it is set."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    hold: threading.Event | None = None
+
+
+class Endpoint:
+    """A workflow execution endpoint on 127.0.0.1 that answers from a script and records calls.
+
+    Like a real idempotent endpoint, it answers the same run id for a repeated Idempotency-Key.
+    """
+
+    def __init__(self, script: list[Reply] | None = None, default: Reply | None = None) -> None:
+        self.script = list(script or [])
+        self.default = default or Reply()
+        self.calls: list[Call] = []
+        self.runs: dict[str, str] = {}
+        self._changed = threading.Condition()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                call = Call(time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw))
+                with endpoint._changed:
+                    reply = endpoint.script.pop(0) if endpoint.script else endpoint.default
+                    endpoint.calls.append(call)
+                    key = call.headers.get("idempotency-key", "")
+                    run_id = endpoint.runs.setdefault(key, str(uuid.uuid4())) if reply.status < 300 else None
+                    endpoint._changed.notify_all()
+                if reply.hold is not None:
+                    reply.hold.wait(timeout=60)
+                body = json.dumps(reply.body if reply.body is not None else {"run_id": run_id}).encode()
+                try:
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the caller is gone (a killed worker)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/run"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_for_calls(self, count: int, *, timeout: float) -> list[Call]:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self.calls) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"endpoint got {len(self.calls)} calls, expected {count} within {timeout}s")
+                self._changed.wait(remaining)
+            return list(self.calls)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
