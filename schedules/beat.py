@@ -80,7 +80,13 @@ def trigger_sync(trigger: Trigger, *, restart_at: datetime | None = None) -> Per
     ``restart_at``: beat fires only slots after this time (used on create, schedule change and
     resume, so slots from before the change or during a pause never fire).
     """
-    task = trigger.periodic_task or PeriodicTask(name=periodic_task_name(trigger))
+    # A row named after the trigger may outlive its link (link cleared by a bulk update or a
+    # restore): adopt it rather than fail on the unique name.
+    task = (
+        trigger.periodic_task
+        or PeriodicTask.objects.filter(name=periodic_task_name(trigger)).first()
+        or PeriodicTask(name=periodic_task_name(trigger))
+    )
     old_clocked = task.clocked if task.pk and task.clocked_id else None
     task.name = periodic_task_name(trigger)
     task.task = FIRE_TASK
@@ -89,7 +95,7 @@ def trigger_sync(trigger: Trigger, *, restart_at: datetime | None = None) -> Per
     task.description = f"{trigger.name}: {trigger.description}"[:2000]
     task.crontab = _crontab_for(trigger) if trigger.kind == TriggerKind.CRON else None
     task.interval = _interval_for(trigger) if trigger.kind == TriggerKind.INTERVAL else None
-    task.clocked = _clocked_for(trigger, trigger.periodic_task) if trigger.kind == TriggerKind.ONCE else None
+    task.clocked = _clocked_for(trigger, task if task.pk else None) if trigger.kind == TriggerKind.ONCE else None
     task.solar = None
     task.one_off = trigger.kind == TriggerKind.ONCE
     task.enabled = trigger.enabled and trigger.next_run_at is not None
@@ -140,8 +146,10 @@ def rebuild(*, now: datetime | None = None) -> dict[str, int]:
         if before != _snapshot(task):
             drifted += 1
     orphans = PeriodicTask.objects.filter(task=FIRE_TASK).exclude(pk__in=kept)
+    orphan_clocked = list(orphans.exclude(clocked=None).values_list("clocked_id", flat=True))
     orphan_count = orphans.count()
     orphans.delete()
+    ClockedSchedule.objects.filter(pk__in=orphan_clocked, periodictask=None).delete()
     # Bulk deletes skip the change signal: tell beat explicitly (django-celery-beat README).
     PeriodicTasks.update_changed()
     return {"triggers": count, "repaired": drifted, "orphans_deleted": orphan_count}

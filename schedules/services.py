@@ -58,6 +58,14 @@ def _check_schedule(trigger: Trigger, now: datetime, *, schedule_changed: bool) 
     timing.validate_cadence(trigger.cadence, now=now)
 
 
+def trigger_validate(*, trigger: Trigger, schedule_changed: bool = True, now: datetime | None = None) -> None:
+    """Run the checks trigger_create / trigger_update make, without saving (for forms).
+
+    Raises django's ValidationError (keyed by field) or ScheduleError (with ``field``), as they do.
+    """
+    _check_schedule(trigger, now or timezone.now(), schedule_changed=schedule_changed)
+
+
 @transaction.atomic
 def trigger_create(
     *,
@@ -95,6 +103,8 @@ def trigger_create(
     )
     _check_schedule(trigger, now, schedule_changed=True)
     trigger.next_run_at = timing.next_slot_after(trigger.cadence, now)
+    if not enabled:
+        trigger.paused_at = now
     trigger.save()
     beat.trigger_sync(trigger, restart_at=now)
     return trigger
@@ -109,6 +119,8 @@ def trigger_update(*, trigger: Trigger, now: datetime | None = None, **fields: A
     unknown = set(fields) - _EDITABLE
     if unknown:
         raise TypeError(f"unknown trigger fields: {sorted(unknown)}")
+    if "inputs" in fields and fields["inputs"] is None:
+        fields["inputs"] = {}
     trigger = Trigger.objects.select_for_update().get(pk=trigger.pk)
     before = {name: getattr(trigger, name) for name in _SCHEDULE_FIELDS}
     was_enabled = trigger.enabled
@@ -206,13 +218,17 @@ def _enqueue_attempt(execution_id: Any, attempt: int, *, countdown: float | None
     def send() -> None:
         run_execution.apply_async(kwargs={"execution_id": str(execution_id), "attempt": attempt}, countdown=countdown)
 
-    transaction.on_commit(send)
+    # robust: a broker outage must not undo or fail what was just committed; the execution
+    # stays queued/retrying with a lease, and executions_recover sends it again later.
+    transaction.on_commit(send, robust=True)
 
 
 def _enqueue_fire(trigger_id: int, slot: datetime) -> None:
     from .tasks import fire_trigger
 
-    transaction.on_commit(lambda: fire_trigger.delay(trigger_id=trigger_id, scheduled_for=slot.isoformat()))
+    transaction.on_commit(
+        lambda: fire_trigger.delay(trigger_id=trigger_id, scheduled_for=slot.isoformat()), robust=True
+    )
 
 
 @transaction.atomic
@@ -448,9 +464,17 @@ def executions_recover(*, now: datetime | None = None, limit: int = 500) -> Reco
         .order_by("lease_expires_at")[:limit]
     )
     for execution in stale:
-        execution.lease_expires_at = now + grace
-        execution.save(update_fields=["lease_expires_at"])
         logger.warning("execution %s (%s) lost its worker; queueing it again", execution.pk, execution.status)
+        if execution.status == ExecutionStatus.RUNNING:
+            # The attempt in progress died with its worker: it counts, and the next one is due now.
+            execution.status = ExecutionStatus.RETRYING
+            execution.error = f"worker lost during attempt {execution.attempts}"
+            execution.metadata.setdefault("attempts", []).append(
+                {"attempt": execution.attempts, "error": execution.error, "recovered_at": now.isoformat()}
+            )
+        execution.next_attempt_at = now
+        execution.lease_expires_at = now + grace
+        execution.save(update_fields=["status", "error", "metadata", "next_attempt_at", "lease_expires_at"])
         _enqueue_attempt(execution.pk, execution.attempts + 1)
     missed_before = now - timedelta(seconds=settings.SCHEDULER_MISSED_SLOT_GRACE_SECONDS)
     missed = list(

@@ -26,6 +26,7 @@ def workflow_create(*, owner: AbstractBaseUser, name: str, **fields: Any) -> Wor
         raise TypeError(f"unknown workflow fields: {sorted(unknown)}")
     if not fields.get("secret"):
         fields.pop("secret", None)
+    _json_defaults(fields)
     workflow = Workflow(owner=owner, name=name, **fields)
     workflow.full_clean()
     workflow.save()
@@ -40,11 +41,19 @@ def workflow_update(*, workflow: Workflow, **fields: Any) -> Workflow:
         raise TypeError(f"unknown workflow fields: {sorted(unknown)}")
     if "secret" in fields and not fields["secret"]:
         fields.pop("secret")
+    _json_defaults(fields)
     for name, value in fields.items():
         setattr(workflow, name, value)
     workflow.full_clean()
     workflow.save()
     return workflow
+
+
+def _json_defaults(fields: dict[str, Any]) -> None:
+    # An emptied JSON field arrives as None; it means "none", i.e. an empty object.
+    for name in ("headers", "default_inputs"):
+        if name in fields and fields[name] is None:
+            fields[name] = {}
 
 
 def run_signature_verify(*, workflow: Workflow, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
