@@ -1,0 +1,179 @@
+"""Admin for workflows and the runs the built-in endpoint records; every write calls workflows.services."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db.models import Count, Model, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from . import services
+from .models import Workflow, WorkflowRun
+from .validators import validate_secret
+
+SECRET_HELP = "Leave blank to keep the current secret (a new workflow gets a generated one)"  # noqa: S105 - help text
+# What the form may change; ``secret`` comes from its own write-only field.
+_FORM_FIELDS = ("name", "endpoint_url", "http_method", "headers", "timeout_seconds", "default_inputs", "is_active")
+
+
+def copy_saved(obj: Model, saved: Model) -> None:
+    """Turn the admin's form instance into the row a service saved (pk, defaults, timestamps).
+
+    The admin logs and redirects with the object it passed to save_model, so it must be the
+    saved row even though a service created or re-loaded its own instance.
+    """
+    for field in saved._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(saved, field.attname))
+    obj._state.adding = False
+    obj._state.db = saved._state.db
+
+
+def add_errors(form: forms.BaseForm, exc: ValidationError) -> None:
+    """Put a model/service ValidationError on the form; keys the form has no field for go on top."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for name, errors in exc.error_dict.items():
+        if name in form.fields or name == NON_FIELD_ERRORS:
+            form.add_error(name, errors)
+        else:
+            form.add_error(None, [f"{name}: {message}" for message in ValidationError(errors).messages])
+
+
+def pretty_json(value: Any) -> str:
+    """JSON for a read-only admin field, indented inside <pre>."""
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+class WorkflowAdminForm(forms.ModelForm):
+    """The model form with a write-only secret: never rendered, blank keeps the current one."""
+
+    secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        validators=[validate_secret],
+        help_text=SECRET_HELP,
+    )
+
+    class Meta:
+        model = Workflow
+        # Kept off the model part of the form, so the stored secret is never the field's
+        # initial value and a blank entry never reaches the instance.
+        exclude = ["secret"]  # noqa: DJ006 - the one field to keep out; the admin's fieldsets pick the rest
+
+    def clean_headers(self) -> Any:
+        # An emptied JSON box cleans to None; the column is NOT NULL and means "none".
+        value = self.cleaned_data.get("headers")
+        return {} if value is None else value
+
+    def clean_default_inputs(self) -> Any:
+        value = self.cleaned_data.get("default_inputs")
+        return {} if value is None else value
+
+    def _post_clean(self) -> None:
+        # Like auth's UserCreationForm: once the instance holds the form's values, run the
+        # same full_clean the services run. The plain ModelForm skips the (owner, name)
+        # constraint on change because owner is read-only there.
+        super()._post_clean()
+        if self._errors:
+            return
+        if self.cleaned_data.get("secret"):
+            self.instance.secret = self.cleaned_data["secret"]
+        try:
+            self.instance.full_clean()
+        except ValidationError as exc:
+            add_errors(self, exc)
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    form = WorkflowAdminForm
+    list_display = [
+        "name",
+        "owner",
+        "endpoint",
+        "http_method",
+        "timeout_seconds",
+        "is_active",
+        "triggers_link",
+        "updated_at",
+    ]
+    list_filter = ["is_active", "http_method", "owner"]
+    list_select_related = ["owner"]
+    search_fields = ["name", "endpoint_url"]
+    readonly_fields = ["owner", "created_at", "updated_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Workflow]:
+        # Per-user filtering for non-superuser staff belongs here (a later issue).
+        return super().get_queryset(request).annotate(trigger_count=Count("triggers"))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Workflow | None = None) -> list[str]:
+        # The owner is chosen once, on add; the services have no way to move a workflow.
+        readonly = list(super().get_readonly_fields(request, obj))
+        return readonly if obj is not None else [name for name in readonly if name != "owner"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Workflow | None = None) -> list[tuple[str | None, dict]]:
+        fieldsets: list[tuple[str | None, dict]] = [
+            (None, {"fields": ["owner", "name", "is_active"]}),
+            ("Request", {"fields": ["endpoint_url", "http_method", "timeout_seconds", "headers", "secret"]}),
+            ("Inputs", {"fields": ["default_inputs"]}),
+        ]
+        if obj is not None:
+            fieldsets.append(("Timestamps", {"fields": ["created_at", "updated_at"]}))
+        return fieldsets
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}
+
+    def save_model(self, request: HttpRequest, obj: Workflow, form: forms.ModelForm, change: bool) -> None:
+        fields = {name: form.cleaned_data[name] for name in _FORM_FIELDS if name in form.cleaned_data}
+        fields["secret"] = form.cleaned_data.get("secret", "")
+        if change:
+            services.workflow_update(workflow=obj, **fields)
+        else:
+            saved = services.workflow_create(owner=form.cleaned_data["owner"], **fields)
+            copy_saved(obj, saved)
+
+    @admin.display(description="Endpoint")
+    def endpoint(self, obj: Workflow) -> str:
+        return obj.endpoint_url or "(built-in)"
+
+    @admin.display(description="Triggers", ordering="trigger_count")
+    def triggers_link(self, obj: Workflow) -> str:
+        url = reverse("admin:schedules_trigger_changelist") + f"?workflow__id__exact={obj.pk}"
+        return format_html('<a href="{}">{}</a>', url, obj.trigger_count)
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    """Read-only: runs are recorded by the built-in endpoint, never edited."""
+
+    list_display = ["received_at", "id", "workflow", "idempotency_key"]
+    list_filter = [("workflow", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["workflow"]
+    search_fields = ["id", "idempotency_key"]
+    # Skips a COUNT(*) of the whole table on every page.
+    show_full_result_count = False
+    fields = ["id", "workflow", "idempotency_key", "received_at", "inputs_json", "payload_json"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: WorkflowRun | None = None) -> bool:
+        return False
+
+    @admin.display(description="Inputs")
+    def inputs_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.inputs)
+
+    @admin.display(description="Payload")
+    def payload_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.payload)
