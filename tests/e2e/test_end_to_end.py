@@ -3,12 +3,14 @@ endpoint on 127.0.0.1. Beat fires the triggers; nothing here calls a task direct
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import threading
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 
 from schedules import services
 from schedules.models import Execution, ExecutionStatus, Trigger
@@ -202,3 +204,15 @@ def test_builtin_endpoint__gunicorn_records_one_run_per_slot(stack, user):
     beat_check = subprocess.run([*healthcheck, "beat", "--max-age", "30"], cwd=ROOT, env=stack.env(), capture_output=True)
     assert beat_check.returncode == 0, beat_check.stderr.decode()
     assert beat.popen.poll() is None
+    # The worker health check of docker-compose.yml.
+    ping = subprocess.run(
+        [str(BIN / "celery"), "-A", "scheduler_project", "inspect", "ping", "-d", f"celery@{socket.gethostname()}",
+         "--timeout", "5"],
+        cwd=ROOT, env=stack.env(), capture_output=True,
+    )
+    assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
+    assert b"pong" in ping.stdout
+    # Task results are kept by django-celery-results.
+    result = TaskResult.objects.filter(task_name="schedules.fire_trigger", status="SUCCESS").first()
+    assert result is not None
+    assert str(execution.pk) in result.result
