@@ -134,6 +134,23 @@ def _normalize_field(text: str, field: str, low: int, high: int, names: dict[str
     return ",".join(items)
 
 
+def _sunday_as_zero(field: str) -> str:
+    """Sunday may be written 7 (alone, ending a range, or as the end of "a/n"); store it as 0.
+
+    Every consumer then reads the field the same; celery's crontab, which django-celery-beat
+    builds for each entry, rejects 7 ("Invalid end range: 7 > 6") and beat would drop the task.
+    """
+    items: list[str] = []
+    for item in field.split(","):
+        part, _, step = item.partition("/")
+        start, _, end = part.partition("-")
+        if part == "*" or (end or start) != "7":
+            items.append(item)
+            continue
+        items.extend(str(day % 7) for day in range(int(start), 8, int(step or 1)))
+    return ",".join(dict.fromkeys(items))
+
+
 def normalize_cron(expression: str) -> str:
     """Validate a 5-field cron expression (or @macro) and return it in numeric form.
 
@@ -149,8 +166,7 @@ def normalize_cron(expression: str) -> str:
     if len(parts) != 5:
         raise InvalidCron(f"{expression!r}: needs 5 fields (minute hour day-of-month month day-of-week), not {len(parts)}.")
     fields = [_normalize_field(part, *spec) for part, spec in zip(parts, _FIELDS, strict=True)]
-    # Sunday may be written 7; store it as 0 so every consumer reads it the same.
-    fields[4] = ",".join("0" if item == "7" else item for item in fields[4].split(","))
+    fields[4] = _sunday_as_zero(fields[4])
     normalized = " ".join(fields)
     try:
         croniter(normalized, datetime(2000, 1, 1)).get_next(datetime)

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+import urllib3
 from django.conf import settings
 from standardwebhooks import Webhook
 
@@ -130,7 +131,9 @@ def _read_body(response: requests.Response, deadline: float) -> bytes:
             raise TimeoutError("response body not received within the deadline")
         if sock is not None:
             sock.settimeout(remaining)
-        chunk = response.raw.read(min(_CHUNK, cap - size), decode_content=True)
+        # read1: at most one socket read per call. read() keeps reading until it has the whole
+        # chunk, so a server trickling a byte every few hundred ms would never hit the timeout.
+        chunk = response.raw.read1(min(_CHUNK, cap - size), decode_content=True)
         if not chunk:
             break
         chunks.append(chunk)
@@ -169,12 +172,16 @@ def call_workflow(call: WorkflowCall) -> CallResult:
         raise WorkflowRejected(f"invalid endpoint URL: {type(exc).__name__}") from exc
     except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
         raise WorkflowRejected("endpoint URL must use http or https") from exc
-    except (requests.exceptions.Timeout, TimeoutError) as exc:
+    except (requests.exceptions.Timeout, TimeoutError, urllib3.exceptions.TimeoutError) as exc:
         raise WorkflowUnavailable(f"timed out after {call.timeout_seconds}s") from exc
     except requests.exceptions.ConnectionError as exc:
         raise WorkflowUnavailable(f"connection failed: {_describe(exc)}") from exc
     except requests.exceptions.RequestException as exc:
         raise WorkflowUnavailable(f"request failed: {_describe(exc)}") from exc
+    except urllib3.exceptions.HTTPError as exc:
+        # The body is read from response.raw, where requests does not wrap urllib3's errors
+        # (ProtocolError for a body cut short, DecodeError for a bad gzip stream).
+        raise WorkflowUnavailable(f"response broken: {_describe(exc)}") from exc
     duration_ms = int((time.monotonic() - started) * 1000)
     status = response.status_code
     excerpt = _excerpt(content)
