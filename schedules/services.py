@@ -201,7 +201,7 @@ def trigger_run_now(
         created_at=now,
         lease_expires_at=now + timedelta(seconds=settings.SCHEDULER_LEASE_GRACE_SECONDS),
     )
-    _enqueue_attempt(execution.pk, 1)
+    _enqueue_attempt(execution.pk, 1, robust=False)
     return execution
 
 
@@ -212,15 +212,19 @@ def _lease(workflow: Workflow, now: datetime) -> datetime:
     return now + timedelta(seconds=workflow.timeout_seconds + settings.SCHEDULER_LEASE_GRACE_SECONDS)
 
 
-def _enqueue_attempt(execution_id: Any, attempt: int, *, countdown: float | None = None) -> None:
+def _enqueue_attempt(execution_id: Any, attempt: int, *, countdown: float | None = None, robust: bool = True) -> None:
+    """Send the attempt once the transaction commits.
+
+    A broker outage never undoes what was committed: the execution keeps its lease and
+    executions_recover sends it again later. ``robust=False`` lets the caller see the outage
+    (after the commit), so a person who asked for a run can be told it is delayed.
+    """
     from .tasks import run_execution
 
     def send() -> None:
         run_execution.apply_async(kwargs={"execution_id": str(execution_id), "attempt": attempt}, countdown=countdown)
 
-    # robust: a broker outage must not undo or fail what was just committed; the execution
-    # stays queued/retrying with a lease, and executions_recover sends it again later.
-    transaction.on_commit(send, robust=True)
+    transaction.on_commit(send, robust=robust)
 
 
 def _enqueue_fire(trigger_id: int, slot: datetime) -> None:
