@@ -46,6 +46,24 @@ def periodic_task_name(trigger: Trigger) -> str:
     return f"{NAME_PREFIX}{trigger.pk}"
 
 
+def check_schedulable(cadence: timing.Cadence) -> None:
+    """Refuse a cron that beat could not load: django-celery-beat builds a celery crontab for
+    every entry and silently drops one that celery rejects (e.g. '0 12 31 4 1', April 31st)."""
+    if cadence.kind != timing.CRON:
+        return
+    minute, hour, day_of_month, month_of_year, day_of_week = cadence.cron.split(" ")
+    try:
+        celery_schedules.crontab(
+            minute=minute,
+            hour=hour,
+            day_of_week=day_of_week,
+            day_of_month=day_of_month,
+            month_of_year=month_of_year,
+        )
+    except ValueError as exc:
+        raise timing.InvalidCron(f"{exc} Remove the day that never occurs.") from exc
+
+
 def _crontab_for(trigger: Trigger) -> CrontabSchedule:
     minute, hour, day_of_month, month_of_year, day_of_week = trigger.cadence.cron.split(" ")
     fields = {
@@ -101,16 +119,37 @@ def trigger_sync(trigger: Trigger, *, restart_at: datetime | None = None) -> Per
     task.enabled = trigger.enabled and trigger.next_run_at is not None
     task.start_time = None
     task.expires = None
-    if restart_at is not None:
+    if restart_at is not None or task.pk is None:
         task.last_run_at = restart_at
         task.total_run_count = 0
-    task.save()
+        task.save()
+    else:
+        # beat writes last_run_at/total_run_count back on its own schedule: leave them alone.
+        task.save(update_fields=list(_SYNCED_FIELDS))
     if old_clocked is not None and task.clocked_id != old_clocked.pk:
         old_clocked.delete()
     if trigger.periodic_task_id != task.pk:
         trigger.periodic_task = task
         Trigger.objects.filter(pk=trigger.pk).update(periodic_task=task)
     return task
+
+
+_SYNCED_FIELDS = (
+    "name",
+    "task",
+    "args",
+    "kwargs",
+    "description",
+    "crontab",
+    "interval",
+    "clocked",
+    "solar",
+    "one_off",
+    "enabled",
+    "start_time",
+    "expires",
+    "date_changed",
+)
 
 
 def trigger_unsync(trigger: Trigger) -> None:
@@ -134,7 +173,9 @@ def rebuild(*, now: datetime | None = None) -> dict[str, int]:
     """
     now = now or timezone.now()
     drifted = 0
-    triggers = Trigger.objects.select_related("periodic_task__crontab", "periodic_task__interval", "periodic_task__clocked")
+    triggers = Trigger.objects.select_related(
+        "periodic_task__crontab", "periodic_task__interval", "periodic_task__clocked"
+    )
     kept: set[int] = set()
     count = 0
     for trigger in triggers:
@@ -165,7 +206,14 @@ def _snapshot(task: PeriodicTask | None) -> tuple[Any, ...] | None:
         task.kwargs,
         task.enabled,
         task.one_off,
-        (crontab.minute, crontab.hour, crontab.day_of_month, crontab.month_of_year, crontab.day_of_week, str(crontab.timezone))
+        (
+            crontab.minute,
+            crontab.hour,
+            crontab.day_of_month,
+            crontab.month_of_year,
+            crontab.day_of_week,
+            str(crontab.timezone),
+        )
         if crontab
         else None,
         (task.interval.every, task.interval.period) if task.interval else None,

@@ -45,7 +45,9 @@ class Trigger(models.Model):
         validators=[validate_timezone],
         help_text="IANA time zone the cron expression is read in, e.g. 'America/Los_Angeles'.",
     )
-    run_at = models.DateTimeField(null=True, blank=True, help_text="For kind once: when to run, e.g. 2026-12-01T09:00Z.")
+    run_at = models.DateTimeField(
+        null=True, blank=True, help_text="For kind once: when to run, e.g. 2026-12-01T09:00Z."
+    )
     interval_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
@@ -76,6 +78,9 @@ class Trigger(models.Model):
         help_text="Longest wait between retries, e.g. 300.",
     )
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
+    # Set when the trigger is created, resumed or its schedule changes: only slots after it run,
+    # so a message sent before a pause or an edit and delivered after it calls nothing.
+    active_since = models.DateTimeField(null=True, blank=True, editable=False)
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Kept in sync by schedules.beat, never edited by hand.
     periodic_task = models.OneToOneField(
@@ -136,7 +141,9 @@ class Trigger(models.Model):
         if self.kind != TriggerKind.CRON and self.cron:
             errors.setdefault("cron", []).append(f"only applies to cron triggers; clear it for a {self.kind} trigger.")
         if self.kind != TriggerKind.ONCE and self.run_at is not None:
-            errors.setdefault("run_at", []).append(f"only applies to once triggers; clear it for a {self.kind} trigger.")
+            errors.setdefault("run_at", []).append(
+                f"only applies to once triggers; clear it for a {self.kind} trigger."
+            )
         if self.kind != TriggerKind.INTERVAL and self.interval_seconds is not None:
             errors.setdefault("interval_seconds", []).append(
                 f"only applies to interval triggers; clear it for a {self.kind} trigger."
@@ -144,7 +151,11 @@ class Trigger(models.Model):
         cap = settings.SCHEDULER_MAX_BACKOFF_CAP_SECONDS
         if self.max_backoff_seconds and self.max_backoff_seconds > cap:
             errors.setdefault("max_backoff_seconds", []).append(f"must be at most {cap} seconds.")
-        if self.min_backoff_seconds and self.max_backoff_seconds and self.min_backoff_seconds > self.max_backoff_seconds:
+        if (
+            self.min_backoff_seconds
+            and self.max_backoff_seconds
+            and self.min_backoff_seconds > self.max_backoff_seconds
+        ):
             errors.setdefault("min_backoff_seconds", []).append("must not exceed max_backoff_seconds.")
         if self.workflow_id and self.owner_id and self.workflow.owner_id != self.owner_id:
             errors.setdefault("workflow", []).append("must be one of the trigger owner's workflows.")

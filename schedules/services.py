@@ -56,6 +56,7 @@ def _check_schedule(trigger: Trigger, now: datetime, *, schedule_changed: bool) 
     if trigger.kind == TriggerKind.ONCE and schedule_changed and trigger.run_at <= now:
         raise ValidationError({"run_at": ["must be in the future."]})
     timing.validate_cadence(trigger.cadence, now=now)
+    beat.check_schedulable(trigger.cadence)
 
 
 def trigger_validate(*, trigger: Trigger, schedule_changed: bool = True, now: datetime | None = None) -> None:
@@ -102,6 +103,7 @@ def trigger_create(
         max_backoff_seconds=max_backoff_seconds,
     )
     _check_schedule(trigger, now, schedule_changed=True)
+    trigger.active_since = now
     trigger.next_run_at = timing.next_slot_after(trigger.cadence, now)
     if not enabled:
         trigger.paused_at = now
@@ -134,6 +136,7 @@ def trigger_update(*, trigger: Trigger, now: datetime | None = None, **fields: A
     _check_schedule(trigger, now, schedule_changed=schedule_changed)
     restart = schedule_changed or (trigger.enabled and not was_enabled)
     if restart:
+        trigger.active_since = now
         trigger.next_run_at = _next_run_at(trigger, now)
     trigger.save()
     beat.trigger_sync(trigger, restart_at=now if restart else None)
@@ -165,8 +168,9 @@ def trigger_resume(*, trigger: Trigger, now: datetime | None = None) -> Trigger:
     trigger.enabled = True
     trigger.paused_at = None
     trigger.pause_reason = ""
+    trigger.active_since = now
     trigger.next_run_at = _next_run_at(trigger, now)
-    trigger.save(update_fields=["enabled", "paused_at", "pause_reason", "next_run_at", "updated_at"])
+    trigger.save(update_fields=["enabled", "paused_at", "pause_reason", "active_since", "next_run_at", "updated_at"])
     beat.trigger_sync(trigger, restart_at=now)
     return trigger
 
@@ -258,6 +262,13 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
     elif timing.latest_slot_at_or_before(cadence, scheduled_for) != scheduled_for:
         logger.info("fire for trigger %s ignored: %s is not one of its slots", trigger_id, scheduled_for.isoformat())
         return None
+    if trigger.active_since is not None and scheduled_for < trigger.active_since:
+        logger.info(
+            "fire for trigger %s ignored: slot %s is from before it was resumed or changed",
+            trigger_id,
+            scheduled_for.isoformat(),
+        )
+        return None
     if Execution.objects.filter(trigger=trigger, scheduled_for=scheduled_for).exists():
         logger.info("slot %s of trigger %s already has its execution", scheduled_for.isoformat(), trigger_id)
         if trigger.next_run_at is not None and trigger.next_run_at <= now:
@@ -346,7 +357,12 @@ class AttemptOutcome:
 
 
 def backoff_seconds(
-    *, attempt: int, min_backoff: float, max_backoff: float, retry_after: float | None = None, rng: random.Random | None = None
+    *,
+    attempt: int,
+    min_backoff: float,
+    max_backoff: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
 ) -> float:
     """Wait after failed attempt ``attempt`` (1-based): exponential with jitter, capped.
 
@@ -481,15 +497,15 @@ def executions_recover(*, now: datetime | None = None, limit: int = 500) -> Reco
         execution.save(update_fields=["status", "error", "metadata", "next_attempt_at", "lease_expires_at"])
         _enqueue_attempt(execution.pk, execution.attempts + 1)
     missed_before = now - timedelta(seconds=settings.SCHEDULER_MISSED_SLOT_GRACE_SECONDS)
-    missed = list(
-        Trigger.objects.filter(enabled=True, next_run_at__lte=missed_before).order_by("next_run_at")[:limit]
-    )
+    missed = list(Trigger.objects.filter(enabled=True, next_run_at__lte=missed_before).order_by("next_run_at")[:limit])
     slots = 0
     for trigger in missed:
         slot = timing.latest_slot_at_or_before(trigger.cadence, now)
         if slot is None:
             continue
-        logger.warning("trigger %s missed its slot %s; firing its latest slot %s", trigger.pk, trigger.next_run_at, slot)
+        logger.warning(
+            "trigger %s missed its slot %s; firing its latest slot %s", trigger.pk, trigger.next_run_at, slot
+        )
         _enqueue_fire(trigger.pk, slot)
         slots += 1
     return RecoveryReport(executions=len(stale), slots=slots)

@@ -34,7 +34,10 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_MONTHS = {name: i for i, name in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+_MONTHS = {
+    name: i
+    for i, name in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)
+}
 _DAYS = {name: i for i, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
 # (name, lowest, highest, names)
 _FIELDS = (
@@ -120,6 +123,8 @@ def _normalize_field(text: str, field: str, low: int, high: int, names: dict[str
         start = _parse_value(start_text, field, low, high, names)
         if end_text:
             end = _parse_value(end_text, field, low, high, names)
+            if names is _DAYS and end_text == "sun":
+                end = 7  # "fri-sun": Sunday ends the week here (stored as 0 below)
         elif step is not None:
             end = high  # "a/n" means from a to the end, every n
         else:
@@ -164,7 +169,9 @@ def normalize_cron(expression: str) -> str:
         raise InvalidCron(f"{text!r}: known shortcuts are {', '.join(sorted(MACROS))}.")
     parts = text.split(" ")
     if len(parts) != 5:
-        raise InvalidCron(f"{expression!r}: needs 5 fields (minute hour day-of-month month day-of-week), not {len(parts)}.")
+        raise InvalidCron(
+            f"{expression!r}: needs 5 fields (minute hour day-of-month month day-of-week), not {len(parts)}."
+        )
     fields = [_normalize_field(part, *spec) for part, spec in zip(parts, _FIELDS, strict=True)]
     fields[4] = _sunday_as_zero(fields[4])
     normalized = " ".join(fields)

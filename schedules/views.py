@@ -13,4 +13,6 @@ def health(request: HttpRequest) -> JsonResponse:
     """200 when every part is ok, 503 naming the part that is not."""
     checks = selectors.health_checks()
     healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503)
+    return JsonResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks}, status=200 if healthy else 503
+    )

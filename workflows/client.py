@@ -186,7 +186,9 @@ def call_workflow(call: WorkflowCall) -> CallResult:
     status = response.status_code
     excerpt = _excerpt(content)
     if 200 <= status < 300:
-        return CallResult(http_status=status, run_id=_run_id_from(content), body_excerpt=excerpt, duration_ms=duration_ms)
+        return CallResult(
+            http_status=status, run_id=_run_id_from(content), body_excerpt=excerpt, duration_ms=duration_ms
+        )
     message = f"HTTP {status} {response.reason or ''}".strip()
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise WorkflowUnavailable(

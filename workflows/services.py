@@ -56,16 +56,14 @@ def _json_defaults(fields: dict[str, Any]) -> None:
             fields[name] = {}
 
 
-def run_signature_verify(*, workflow: Workflow, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-    """Check a Standard Webhooks signature (and its timestamp's freshness); return the JSON body."""
+def run_signature_verify(*, workflow: Workflow, body: bytes, headers: dict[str, str]) -> Any:
+    """Check a Standard Webhooks signature (and its timestamp's freshness); return the parsed body."""
     try:
         payload = Webhook(workflow.secret).verify(body, headers)
     except WebhookVerificationError as exc:
         raise SignatureInvalid(str(exc)) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise SignatureInvalid("body or signature headers are malformed") from exc
-    if not isinstance(payload, dict):
-        raise SignatureInvalid("body must be a JSON object")
     return payload
 
 

@@ -8,7 +8,7 @@ import re
 
 from django.core.exceptions import ValidationError
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 # Headers the worker sets itself: a workflow may not override them.
 RESERVED_HEADERS = frozenset(
     {
@@ -49,6 +49,11 @@ def validate_headers(value: object) -> None:
             raise ValidationError(f"{name!r} is set by the scheduler and cannot be overridden.")
         if not isinstance(header_value, str) or "\n" in header_value or "\r" in header_value:
             raise ValidationError(f"the value of {name!r} must be a single-line string.")
+        try:
+            header_value.encode("latin-1")
+        except UnicodeEncodeError:
+            # HTTP/1.1 header values are Latin-1 on the wire; requests would fail every call.
+            raise ValidationError(f"the value of {name!r} must be ASCII or Latin-1 text.") from None
 
 
 def validate_json_object(value: object) -> None:

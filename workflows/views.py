@@ -29,11 +29,15 @@ def workflow_runs(request: HttpRequest, workflow_id: int) -> JsonResponse:
     except SignatureInvalid as exc:
         logger.info("run request for workflow %s refused: %s", workflow.pk, exc)
         return JsonResponse({"errors": {"signature": [str(exc)]}}, status=401)
-    key = headers.get("idempotency-key") or headers.get("webhook-id", "")
-    if not key or len(key) > MAX_KEY_LENGTH:
-        return JsonResponse(
-            {"errors": {"Idempotency-Key": [f"required header, 1-{MAX_KEY_LENGTH} characters"]}}, status=400
-        )
+    if not isinstance(payload, dict):
+        return JsonResponse({"errors": {"body": ["must be a JSON object"]}}, status=400)
+    # The signed webhook-id is the idempotency key: an unsigned header could be changed to
+    # replay a captured request as new runs. Idempotency-Key, when sent, must agree with it.
+    key = headers.get("webhook-id", "")
+    if len(key) > MAX_KEY_LENGTH:
+        return JsonResponse({"errors": {"webhook-id": [f"at most {MAX_KEY_LENGTH} characters"]}}, status=400)
+    if headers.get("idempotency-key", key) != key:
+        return JsonResponse({"errors": {"Idempotency-Key": ["must equal the signed webhook-id"]}}, status=400)
     if not workflow.is_active:
         return JsonResponse({"errors": {"workflow": ["is not active"]}}, status=409)
     run, created = services.run_record(workflow=workflow, idempotency_key=key, payload=payload)

@@ -154,7 +154,9 @@ class Endpoint:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                call = Call(time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw))
+                call = Call(
+                    time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw)
+                )
                 with endpoint._changed:
                     reply = endpoint.script.pop(0) if endpoint.script else endpoint.default
                     endpoint.calls.append(call)

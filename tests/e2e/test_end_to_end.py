@@ -33,7 +33,9 @@ def finished_execution(trigger: Trigger, *, timeout: float) -> Execution:
 
 
 def once_trigger(workflow, *, in_seconds: float = 3, **extra) -> Trigger:
-    return TriggerFactory(workflow=workflow, kind="once", run_at=timezone.now() + timedelta(seconds=in_seconds), **extra)
+    return TriggerFactory(
+        workflow=workflow, kind="once", run_at=timezone.now() + timedelta(seconds=in_seconds), **extra
+    )
 
 
 def test_retries__503_twice_then_200_succeeds_on_third_attempt_with_growing_gaps(stack, endpoint, user):
@@ -201,14 +203,27 @@ def test_builtin_endpoint__gunicorn_records_one_run_per_slot(stack, user):
         [*healthcheck, "web", "--url", f"{base_url}/admin/login/"], cwd=ROOT, env=stack.env(), capture_output=True
     )
     assert web_check.returncode == 0, web_check.stderr.decode()
-    beat_check = subprocess.run([*healthcheck, "beat", "--max-age", "30"], cwd=ROOT, env=stack.env(), capture_output=True)
+    beat_check = subprocess.run(
+        [*healthcheck, "beat", "--max-age", "30"], cwd=ROOT, env=stack.env(), capture_output=True
+    )
     assert beat_check.returncode == 0, beat_check.stderr.decode()
     assert beat.popen.poll() is None
     # The worker health check of docker-compose.yml.
     ping = subprocess.run(
-        [str(BIN / "celery"), "-A", "scheduler_project", "inspect", "ping", "-d", f"celery@{socket.gethostname()}",
-         "--timeout", "5"],
-        cwd=ROOT, env=stack.env(), capture_output=True,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "scheduler_project",
+            "inspect",
+            "ping",
+            "-d",
+            f"celery@{socket.gethostname()}",
+            "--timeout",
+            "5",
+        ],
+        cwd=ROOT,
+        env=stack.env(),
+        capture_output=True,
     )
     assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
     assert b"pong" in ping.stdout

@@ -13,7 +13,7 @@ from django_celery_beat.models import ClockedSchedule, IntervalSchedule, Periodi
 
 from schedules import services
 from schedules.beat import FIRE_TASK
-from schedules.exceptions import TriggerStateError
+from schedules.exceptions import InvalidCron, TriggerStateError
 from schedules.models import Execution, ExecutionStatus, Trigger
 from tests.factories import WorkflowFactory
 from workflows.client import CallResult
@@ -814,3 +814,44 @@ def test_executions_recover__paused_trigger_ignored(workflow, enqueued):
     services.trigger_pause(trigger=trigger, now=NOW)
     assert services.executions_recover(now=utc(2027, 3, 11, 9, 5)).slots == 0
     assert enqueued["fires"] == []
+
+
+def test_trigger_create__cron_beat_cannot_load_is_refused(workflow):
+    """A cron celery's crontab rejects (April 31st) is refused up front: beat would silently drop it."""
+    with pytest.raises(InvalidCron, match="never occurs"):
+        services.trigger_create(owner=workflow.owner, workflow=workflow, name="April", kind="cron", cron="0 12 31 4 1")
+    assert not Trigger.objects.exists()
+    assert not PeriodicTask.objects.filter(task=FIRE_TASK).exists()
+
+
+def test_trigger_fire__slot_from_before_resume_calls_nothing(workflow):
+    """A fire message for a slot that fell due while paused, delivered after resume, runs nothing."""
+    created = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    trigger = services.trigger_create(
+        owner=workflow.owner, workflow=workflow, name="Minutely", kind="cron", cron="* * * * *", now=created
+    )
+    services.trigger_pause(trigger=trigger, now=created + timedelta(minutes=1, seconds=30))
+    services.trigger_resume(trigger=trigger, now=created + timedelta(minutes=5, seconds=30))
+    paused_slot = created + timedelta(minutes=3)
+    assert (
+        services.trigger_fire(trigger_id=trigger.pk, scheduled_for=paused_slot, now=created + timedelta(minutes=6))
+        is None
+    )
+    assert not Execution.objects.exists()
+    later_slot = created + timedelta(minutes=6)
+    assert services.trigger_fire(trigger_id=trigger.pk, scheduled_for=later_slot, now=later_slot) is not None
+
+
+def test_trigger_pause__keeps_beats_run_bookkeeping(workflow):
+    """Syncing without a restart leaves last_run_at and total_run_count to beat."""
+    trigger = services.trigger_create(
+        owner=workflow.owner, workflow=workflow, name="Keep", kind="cron", cron="* * * * *"
+    )
+    beat_time = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+    PeriodicTask.objects.filter(pk=trigger.periodic_task_id).update(last_run_at=beat_time, total_run_count=7)
+    trigger.refresh_from_db()
+    updated = services.trigger_update(trigger=trigger, name="Kept")
+    task = PeriodicTask.objects.get(pk=trigger.periodic_task_id)
+    assert (task.last_run_at, task.total_run_count) == (beat_time, 7)
+    assert task.description.startswith("Kept:")
+    assert updated.name == "Kept"

@@ -45,9 +45,14 @@ def ok(run_id: str = "run-1") -> CallResult:
 
 @pytest.fixture
 def minutely(workflow):
-    """A trigger that fires every minute, created on the real clock, and its latest slot."""
+    """A trigger that fires every minute, created five minutes ago, and its latest slot."""
     trigger = services.trigger_create(
-        owner=workflow.owner, workflow=workflow, name="Every minute", kind="cron", cron="* * * * *"
+        owner=workflow.owner,
+        workflow=workflow,
+        name="Every minute",
+        kind="cron",
+        cron="* * * * *",
+        now=timezone.now() - timedelta(minutes=5),
     )
     slot = timing.latest_slot_at_or_before(trigger.cadence, timezone.now())
     return trigger, slot

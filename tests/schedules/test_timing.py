@@ -478,3 +478,8 @@ def test_latest_slot_at_or_before__once_only_from_run_at():
     assert timing.latest_slot_at_or_before(cadence, run_at - timedelta(seconds=1)) is None
     assert timing.latest_slot_at_or_before(cadence, run_at) == run_at
     assert timing.latest_slot_at_or_before(cadence, run_at + timedelta(days=400)) == run_at
+
+
+def test_normalize_cron__day_range_may_end_on_sunday_by_name():
+    """'FRI-SUN' wraps to Sunday (written 0) instead of being refused as a backwards range."""
+    assert timing.normalize_cron("0 9 * * FRI-SUN") == "0 9 * * 5,6,0"

@@ -120,7 +120,6 @@ def test_run_signature_verify__accepts_what_the_client_signs(workflow):
         ),
         pytest.param(lambda w, body: (body, {**signed_headers(w.secret, body), "webhook-signature": "x"}), id="junk"),
         pytest.param(lambda w, body: (body, {}), id="unsigned"),
-        pytest.param(lambda w, body: ("[1, 2]", signed_headers(w.secret, "[1, 2]")), id="not-an-object"),
         pytest.param(lambda w, body: ("{not json", signed_headers(w.secret, "{not json")), id="not-json"),
     ],
 )

@@ -102,3 +102,10 @@ def test_validate_json_object__non_objects_rejected(value):
 def test_validate_json_object__object_accepted():
     """A dict is accepted."""
     validate_json_object({"report": "daily"})
+
+
+def test_validate_headers__non_latin1_value_rejected():
+    """A header value HTTP cannot carry (outside Latin-1) is refused when saved, not on every call."""
+    with pytest.raises(ValidationError, match="Latin-1"):
+        validate_headers({"X-Team": "日本"})
+    validate_headers({"X-Team": "café"})

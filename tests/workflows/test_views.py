@@ -124,10 +124,28 @@ def test_workflow_runs__malformed_signature_is_401(client, workflow, signature):
 
 
 def test_workflow_runs__too_long_key_is_400(client, workflow):
-    """An idempotency key over 255 characters is refused with 400 and nothing is recorded."""
+    """A signed webhook-id (the idempotency key) over 255 characters is refused with 400, nothing recorded."""
     response = post(client, workflow.pk, *signed(workflow.secret, PAYLOAD, key="k" * 256))
     assert response.status_code == 400
-    assert "Idempotency-Key" in response.json()["errors"]
+    assert "webhook-id" in response.json()["errors"]
+    assert not WorkflowRun.objects.exists()
+
+
+def test_workflow_runs__idempotency_key_must_match_signed_id(client, workflow):
+    """A replayed request with a new, unsigned Idempotency-Key is refused: it cannot create a second run."""
+    body, headers = signed(workflow.secret, PAYLOAD, key="key-1")
+    assert post(client, workflow.pk, body, headers).status_code == 202
+    replay = post(client, workflow.pk, body, {**headers, "Idempotency-Key": "key-2"})
+    assert replay.status_code == 400
+    assert "Idempotency-Key" in replay.json()["errors"]
+    assert WorkflowRun.objects.count() == 1
+
+
+def test_workflow_runs__signed_body_that_is_not_an_object_is_400(client, workflow):
+    """A correctly signed body that is not a JSON object is bad input (400), not a bad signature."""
+    response = post(client, workflow.pk, *signed(workflow.secret, [1, 2]))
+    assert response.status_code == 400
+    assert "body" in response.json()["errors"]
     assert not WorkflowRun.objects.exists()
 
 
