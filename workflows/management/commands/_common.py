@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.management.base import CommandError
+from django.db.models import QuerySet
 
 from workflows.models import Workflow
 
@@ -73,22 +74,30 @@ def user_get(username: str, *, option: str = "--owner") -> AbstractBaseUser:
         raise CommandError(f"{option}: there is no user {username!r}.") from None
 
 
-def workflow_get(value: str, *, owner: AbstractBaseUser | None = None, option: str = "--workflow") -> Workflow:
-    """A workflow by id or name (of ``owner`` when given); a name several owners use is refused."""
-    workflows = Workflow.objects.select_related("owner")
+def by_id_or_name(queryset: QuerySet, value: str, *, owner: AbstractBaseUser | None, noun: str, option: str) -> Any:
+    """One object of ``queryset`` by id or name (of ``owner`` when given).
+
+    Names are unique per owner, so a name that matches several objects belongs to several
+    owners: the caller is asked for the id or --owner.
+    """
     if owner is not None:
-        workflows = workflows.filter(owner=owner)
+        queryset = queryset.filter(owner=owner)
     if value.isdigit():
-        found = workflows.filter(pk=int(value)).first()
+        found = queryset.filter(pk=int(value)).first()
         if found is not None:
             return found
-    matches = list(workflows.filter(name=value)[:2])
+    matches = list(queryset.filter(name=value)[:2])
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise CommandError(f"{option}: several owners have a workflow named {value!r}; give its id or --owner.")
+        raise CommandError(f"{option}: several owners have a {noun} named {value!r}; give its id or --owner.")
     whose = f" of user {owner.get_username()!r}" if owner is not None else ""
-    raise CommandError(f"{option}: no workflow{whose} has the id or name {value!r} (see `manage.py workflow list`).")
+    raise CommandError(f"{option}: no {noun}{whose} has the id or name {value!r} (see `manage.py {noun} list`).")
+
+
+def workflow_get(value: str, *, owner: AbstractBaseUser | None = None, option: str = "--workflow") -> Workflow:
+    """A workflow by id or name (of ``owner`` when given)."""
+    return by_id_or_name(Workflow.objects.select_related("owner"), value, owner=owner, noun="workflow", option=option)
 
 
 def redact_url(url: str) -> str:
