@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 from .env import env_bool, env_int, env_list, env_str
 
@@ -179,10 +180,33 @@ CELERY_BEAT_SCHEDULE = {
     "scheduler.recover-executions": {
         "task": "schedules.recover_executions",
         "schedule": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS),
-        "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS)},
+        # On the high queue, so a backlog of normal work cannot hold recovery up.
+        "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS), "queue": "high"},
     },
 }
 
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 # Shortest interval an interval trigger may have (Cloud Scheduler's shortest is 60 s).
 SCHEDULER_MIN_INTERVAL_SECONDS = env_int("SCHEDULER_MIN_INTERVAL_SECONDS", 10, minimum=1)
+# Most executions one owner may have running at once across all workflows; 0 = no limit.
+SCHEDULER_OWNER_MAX_CONCURRENCY = env_int("SCHEDULER_OWNER_MAX_CONCURRENCY", 0, minimum=0)
+# A slot fired later than this after its time counts as missed (catch-up policy applies).
+SCHEDULER_MISFIRE_GRACE_SECONDS = env_int("SCHEDULER_MISFIRE_GRACE_SECONDS", 60, minimum=1)
+# Catch-up 'all' runs at most this many missed slots per trigger; older ones are recorded missed.
+SCHEDULER_CATCHUP_MAX_SLOTS = env_int("SCHEDULER_CATCHUP_MAX_SLOTS", 100, minimum=1)
+# Waits up to this long (retries, jitter) ride in the broker as countdowns; longer ones are held
+# in the database and sent by the dispatch task when due (Redis re-delivers long ETAs).
+SCHEDULER_COUNTDOWN_MAX_SECONDS = env_int("SCHEDULER_COUNTDOWN_MAX_SECONDS", 300, minimum=0)
+# Retention defaults (per-trigger fields override): 0 = keep all.
+SCHEDULER_KEEP_SUCCEEDED = env_int("SCHEDULER_KEEP_SUCCEEDED", 1000, minimum=0)
+SCHEDULER_KEEP_FAILED = env_int("SCHEDULER_KEEP_FAILED", 1000, minimum=0)
+SCHEDULER_RETENTION_DAYS = env_int("SCHEDULER_RETENTION_DAYS", 90, minimum=0)
+SCHEDULER_NOTIFY_FROM_EMAIL = env_str("SCHEDULER_NOTIFY_FROM_EMAIL", "scheduler@localhost")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+
+# Priority queues: a trigger's executions go to its priority's queue. A plain `celery worker`
+# consumes all three; `-Q high` etc. dedicates workers (see README).
+CELERY_TASK_DEFAULT_QUEUE = "normal"
+CELERY_TASK_QUEUES = [Queue("high"), Queue("normal"), Queue("low")]

@@ -6,7 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -15,13 +15,43 @@ from workflows.models import Workflow
 from workflows.validators import validate_json_object
 
 from . import timing
-from .validators import validate_cron, validate_timezone
+from .validators import validate_cron, validate_email_list, validate_execution_window, validate_timezone
 
 
 class TriggerKind(models.TextChoices):
     CRON = timing.CRON, "Cron"
     ONCE = timing.ONCE, "Once"
     INTERVAL = timing.INTERVAL, "Interval"
+
+
+class CatchupPolicy(models.TextChoices):
+    SKIP = "skip", "Skip missed slots"
+    LATEST = "latest", "Run the latest missed slot"
+    ALL = "all", "Run every missed slot in the catch-up window"
+
+
+class OverlapPolicy(models.TextChoices):
+    SKIP = "skip", "Skip while the previous run is unfinished"
+    BUFFER_ONE = "buffer_one", "Run right after the previous one (at most one waiting)"
+    ALLOW = "allow", "Run alongside"
+
+
+class Priority(models.TextChoices):
+    HIGH = "high", "High"
+    NORMAL = "normal", "Normal"
+    LOW = "low", "Low"
+
+
+class DstPolicy(models.TextChoices):
+    VIXIE = timing.DST_VIXIE, "Vixie cron: a skipped time runs after the gap, a repeated time once"
+    SKIP_MISSING = timing.DST_SKIP_MISSING, "Skip local times that do not exist"
+    REPEAT_TWICE = timing.DST_REPEAT_TWICE, "Run repeated local times twice"
+
+
+class TriggerStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    PAUSED = "paused", "Paused"
+    COMPLETED = "completed", "Completed"
 
 
 class Trigger(models.Model):
@@ -62,6 +92,98 @@ class Trigger(models.Model):
     enabled = models.BooleanField(default=True, help_text="Paused triggers do not fire.")
     pause_reason = models.CharField(max_length=500, blank=True)
     paused_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    dst_policy = models.CharField(
+        max_length=16,
+        choices=DstPolicy.choices,
+        default=DstPolicy.VIXIE,
+        help_text="What a cron trigger does with local times a DST change skips or repeats.",
+    )
+    anchor_at = models.DateTimeField(
+        null=True, blank=True, help_text="For kind interval: slots are anchor + k * interval. Blank: the Unix epoch."
+    )
+    start_at = models.DateTimeField(
+        null=True, blank=True, help_text="No slot before this time, e.g. 2026-12-01T00:00Z."
+    )
+    end_at = models.DateTimeField(
+        null=True, blank=True, help_text="No slot after this time; then the trigger completes."
+    )
+    max_runs = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Complete after this many scheduled runs (manual runs and skipped slots do not count).",
+    )
+    run_count = models.PositiveIntegerField(default=0, editable=False, help_text="Scheduled runs so far.")
+    completed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    jitter_seconds = models.PositiveIntegerField(
+        default=0,
+        validators=[MaxValueValidator(3600)],
+        help_text="Delay each slot by a random 0..N seconds (the slot keeps its time), e.g. 30.",
+    )
+    execution_window = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_execution_window],
+        help_text="Days (0=Sunday) and local time ranges slots may run in, e.g. "
+        '{"days": [1, 2, 3, 4, 5], "ranges": [["09:00", "17:00"]]}. Empty: always.',
+    )
+    catchup = models.CharField(
+        max_length=16,
+        choices=CatchupPolicy.choices,
+        default=CatchupPolicy.LATEST,
+        help_text="What to do with slots missed while beat or workers were down.",
+    )
+    catchup_window_seconds = models.PositiveIntegerField(
+        default=3600, help_text="With catch-up 'all': how far back missed slots are run, e.g. 3600."
+    )
+    overlap = models.CharField(
+        max_length=16,
+        choices=OverlapPolicy.choices,
+        default=OverlapPolicy.SKIP,
+        help_text="What a slot does while the trigger's previous execution is unfinished.",
+    )
+    priority = models.CharField(
+        max_length=8, choices=Priority.choices, default=Priority.NORMAL, help_text="Queue its executions run on."
+    )
+    pause_after_failures = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Pause after this many failed executions in a row, e.g. 5. Blank: never.",
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    notify_emails = models.CharField(
+        max_length=1000,
+        blank=True,
+        validators=[validate_email_list],
+        help_text="Comma-separated addresses told of final failures, auto-pause and recovery.",
+    )
+    notify_webhook_url = models.CharField(
+        max_length=2048,
+        blank=True,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="Optional URL that gets a signed JSON POST for the same events.",
+    )
+    fallback_workflow = models.ForeignKey(
+        Workflow,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="fallback_for",
+        help_text="Run this workflow (same inputs) when an execution finally fails.",
+    )
+    keep_succeeded = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Keep the last N succeeded executions. Blank: the setting's default."
+    )
+    keep_failed = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Keep the last N failed executions. Blank: the setting's default."
+    )
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Drop executions older than this."
+    )
     max_attempts = models.PositiveSmallIntegerField(
         default=3,
         validators=[MinValueValidator(1), MaxValueValidator(20)],
@@ -76,6 +198,14 @@ class Trigger(models.Model):
         default=300,
         validators=[MinValueValidator(1)],
         help_text="Longest wait between retries, e.g. 300.",
+    )
+    max_doublings = models.PositiveSmallIntegerField(
+        default=5,
+        validators=[MaxValueValidator(30)],
+        help_text="Waits double this many times, then grow linearly (as Cloud Scheduler), e.g. 5.",
+    )
+    max_retry_duration_seconds = models.PositiveIntegerField(
+        default=0, help_text="Stop retrying once the first attempt is this long ago; 0 = no limit."
     )
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False, db_index=True)
     # Set when the trigger is created, resumed or its schedule changes: only slots after it run,
@@ -117,7 +247,22 @@ class Trigger(models.Model):
             timezone=self.timezone,
             run_at=self.run_at,
             interval_seconds=self.interval_seconds,
+            dst_policy=self.dst_policy,
+            anchor_at=self.anchor_at,
+            start_at=self.start_at,
+            end_at=self.end_at,
         )
+
+    @property
+    def status(self) -> str:
+        """active, paused or completed (a once trigger that ran, or one past its end or max_runs)."""
+        if self.completed_at is not None:
+            return TriggerStatus.COMPLETED
+        return TriggerStatus.ACTIVE if self.enabled else TriggerStatus.PAUSED
+
+    @property
+    def runs_remaining(self) -> int | None:
+        return None if self.max_runs is None else max(0, self.max_runs - self.run_count)
 
     @property
     def description(self) -> str:
@@ -159,8 +304,37 @@ class Trigger(models.Model):
             errors.setdefault("min_backoff_seconds", []).append("must not exceed max_backoff_seconds.")
         if self.workflow_id and self.owner_id and self.workflow.owner_id != self.owner_id:
             errors.setdefault("workflow", []).append("must be one of the trigger owner's workflows.")
+        if self.start_at and self.end_at and self.start_at >= self.end_at:
+            errors.setdefault("end_at", []).append("must be after start_at.")
+        if self.kind != TriggerKind.INTERVAL and self.anchor_at is not None:
+            errors.setdefault("anchor_at", []).append("only applies to interval triggers.")
+        if self.kind == TriggerKind.INTERVAL and self.interval_seconds and self.jitter_seconds >= self.interval_seconds:
+            errors.setdefault("jitter_seconds", []).append("must be shorter than the interval.")
+        if self.catchup == CatchupPolicy.ALL and not self.catchup_window_seconds:
+            errors.setdefault("catchup_window_seconds", []).append("must be at least 1 with catch-up 'all'.")
+        if self.fallback_workflow_id:
+            if self.fallback_workflow_id == self.workflow_id:
+                errors.setdefault("fallback_workflow", []).append("must be another workflow than the trigger's own.")
+            elif self.owner_id and self.fallback_workflow.owner_id != self.owner_id:
+                errors.setdefault("fallback_workflow", []).append("must be one of the trigger owner's workflows.")
         if errors:
             raise ValidationError(errors)
+
+
+class SkipReason(models.TextChoices):
+    MISSED = "missed", "Missed while beat or workers were down"
+    OVERLAP = "overlap", "Previous execution still unfinished"
+    OUTSIDE_WINDOW = "outside_window", "Outside the execution window"
+    WORKFLOW_INACTIVE = "workflow_inactive", "Workflow inactive"
+
+
+class ExecutionOrigin(models.TextChoices):
+    SCHEDULE = "schedule", "Schedule"
+    CATCHUP = "catchup", "Catch-up"
+    MANUAL = "manual", "Run now"
+    BACKFILL = "backfill", "Backfill"
+    RETRY = "retry", "Retry of a failed execution"
+    FALLBACK = "fallback", "Fallback workflow"
 
 
 class ExecutionStatus(models.TextChoices):
@@ -184,7 +358,20 @@ class Execution(models.Model):
     trigger = models.ForeignKey(Trigger, on_delete=models.CASCADE, related_name="executions")
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="executions")
     scheduled_for = models.DateTimeField(help_text="The slot this execution is for (manual runs: when asked).")
-    manual = models.BooleanField(default=False, help_text="Started by 'run now' rather than by the schedule.")
+    manual = models.BooleanField(default=False, help_text="Started by a person (run now, backfill, retry).")
+    origin = models.CharField(max_length=16, choices=ExecutionOrigin.choices, default=ExecutionOrigin.SCHEDULE)
+    skip_reason = models.CharField(max_length=32, choices=SkipReason.choices, blank=True)
+    # Why a queued execution waits (concurrency limit, behind the trigger's previous one, jitter).
+    wait_reason = models.CharField(max_length=32, blank=True)
+    # When it may start: the slot plus jitter, or when a held retry falls due.
+    due_at = models.DateTimeField(null=True, blank=True)
+    jitter_seconds = models.FloatField(null=True, blank=True, help_text="Random delay applied to this slot.")
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries", editable=False
+    )
+    fallback_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="fallbacks", editable=False
+    )
     inputs = models.JSONField(default=dict, blank=True, help_text="What was sent: workflow defaults + trigger inputs.")
     status = models.CharField(max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.QUEUED)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -204,11 +391,17 @@ class Execution(models.Model):
         ordering = ["-scheduled_for"]
         constraints = [
             # At most one execution per slot: a second delivery of the same slot calls nothing.
-            models.UniqueConstraint(fields=["trigger", "scheduled_for"], name="execution_unique_slot"),
+            # (A fallback run shares the failed slot's time, so it is left out.)
+            models.UniqueConstraint(
+                fields=["trigger", "scheduled_for"],
+                condition=Q(fallback_of__isnull=True),
+                name="execution_unique_slot",
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "lease_expires_at"], name="execution_status_lease"),
             models.Index(fields=["trigger", "-scheduled_for"], name="execution_trigger_slot"),
+            models.Index(fields=["workflow", "status"], name="execution_workflow_status"),
         ]
 
     def __str__(self) -> str:

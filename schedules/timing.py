@@ -25,6 +25,12 @@ CRON = "cron"
 ONCE = "once"
 INTERVAL = "interval"
 
+# DST policies for cron triggers (see module docstring).
+DST_VIXIE = "vixie"
+DST_SKIP_MISSING = "skip_missing"
+DST_REPEAT_TWICE = "repeat_twice"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 MACROS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
@@ -64,6 +70,10 @@ class Cadence:
     timezone: str = "UTC"
     run_at: datetime | None = None
     interval_seconds: int | None = None
+    dst_policy: str = DST_VIXIE
+    anchor_at: datetime | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -234,16 +244,16 @@ def _shifts_near(at: datetime, tz: ZoneInfo) -> bool:
     return (at - _MAX_SHIFT).astimezone(tz).utcoffset() != (at + _MAX_SHIFT).astimezone(tz).utcoffset()
 
 
-def next_slot_after(cadence: Cadence, after: datetime) -> datetime | None:
-    """The first slot strictly after ``after`` (aware), or None if there is none."""
+def _next_unbounded(cadence: Cadence, after: datetime) -> datetime | None:
     if cadence.kind == ONCE:
         return cadence.run_at if cadence.run_at and cadence.run_at > after else None
     if cadence.kind == INTERVAL:
         step = cadence.interval_seconds or 0
         if step <= 0:
             return None
-        seconds = int(after.timestamp()) // step * step + step
-        return datetime.fromtimestamp(seconds, UTC)
+        anchor = cadence.anchor_at or _EPOCH
+        elapsed = int((after - anchor).total_seconds() // step) * step + step
+        return anchor + timedelta(seconds=elapsed)
     tz = cadence.zone
     iterator = croniter(cadence.cron, _local(after, tz))
     for _ in range(_MAX_STEPS):
@@ -253,15 +263,15 @@ def next_slot_after(cadence: Cadence, after: datetime) -> datetime | None:
     return None
 
 
-def latest_slot_at_or_before(cadence: Cadence, at: datetime) -> datetime | None:
-    """The last slot at or before ``at`` (aware), or None if there is none."""
+def _latest_unbounded(cadence: Cadence, at: datetime) -> datetime | None:
     if cadence.kind == ONCE:
         return cadence.run_at if cadence.run_at and cadence.run_at <= at else None
     if cadence.kind == INTERVAL:
         step = cadence.interval_seconds or 0
         if step <= 0:
             return None
-        return datetime.fromtimestamp(int(at.timestamp()) // step * step, UTC)
+        anchor = cadence.anchor_at or _EPOCH
+        return anchor + timedelta(seconds=int((at - anchor).total_seconds() // step) * step)
     tz = cadence.zone
     start = _local(at, tz).replace(second=0, microsecond=0) + timedelta(minutes=1)
     if _shifts_near(at, tz):
@@ -276,6 +286,40 @@ def latest_slot_at_or_before(cadence: Cadence, at: datetime) -> datetime | None:
         if candidate <= at:
             return candidate
     return None
+
+
+def next_slot_after(cadence: Cadence, after: datetime) -> datetime | None:
+    """The first slot strictly after ``after`` (aware) within start_at/end_at, or None."""
+    if cadence.start_at is not None and after < cadence.start_at:
+        # A slot exactly at start_at counts: look from just before it.
+        after = cadence.start_at - timedelta(microseconds=1)
+    slot = _next_unbounded(cadence, after)
+    if slot is None or (cadence.end_at is not None and slot > cadence.end_at):
+        return None
+    return slot
+
+
+def latest_slot_at_or_before(cadence: Cadence, at: datetime) -> datetime | None:
+    """The last slot at or before ``at`` (aware) within start_at/end_at, or None."""
+    if cadence.end_at is not None and at > cadence.end_at:
+        at = cadence.end_at
+    slot = _latest_unbounded(cadence, at)
+    if slot is None or (cadence.start_at is not None and slot < cadence.start_at):
+        return None
+    return slot
+
+
+def slots_between(cadence: Cadence, after: datetime, until: datetime, *, limit: int) -> list[datetime]:
+    """Slots in (after, until], oldest first, at most ``limit``."""
+    slots: list[datetime] = []
+    cursor = after
+    while len(slots) < limit:
+        slot = next_slot_after(cadence, cursor)
+        if slot is None or slot > until:
+            break
+        slots.append(slot)
+        cursor = slot
+    return slots
 
 
 def upcoming(cadence: Cadence, after: datetime, count: int) -> list[datetime]:
@@ -297,3 +341,65 @@ def validate_cadence(cadence: Cadence, *, now: datetime) -> None:
         first = next_slot_after(cadence, now)
         if first is None or first > now + timedelta(days=366 * _HORIZON_YEARS):
             raise InvalidCron(f"{cadence.cron!r} does not fire in the next {_HORIZON_YEARS} years.")
+
+
+# --- Execution windows --------------------------------------------------------------------------
+
+_TIME = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])$")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Days of week (0=Sunday) and local [start, end) minute ranges a slot may run in."""
+
+    days: frozenset[int]
+    ranges: tuple[tuple[int, int], ...]
+
+    def contains(self, at: datetime, tz: ZoneInfo) -> bool:
+        local = at.astimezone(tz)
+        if (local.isoweekday() % 7) not in self.days:
+            return False
+        if not self.ranges:
+            return True
+        minute = local.hour * 60 + local.minute
+        return any(start <= minute < end for start, end in self.ranges)
+
+
+def _minutes(text: object, what: str) -> int:
+    match = _TIME.match(text) if isinstance(text, str) else None
+    if not match or (match[1] == "24" and match[2] != "00"):
+        raise ScheduleError(
+            f"execution_window: {what} {text!r} must be a time 'HH:MM' (00:00-24:00).", field="execution_window"
+        )
+    return int(match[1]) * 60 + int(match[2])
+
+
+def parse_window(value: object) -> Window | None:
+    """Read an execution window; {} (or None) means no window. Raises ScheduleError."""
+    if not value:
+        return None
+    if not isinstance(value, dict) or set(value) - {"days", "ranges"}:
+        raise ScheduleError(
+            'execution_window must be {"days": [1, 2, 3, 4, 5], "ranges": [["09:00", "17:00"]]} (both optional).',
+            field="execution_window",
+        )
+    days = value.get("days", list(range(7)))
+    if not isinstance(days, list) or not days or not all(isinstance(d, int) and 0 <= d <= 7 for d in days):
+        raise ScheduleError(
+            "execution_window: days must be a non-empty list of 0-6 (0 = Sunday).", field="execution_window"
+        )
+    ranges = value.get("ranges", [])
+    if not isinstance(ranges, list) or not all(isinstance(r, list) and len(r) == 2 for r in ranges):
+        raise ScheduleError(
+            'execution_window: ranges must be a list of ["HH:MM", "HH:MM"] pairs.', field="execution_window"
+        )
+    parsed = []
+    for start_text, end_text in ranges:
+        start, end = _minutes(start_text, "start"), _minutes(end_text, "end")
+        if start >= end:
+            raise ScheduleError(
+                f"execution_window: range {start_text}-{end_text} must end after it starts (split one crossing midnight).",
+                field="execution_window",
+            )
+        parsed.append((start, end))
+    return Window(days=frozenset(d % 7 for d in days), ranges=tuple(parsed))

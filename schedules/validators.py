@@ -22,3 +22,23 @@ def validate_timezone(value: str) -> None:
         timing.zone(value)
     except ScheduleError as exc:
         raise ValidationError(str(exc)) from None
+
+
+def validate_execution_window(value: object) -> None:
+    """{"days": [0-6, 0=Sunday], "ranges": [["HH:MM", "HH:MM"], ...]}; empty means always."""
+    try:
+        timing.parse_window(value)
+    except ScheduleError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def validate_email_list(value: str) -> None:
+    """Comma-separated e-mail addresses."""
+    from django.core.validators import validate_email
+
+    for address in (part.strip() for part in value.split(",")):
+        if address:
+            try:
+                validate_email(address)
+            except ValidationError:
+                raise ValidationError(f"{address!r} is not an e-mail address.") from None

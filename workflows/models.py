@@ -62,6 +62,30 @@ class Workflow(models.Model):
         help_text='Inputs every run gets unless a trigger overrides them, e.g. {"region": "us"}.',
     )
     is_active = models.BooleanField(default=True, help_text="Inactive workflows are not called.")
+    max_concurrency = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Most executions running at once across all its triggers, e.g. 2. Blank: no limit.",
+    )
+    # The retry policy a new trigger gets unless it sets its own (Cloud Scheduler's defaults shape).
+    max_attempts = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text="Default for new triggers, e.g. 3.",
+    )
+    min_backoff_seconds = models.PositiveIntegerField(
+        default=5, validators=[MinValueValidator(1)], help_text="Default for new triggers, e.g. 5."
+    )
+    max_backoff_seconds = models.PositiveIntegerField(
+        default=300, validators=[MinValueValidator(1)], help_text="Default for new triggers, e.g. 300."
+    )
+    max_doublings = models.PositiveSmallIntegerField(
+        default=5, validators=[MaxValueValidator(30)], help_text="Default for new triggers, e.g. 5."
+    )
+    max_retry_duration_seconds = models.PositiveIntegerField(
+        default=0, help_text="Default for new triggers: stop retrying after this long, 0 = no limit."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
