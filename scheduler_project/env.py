@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.crypto import salted_hmac
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -69,3 +72,34 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_fernet_keys(name: str, *, fallback_secret: str | None) -> list[str]:
+    """Return a comma-separated list of Fernet keys, each checked; the first one encrypts.
+
+    Without the variable, ``fallback_secret`` (local development only) yields one derived key;
+    with no fallback either, start-up stops. Messages name the variable and the key's position,
+    never the key.
+    """
+    keys = env_list(name, [])
+    if not keys:
+        if fallback_secret is None:
+            raise ImproperlyConfigured(
+                f"Set the environment variable {name} (comma-separated Fernet keys; the first encrypts). Generate "
+                'one: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+            )
+        return [derive_fernet_key(fallback_secret)]
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: key {position} of {len(keys)} is not a Fernet key (32 url-safe base64-encoded bytes)."
+            ) from None
+    return keys
+
+
+def derive_fernet_key(secret: str) -> str:
+    """A Fernet key derived from ``secret`` (SECRET_KEY), for local development without SCHEDULER_SECRET_KEYS."""
+    digest = salted_hmac("scheduler.secret-keys", "fernet", secret=secret, algorithm="sha256").digest()
+    return base64.urlsafe_b64encode(digest).decode()

@@ -6,18 +6,26 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db.models import Count, Model, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 
 from . import services
 from .models import Workflow, WorkflowRun
 from .validators import validate_secret
 
-SECRET_HELP = "Leave blank to keep the current secret (a new workflow gets a generated one)"  # noqa: S105 - help text
+SECRET_HELP = (
+    "Leave blank to keep the current secret (a new workflow gets a generated one); a secret typed here "  # noqa: S105
+    "replaces the old one at once. To switch with an overlap in which both verify, use the list's "
+    "'Rotate signing secret' action: it shows the new secret once, the only place the admin ever shows one."
+)
 # What the form may change; ``secret`` comes from its own write-only field.
 _FORM_FIELDS = ("name", "endpoint_url", "http_method", "headers", "timeout_seconds", "default_inputs", "is_active")
 
@@ -108,7 +116,13 @@ class WorkflowAdmin(admin.ModelAdmin):
     list_filter = ["is_active", "http_method", "owner"]
     list_select_related = ["owner"]
     search_fields = ["name", "endpoint_url"]
-    readonly_fields = ["owner", "created_at", "updated_at"]
+    readonly_fields = ["owner", "secret_overlap", "created_at", "updated_at"]
+    actions = ["rotate_secrets"]
+
+    @method_decorator(sensitive_post_parameters("secret"))
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # A typed secret stays out of error reports (Django's debug page, admin error e-mails).
+        return super().changeform_view(request, *args, **kwargs)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workflow]:
         # Per-user filtering for non-superuser staff belongs here (a later issue).
@@ -126,6 +140,7 @@ class WorkflowAdmin(admin.ModelAdmin):
             ("Inputs", {"fields": ["default_inputs"]}),
         ]
         if obj is not None:
+            fieldsets[1][1]["fields"].append("secret_overlap")
             fieldsets.append(("Timestamps", {"fields": ["created_at", "updated_at"]}))
         return fieldsets
 
@@ -140,6 +155,47 @@ class WorkflowAdmin(admin.ModelAdmin):
         else:
             saved = services.workflow_create(owner=form.cleaned_data["owner"], **fields)
             copy_saved(obj, saved)
+
+    @admin.action(description="Rotate signing secret", permissions=["change"])
+    def rotate_secrets(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> HttpResponse | None:
+        """New secrets, shown once on the page this returns; the old ones verify for another day.
+
+        The page is rendered here rather than put in a message: messages wait in a cookie or the
+        session until shown, and a secret must not be stored anywhere but its encrypted column.
+        """
+        rotated = []
+        for workflow in queryset.order_by("name", "id"):
+            try:
+                secret = services.workflow_rotate_secret(workflow=workflow)
+            except ValidationError as exc:
+                messages.error(request, f"{workflow.name}: {' '.join(exc.messages)}")
+                continue
+            self.log_change(request, workflow, "Rotated the signing secret.")
+            rotated.append(
+                {
+                    "workflow": workflow,
+                    "secret": secret,
+                    "url": reverse("admin:workflows_workflow_change", args=[workflow.pk]),
+                }
+            )
+        if not rotated:
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "New signing secrets",
+            "rotated": rotated,
+            "overlap_hours": services.DEFAULT_OVERLAP_SECONDS // 3600,
+        }
+        response = TemplateResponse(request, "admin/workflows/workflow/rotated_secrets.html", context)
+        add_never_cache_headers(response)
+        return response
+
+    @admin.display(description="Previous secret")
+    def secret_overlap(self, obj: Workflow) -> str:
+        if obj.valid_previous_secret() is None:
+            return "None: only the current secret verifies."
+        return f"Still verifies until {obj.previous_secret_expires_at:%Y-%m-%d %H:%M:%S %Z} (rotation overlap)."
 
     @admin.display(description="Endpoint")
     def endpoint(self, obj: Workflow) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
+from .fields import EncryptedTextField
 from .validators import SECRET_PREFIX, validate_headers, validate_json_object, validate_secret
 
 
@@ -44,11 +47,25 @@ class Workflow(models.Model):
         validators=[validate_headers],
         help_text='Extra request headers, e.g. {"X-Team": "growth"}.',
     )
-    secret = models.CharField(
-        max_length=128,
+    secret = EncryptedTextField(
         default=generate_secret,
         validators=[validate_secret],
-        help_text="Standard Webhooks signing secret (whsec_...). Write-only.",
+        help_text="Standard Webhooks signing secret (whsec_...). Write-only; encrypted in the database.",
+    )
+    # Set by a rotation (services.workflow_rotate_secret): until previous_secret_expires_at, calls are
+    # signed with both secrets and the built-in endpoint accepts either, so receivers can switch over.
+    previous_secret = EncryptedTextField(
+        blank=True,
+        default="",
+        editable=False,
+        validators=[validate_secret],
+        help_text="The secret before the last rotation, still valid until previous_secret_expires_at.",
+    )
+    previous_secret_expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="End of the rotation overlap, e.g. 2026-01-02 09:00 UTC; blank: no previous secret.",
     )
     timeout_seconds = models.PositiveIntegerField(
         default=30,
@@ -95,6 +112,19 @@ class Workflow(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def valid_previous_secret(self, *, now: datetime | None = None) -> str | None:
+        """The pre-rotation secret while its overlap lasts, else None (expiry is checked here, at use)."""
+        if not self.previous_secret or self.previous_secret_expires_at is None:
+            return None
+        if self.previous_secret_expires_at <= (now or timezone.now()):
+            return None
+        return self.previous_secret
+
+    def valid_secrets(self, *, now: datetime | None = None) -> list[str]:
+        """The secrets a signature may be made with: the current one, then the previous one during an overlap."""
+        previous = self.valid_previous_secret(now=now)
+        return [self.secret] if previous is None else [self.secret, previous]
 
     @property
     def execution_url(self) -> str:

@@ -1,22 +1,26 @@
-"""`manage.py workflow create|list`: create and list workflows from the shell."""
+"""`manage.py workflow create|list|rotate-secret|reencrypt-secrets`: workflows and their secrets from the shell."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import services
+from workflows.exceptions import SecretUndecryptable
 from workflows.models import HttpMethod, Workflow
 
 from ._common import (
     command_error,
+    format_utc,
     parse_json_object,
     positive_int,
     redact_url,
     table,
     user_get,
+    workflow_get,
 )
 
 # Model field -> the option that sets it, so errors name what the user typed.
@@ -31,11 +35,24 @@ _OPTIONS = {
 }
 
 
+def overlap_seconds(text: str) -> int:
+    """argparse type: seconds the old secret keeps verifying, 0 to a week."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if not 0 <= value <= services.MAX_OVERLAP_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be 0-{services.MAX_OVERLAP_SECONDS} seconds (7 days), not {value}")
+    return value
+
+
 class Command(BaseCommand):
-    help = "Create or list workflows (the HTTP endpoints triggers call)."
+    help = "Create or list workflows (the HTTP endpoints triggers call) and manage their signing secrets."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="{create,list}")
+        sub = parser.add_subparsers(
+            dest="subcommand", required=True, metavar="{create,list,rotate-secret,reencrypt-secrets}"
+        )
 
         create = sub.add_parser("create", help="Create a workflow and print its signing secret (once).")
         create.add_argument("--owner", required=True, metavar="USERNAME", help="The user who owns it.")
@@ -55,8 +72,27 @@ class Command(BaseCommand):
         listing = sub.add_parser("list", help="List workflows (secrets are never shown).")
         listing.add_argument("--owner", metavar="USERNAME", help="Only this user's workflows.")
 
+        rotate = sub.add_parser(
+            "rotate-secret",
+            help="Give a workflow a new signing secret and print it (once); the old one verifies during the overlap.",
+        )
+        rotate.add_argument("workflow", metavar="WORKFLOW", help="The workflow's id or name.")
+        rotate.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
+        rotate.add_argument(
+            "--overlap",
+            type=overlap_seconds,
+            default=services.DEFAULT_OVERLAP_SECONDS,
+            metavar="SECONDS",
+            help="How long the old secret still verifies, 0 (not at all) to 604800 (7 days). Default 86400.",
+        )
+
+        sub.add_parser(
+            "reencrypt-secrets",
+            help="Re-encrypt every stored secret with the first key in SCHEDULER_SECRET_KEYS (after adding a key).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
-        getattr(self, f"_{options['subcommand']}")(options)
+        getattr(self, f"_{options['subcommand'].replace('-', '_')}")(options)
 
     def _create(self, options: dict[str, Any]) -> None:
         owner = user_get(options["owner"])
@@ -83,6 +119,43 @@ class Command(BaseCommand):
             self.style.WARNING(
                 "This secret is shown only now and will not be shown again: store it where your endpoint "
                 "verifies Standard Webhooks signatures."
+            )
+        )
+
+    def _rotate_secret(self, options: dict[str, Any]) -> None:
+        owner = user_get(options["owner"]) if options["owner"] else None
+        workflow = workflow_get(options["workflow"], owner=owner, option="WORKFLOW")
+        try:
+            secret = services.workflow_rotate_secret(workflow=workflow, overlap_seconds=options["overlap"])
+        except ValidationError as exc:
+            raise command_error(exc, {"overlap_seconds": "--overlap", "secret": "WORKFLOW"}) from None
+        self.stdout.write(
+            self.style.SUCCESS(f"Rotated the signing secret of workflow {workflow.pk} {workflow.name!r}.")
+        )
+        self.stdout.write(f"Signing secret: {secret}")
+        if workflow.previous_secret_expires_at is not None:
+            self.stdout.write(
+                f"Until {format_utc(workflow.previous_secret_expires_at)} calls also carry a signature made with "
+                "the old secret, and the built-in endpoint accepts either; after that only the new one."
+            )
+        else:
+            self.stdout.write("The old secret no longer verifies.")
+        self.stdout.write(
+            self.style.WARNING(
+                "This secret is shown only now and will not be shown again: store it where your endpoint "
+                "verifies Standard Webhooks signatures."
+            )
+        )
+
+    def _reencrypt_secrets(self, options: dict[str, Any]) -> None:
+        try:
+            count = services.workflow_secrets_reencrypt()
+        except SecretUndecryptable as exc:
+            raise CommandError(f"{exc}; nothing after it was re-encrypted.") from None
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Re-encrypted the secrets of {count} workflow(s) with the first key in SCHEDULER_SECRET_KEYS; "
+                "keys after it can now be removed."
             )
         )
 
