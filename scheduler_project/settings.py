@@ -6,13 +6,14 @@ nothing but Python. Set DATABASE_URL and CELERY_BROKER_URL for PostgreSQL and Re
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from .env import env_bool, env_int, env_list, env_str
+from .env import env_bool, env_fernet_keys, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Where the embedded defaults keep their files (SQLite database, filesystem broker, beat heartbeat).
@@ -22,6 +23,11 @@ DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = env_str("SECRET_KEY", "django-insecure-local-development-only" if DEBUG else None)
 if not DEBUG and SECRET_KEY.startswith("django-insecure"):
     raise ImproperlyConfigured("SECRET_KEY: set a real secret when DEBUG is off.")
+# Fernet keys that encrypt workflow signing secrets in the database (workflows.fields): comma-separated,
+# the first encrypts and every one decrypts, so a new key goes first and the old one stays until
+# `manage.py workflow reencrypt-secrets` has run. Required when DEBUG is off; locally a key is
+# derived from SECRET_KEY. https://cryptography.io/en/latest/fernet/#cryptography.fernet.MultiFernet
+SCHEDULER_SECRET_KEYS = env_fernet_keys("SCHEDULER_SECRET_KEYS", fallback_secret=SECRET_KEY if DEBUG else None)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -161,11 +167,31 @@ CELERY_BEAT_MAX_LOOP_INTERVAL = env_int("CELERY_BEAT_MAX_LOOP_INTERVAL", 5, mini
 SCHEDULER_PUBLIC_BASE_URL = env_str("SCHEDULER_PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 # Connect timeout for workflow calls; the read timeout and total deadline are the workflow's own.
 SCHEDULER_CONNECT_TIMEOUT_SECONDS = env_int("SCHEDULER_CONNECT_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
+# The SSRF guard (workflows/network.py): the worker resolves each endpoint's host itself and refuses
+# loopback, private, link-local (cloud metadata), multicast, reserved and other non-global
+# addresses, IPv4 and IPv6, unless allowed here: CIDRs, e.g. 10.20.0.0/16,fd00:1::/64, and exact
+# host names, e.g. n8n.internal. The host of SCHEDULER_PUBLIC_BASE_URL is always allowed for the
+# built-in run endpoint. https://cheatsheetseries.owasp.org/cheatsheets/Server_Side_Request_Forgery_Prevention_Cheat_Sheet.html
+SCHEDULER_OUTBOUND_ALLOW_NETWORKS = env_list("SCHEDULER_OUTBOUND_ALLOW_NETWORKS", [])
+for _network in SCHEDULER_OUTBOUND_ALLOW_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"SCHEDULER_OUTBOUND_ALLOW_NETWORKS: {_network!r} is not a network, e.g. 10.20.0.0/16 or fd00::/8."
+        ) from None
+SCHEDULER_OUTBOUND_ALLOW_HOSTS = env_list("SCHEDULER_OUTBOUND_ALLOW_HOSTS", [])
+# Off: a 3xx answer fails the call. On: up to 5 hops are followed, each host vetted again, and the
+# signature, Idempotency-Key, Authorization and workflow headers never go to another host.
+SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS = env_bool("SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS", False)
 # An attempt holds its execution for its deadline plus this grace; past it the holder is
 # presumed dead and the recovery task runs the execution again (same Idempotency-Key).
 SCHEDULER_LEASE_GRACE_SECONDS = env_int("SCHEDULER_LEASE_GRACE_SECONDS", 60, minimum=1)
 # How often beat runs the recovery task (stuck executions, slots whose message was lost).
-SCHEDULER_RECOVERY_INTERVAL_SECONDS = env_int("SCHEDULER_RECOVERY_INTERVAL_SECONDS", 30, minimum=1)
+# It also sends long waits held in the database when they fall due, so keep it short.
+SCHEDULER_RECOVERY_INTERVAL_SECONDS = env_int("SCHEDULER_RECOVERY_INTERVAL_SECONDS", 10, minimum=1)
+# How often beat prunes execution history to the retention settings (SCHEDULER_KEEP_* below).
+SCHEDULER_RETENTION_INTERVAL_SECONDS = env_int("SCHEDULER_RETENTION_INTERVAL_SECONDS", 3600, minimum=60)
 # A due slot that no fire has claimed this long after its time is taken by the recovery task.
 SCHEDULER_MISSED_SLOT_GRACE_SECONDS = env_int("SCHEDULER_MISSED_SLOT_GRACE_SECONDS", 90, minimum=1)
 # Responses are read up to this size; history keeps only the first SCHEDULER_RESPONSE_EXCERPT_BYTES.
@@ -182,6 +208,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS),
         # On the high queue, so a backlog of normal work cannot hold recovery up.
         "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS), "queue": "high"},
+    },
+    "scheduler.prune-executions": {
+        "task": "schedules.prune_executions",
+        "schedule": float(SCHEDULER_RETENTION_INTERVAL_SECONDS),
+        # Housekeeping waits behind real work; a run that expires in the queue is done by the next one.
+        "options": {"expires": float(SCHEDULER_RETENTION_INTERVAL_SECONDS), "queue": "low"},
     },
 }
 
@@ -201,6 +233,8 @@ SCHEDULER_COUNTDOWN_MAX_SECONDS = env_int("SCHEDULER_COUNTDOWN_MAX_SECONDS", 300
 SCHEDULER_KEEP_SUCCEEDED = env_int("SCHEDULER_KEEP_SUCCEEDED", 1000, minimum=0)
 SCHEDULER_KEEP_FAILED = env_int("SCHEDULER_KEEP_FAILED", 1000, minimum=0)
 SCHEDULER_RETENTION_DAYS = env_int("SCHEDULER_RETENTION_DAYS", 90, minimum=0)
+# Most slots one backfill may create.
+SCHEDULER_BACKFILL_MAX_SLOTS = env_int("SCHEDULER_BACKFILL_MAX_SLOTS", 1000, minimum=1)
 SCHEDULER_NOTIFY_FROM_EMAIL = env_str("SCHEDULER_NOTIFY_FROM_EMAIL", "scheduler@localhost")
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")

@@ -116,7 +116,9 @@ def trigger_sync(trigger: Trigger, *, restart_at: datetime | None = None) -> Per
     task.clocked = _clocked_for(trigger, task if task.pk else None) if trigger.kind == TriggerKind.ONCE else None
     task.solar = None
     task.one_off = trigger.kind == TriggerKind.ONCE
-    task.enabled = trigger.enabled and trigger.next_run_at is not None
+    task.enabled = trigger.enabled and trigger.next_run_at is not None and trigger.completed_at is None
+    # Beat publishes the slot's message to the trigger's priority queue.
+    task.queue = str(trigger.priority)
     task.start_time = None
     task.expires = None
     if restart_at is not None or task.pk is None:
@@ -149,6 +151,7 @@ _SYNCED_FIELDS = (
     "start_time",
     "expires",
     "date_changed",
+    "queue",
 )
 
 
@@ -290,7 +293,9 @@ class TriggerEntry(ModelEntry):
     def __init__(self, model: PeriodicTask, app: Any = None) -> None:
         super().__init__(model, app=app)
         if self.task == FIRE_TASK:
-            cadence = cadence_of(model)
+            # The trigger's own cadence (DST policy, anchor, bounds) when the scheduler loaded it;
+            # else what the PeriodicTask row itself says.
+            cadence = getattr(model, "trigger_cadence", None) or cadence_of(model)
             if cadence is not None:
                 self.schedule = TriggerSchedule(cadence, app=self.app)
 
@@ -319,6 +324,22 @@ class TriggerScheduler(DatabaseScheduler):
 
     Entry = TriggerEntry
     _heartbeat_at = 0.0
+
+    def enabled_models(self) -> list[PeriodicTask]:
+        """django-celery-beat's enabled rows, each trigger's carrying its cadence (one extra query)."""
+        models = super().enabled_models()
+        if any(model.task == FIRE_TASK for model in models):
+            active = Trigger.objects.filter(enabled=True, completed_at=None, periodic_task__isnull=False)
+            fields = ("kind", "cron", "timezone", "run_at", "interval_seconds", "dst_policy", "anchor_at")
+            cadences = {}
+            for trigger in active.only(*fields, "start_at", "end_at", "periodic_task_id"):
+                try:
+                    cadences[trigger.periodic_task_id] = trigger.cadence
+                except timing.ScheduleError:
+                    logger.exception("trigger %s has a schedule beat cannot read", trigger.pk)
+            for model in models:
+                model.trigger_cadence = cadences.get(model.pk)
+        return models
 
     def apply_async(self, entry: ModelEntry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         if isinstance(entry.schedule, TriggerSchedule):

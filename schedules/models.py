@@ -406,3 +406,77 @@ class Execution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.trigger_id} @ {self.scheduled_for:%Y-%m-%d %H:%M:%S}Z ({self.status})"
+
+
+# Duration buckets (upper bounds in ms, inclusive) for ExecutionStats.duration_histogram: each is
+# 1.2x the last, so a bucket spans +-10% around its middle from 10 ms to about 63 s; longer calls
+# go in "inf". A p95 read from the histogram is therefore within about one bucket of the exact one.
+DURATION_BUCKETS_MS: tuple[int, ...] = tuple(round(10 * 1.2**k) for k in range(49))
+DURATION_OVERFLOW_BUCKET = "inf"
+
+
+def duration_bucket(duration_ms: int) -> str:
+    """The histogram key a duration is counted under: its bucket's upper bound, or "inf"."""
+    for bound in DURATION_BUCKETS_MS:
+        if duration_ms <= bound:
+            return str(bound)
+    return DURATION_OVERFLOW_BUCKET
+
+
+def histogram_quantile(histogram: dict[str, int], quantile: float, *, max_ms: int | None = None) -> float | None:
+    """Estimate a quantile from a duration histogram, interpolating inside the bucket it falls in.
+
+    Reads whatever bounds the keys name, so histograms written with other buckets still work.
+    ``max_ms`` (the longest duration seen) caps the estimate and closes the "inf" bucket.
+    """
+    counts = sorted(
+        ((float(key), count) for key, count in histogram.items() if count > 0),
+        key=lambda item: item[0],
+    )
+    total = sum(count for _, count in counts)
+    if not total:
+        return None
+    rank = quantile * total
+    lower, seen = 0.0, 0
+    for upper, count in counts:
+        if seen + count >= rank:
+            if upper == float("inf"):
+                upper = float(max_ms) if max_ms is not None and max_ms > lower else lower
+            estimate = lower + (upper - lower) * (rank - seen) / count
+            return min(estimate, float(max_ms)) if max_ms is not None else estimate
+        lower, seen = upper, seen + count
+    return lower
+
+
+class ExecutionStats(models.Model):
+    """Running counts of a trigger's finished executions, per workflow it called; pruning never lowers them.
+
+    One row per (trigger, workflow): a trigger that is moved to another workflow keeps counting
+    in a new row, so per-workflow figures only include calls that workflow really got.
+    Fallback executions are not counted (their slot already counted as failed).
+    """
+
+    trigger = models.ForeignKey(Trigger, on_delete=models.CASCADE, related_name="stats")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="execution_stats")
+    total = models.PositiveBigIntegerField(default=0, help_text="Finished executions, e.g. 120.")
+    succeeded = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    skipped = models.PositiveBigIntegerField(default=0)
+    duration_count = models.PositiveBigIntegerField(default=0, help_text="Executions with a call duration.")
+    duration_sum_ms = models.PositiveBigIntegerField(default=0)
+    duration_max_ms = models.PositiveIntegerField(default=0)
+    duration_histogram = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Counts by bucket upper bound in ms (see DURATION_BUCKETS_MS), e.g. {"10": 3, "12": 7, "inf": 1}.',
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "execution stats"
+        constraints = [
+            models.UniqueConstraint(fields=["trigger", "workflow"], name="execution_stats_unique_trigger_workflow"),
+        ]
+
+    def __str__(self) -> str:
+        return f"stats of trigger {self.trigger_id} / workflow {self.workflow_id}"

@@ -42,3 +42,24 @@ def recover_executions() -> dict[str, int]:
     """Periodic (beat): re-queue executions whose worker died and slots whose message was lost."""
     report = services.executions_recover()
     return {"executions": report.executions, "slots": report.slots}
+
+
+@shared_task(name="schedules.notify_trigger_event", ignore_result=True)
+def notify_trigger_event(
+    trigger_id: int, event: str, execution_id: str | None = None, detail: dict | None = None
+) -> dict:
+    """E-mail and webhook for a final failure, an automatic pause or a recovery."""
+    from . import notifications
+    from .models import Execution, Trigger
+
+    trigger = Trigger.objects.select_related("workflow").filter(pk=trigger_id).first()
+    if trigger is None:
+        return {"trigger_id": trigger_id, "status": "trigger gone"}
+    execution = Execution.objects.filter(pk=execution_id).first() if execution_id else None
+    return notifications.send(trigger, event, execution, detail or {})
+
+
+@shared_task(name="schedules.prune_executions", ignore_result=True)
+def prune_executions() -> dict[str, int]:
+    """Periodic (beat): delete executions past their trigger's retention (the stats keep counting them)."""
+    return {"deleted": services.executions_prune()}

@@ -55,8 +55,8 @@ def enqueued(monkeypatch):
     def attempt(execution_id, attempt, *, countdown=None, **options):
         sent["attempts"].append((str(execution_id), attempt, countdown))
 
-    def fire(trigger_id, slot):
-        sent["fires"].append((trigger_id, slot))
+    def fire(trigger, slot):
+        sent["fires"].append((trigger.pk, slot))
 
     monkeypatch.setattr(services, "_enqueue_attempt", attempt)
     monkeypatch.setattr(services, "_enqueue_fire", fire)
@@ -602,8 +602,12 @@ def test_execution_perform__retry_message_sent_after_commit(
     for callback in callbacks:
         callback()
     assert sent == [
-        {"kwargs": {"execution_id": str(execution.pk), "attempt": 1}, "countdown": None},
-        {"kwargs": {"execution_id": str(execution.pk), "attempt": 2}, "countdown": outcome.retry_in_seconds},
+        {"kwargs": {"execution_id": str(execution.pk), "attempt": 1}, "countdown": None, "queue": "normal"},
+        {
+            "kwargs": {"execution_id": str(execution.pk), "attempt": 2},
+            "countdown": pytest.approx(outcome.retry_in_seconds, abs=0.5),
+            "queue": "normal",
+        },
     ]
 
 
@@ -634,7 +638,8 @@ def test_execution_perform__retries_exhausted_fails_with_last_error(user, enqueu
         WorkflowUnavailable("HTTP 502 Bad Gateway", http_status=502),
     )
     assert services.execution_perform(execution=execution).status == ExecutionStatus.RETRYING
-    second = services.execution_claim(execution_id=execution.pk, attempt=2)
+    execution.refresh_from_db()
+    second = services.execution_claim(execution_id=execution.pk, attempt=2, now=execution.next_attempt_at)
     assert second is not None
     outcome = services.execution_perform(execution=second)
     assert outcome.status == ExecutionStatus.FAILED
@@ -774,10 +779,11 @@ def test_executions_recover__lost_manual_run_requeued(trigger, enqueued):
 
 def test_executions_recover__held_and_finished_executions_left_alone(workflow, enqueued, endpoint):
     """Executions whose lease still runs, and finished ones, are not re-queued."""
-    trigger = create(workflow)
+    trigger = create(workflow, overlap="allow")
     slot = utc(2027, 3, 11, 9)
     services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
-    finished = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot + timedelta(days=1), now=slot)
+    next_day = slot + timedelta(days=1)
+    finished = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=next_day, now=next_day)
     set_state(finished, status=ExecutionStatus.SUCCEEDED, lease_expires_at=None)
     assert services.executions_recover(now=slot + timedelta(seconds=5)).executions == 0
     assert enqueued["attempts"] == []
