@@ -1,19 +1,41 @@
-"""When triggers fire: slots computed with croniter in each trigger's time zone.
+"""When triggers fire: the slots of a cadence as UTC instants, with explicit DST rules.
 
-croniter runs on naive local wall-clock times (pure calendar arithmetic, no DST bugs); each
-local time is then mapped to UTC here, with explicit rules for DST:
-- a local time skipped by a spring-forward gap runs once, at the instant the gap ends;
-- a local time repeated by an autumn fall-back runs once, at its first occurrence.
-Interval slots are aligned to the Unix epoch (every 900 s means :00, :15, :30, :45 UTC).
-Beat fires, `next_run_at` and previews all come from these functions, so they agree.
+A cron expression is matched against naive wall-clock times in the trigger's IANA zone (the
+matcher below follows Vixie cron: when day-of-month and day-of-week are both restricted a day
+matching either runs; a field written `*` or `*/n` is unrestricted), and each matching wall time
+is mapped to UTC here. croniter only validates: on aware times it runs fixed-time jobs twice in a
+fold and mishandles Lord Howe's 30-minute shift (pallets-eco/croniter#258).
+
+DST rules. An expression has a *wildcard hour* when an item of its hour field is `*` or `*/n`
+(`0 * * * *`, `*/15 * * * *`, `0 */2 * * *`); any other hour field (`9`, `1-5`, `8,17`, `3-23/6`)
+makes its slots *fixed-time*, whatever the minute field (so `*/15 1 * * *` is fixed-time, where
+Vixie cron would treat its `*` minute as wildcard). Each local wall time w (a whole minute) that
+the expression matches gives:
+- if w occurs once: one slot, at that instant;
+- if w occurs twice (a fall-back repeats it): with a wildcard hour, a slot at both instants;
+  fixed-time, a slot at the first only (DST_VIXIE, DST_SKIP_MISSING) or at both (DST_REPEAT_TWICE);
+- if w never occurs (a spring-forward gap skips it): with a wildcard hour, no slot; fixed-time, a
+  slot at the instant the gap ends (DST_VIXIE, DST_REPEAT_TWICE) or none (DST_SKIP_MISSING).
+The slots are the set of these instants (all skipped times of one gap make one slot, at its end).
+So wildcard-hour schedules follow real elapsed time under every policy, as in Vixie cron, which
+gives fixed-time jobs alone the special handling. Los Angeles, 2027: `0 * * * *` fires at 08:00Z
+and 09:00Z on 11-07 (01:00 PDT, 01:00 PST) and at 09:00Z then 10:00Z on 03-14 (01:00 PST, 03:00
+PDT); `30 1 * * *` fires once on 11-07, at 08:30Z; `30 2 * * *` fires on 03-14 at 10:00Z, the
+gap's end (DST_SKIP_MISSING: not at all that day).
+
+Interval slots are anchor_at (default: the Unix epoch) plus whole intervals. next_slot_after and
+latest_slot_at_or_before enumerate the same slots, so beat fires, `next_run_at` and previews agree.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from bisect import bisect_left, bisect_right
+from calendar import monthrange
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
@@ -29,6 +51,12 @@ INTERVAL = "interval"
 DST_VIXIE = "vixie"
 DST_SKIP_MISSING = "skip_missing"
 DST_REPEAT_TWICE = "repeat_twice"
+# (slot only at a repeated time's first occurrence, slot at the end of a gap) for fixed-time slots.
+_FIXED_TIME_RULES = {
+    DST_VIXIE: (True, True),
+    DST_SKIP_MISSING: (True, False),
+    DST_REPEAT_TWICE: (False, True),
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 MACROS = {
@@ -56,9 +84,24 @@ _FIELDS = (
 _ITEM = re.compile(r"^(?P<range>\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/(?P<step>[0-9]+))?$")
 # How far ahead a cron expression must fire at least once (catches "0 0 30 2 *").
 _HORIZON_YEARS = 8
-_MAX_STEPS = 100_000
-# Widest DST shift any zone makes (Antarctica/Troll moves 2 h); used to look past folds.
-_MAX_SHIFT = timedelta(hours=3)
+# How far the slot search looks; a cron expression that fires less often than this never fires.
+_SEARCH = timedelta(days=366 * 30)
+# Longer than the most wall-clock time one offset change repeats (7 h, Antarctica/Vostok in 1994;
+# moving across the date line can repeat a whole day); bounds how far back a fold can matter.
+_MAX_FOLD = timedelta(hours=25)
+# Zone offsets are sampled this often to find their changes, then bisected to the second. Two
+# changes that cancel out within one sample would be missed: since 1970 tzdata has no two changes
+# less than three days apart.
+_PROBE = timedelta(hours=6)
+_TICK = timedelta(microseconds=1)
+_SECOND = timedelta(seconds=1)
+_MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
+_DAY = timedelta(days=1)
+# Searches stay inside datetime's range (with a day to spare for the offset and the zone).
+_EARLIEST = datetime(2, 1, 3, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_LATEST = datetime(9998, 12, 29, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -217,31 +260,379 @@ def _duration(seconds: int) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
-def _to_utc(local: datetime, tz: ZoneInfo) -> datetime:
-    """Map a naive local wall time to UTC: first occurrence in a fold, gap end in a gap."""
-    first = local.replace(tzinfo=tz, fold=0).astimezone(UTC)
-    if first.astimezone(tz).replace(tzinfo=None) == local:
-        return first
-    # ``local`` does not exist (spring forward). fold=1 reads it with the new offset, which
-    # lands before the gap; the transition is between the two readings: find it to the second.
-    low = local.replace(tzinfo=tz, fold=1).astimezone(UTC)
-    high = first
-    offset = low.astimezone(tz).utcoffset()
-    while (high - low) > timedelta(seconds=1):
-        middle = low + (high - low) / 2
-        if middle.astimezone(tz).utcoffset() == offset:
-            low = middle
+# --- Presets: schedules picked without writing cron ---------------------------------------------
+
+PRESETS = ("hourly", "daily", "weekdays", "weekly", "monthly")
+_PRESET_PARAMS = {
+    "hourly": ("minute",),
+    "daily": ("time",),
+    "weekdays": ("time",),
+    "weekly": ("day", "time"),
+    "monthly": ("day", "time"),
+}
+_WEEKDAY_NAMES = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_PRESET_TIME = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+_ALLOWED_MINUTE = "a minute past the hour, 0-59"
+_ALLOWED_TIME = "a time of day 'HH:MM', 00:00-23:59"
+_ALLOWED_WEEKDAY = "0-6 (0 = Sunday) or MON, TUE, WED, THU, FRI, SAT, SUN"
+_ALLOWED_MONTH_DAY = "a day of the month, 1-31"
+
+
+def preset_cron(preset: str, **params: object) -> str:
+    """The cron expression (numeric form) for a preset, e.g. ``preset_cron("weekly", day="MON", time="09:30")``.
+
+    hourly: minute (0-59); daily and weekdays (Monday to Friday): time ("HH:MM"); weekly: day (0-6,
+    0 = Sunday, or MON..SUN) and time; monthly: day (1-31; months without that day are skipped, as in
+    cron) and time. Raises ScheduleError whose ``field`` names the wrong parameter.
+    """
+    names = _PRESET_PARAMS.get(preset)
+    if names is None:
+        raise ScheduleError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.", field="preset")
+    takes = " and ".join(names)
+    for name in params:
+        if name not in names:
+            raise ScheduleError(f"the {preset} preset takes {takes}, not {name}.", field=name)
+    for name in names:
+        if params.get(name) is None:
+            raise ScheduleError(f"the {preset} preset needs {takes}; {name} is missing.", field=name)
+    if preset == "hourly":
+        minute = _preset_number(params["minute"], "minute", 0, 59, _ALLOWED_MINUTE)
+        return normalize_cron(f"{minute} * * * *")
+    hour, minute = _preset_time(params["time"])
+    if preset == "daily":
+        return normalize_cron(f"{minute} {hour} * * *")
+    if preset == "weekdays":
+        return normalize_cron(f"{minute} {hour} * * 1-5")
+    if preset == "weekly":
+        return normalize_cron(f"{minute} {hour} * * {_preset_weekday(params['day'])}")
+    day = _preset_number(params["day"], "day", 1, 31, _ALLOWED_MONTH_DAY)
+    return normalize_cron(f"{minute} {hour} {day} * *")
+
+
+def _preset_number(value: object, field: str, low: int, high: int, allowed: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ScheduleError(f"{field} must be {allowed}, not {value!r}.", field=field)
+    return value
+
+
+def _preset_time(value: object) -> tuple[int, int]:
+    if isinstance(value, time) and value.second == 0 and value.microsecond == 0:
+        return value.hour, value.minute
+    match = _PRESET_TIME.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise ScheduleError(f"time must be {_ALLOWED_TIME}, not {value!r}.", field="time")
+    return int(match[1]), int(match[2])
+
+
+def _preset_weekday(value: object) -> int:
+    if isinstance(value, str) and not value.strip().isdigit():
+        name = value.strip().lower()
+        for number, day in enumerate(_WEEKDAY_NAMES):
+            if name in (day, day[:3]):
+                return number
+        raise ScheduleError(f"day must be {_ALLOWED_WEEKDAY}, not {value!r}.", field="day")
+    return _preset_number(value, "day", 0, 6, _ALLOWED_WEEKDAY)
+
+
+# --- Cron slots ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CronSpec:
+    """A cron expression as sets of values, matched against naive wall-clock times.
+
+    The searches build datetimes with the constructor: ``datetime.replace`` is several times slower.
+    """
+
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: frozenset[int]
+    months: tuple[int, ...]
+    weekdays: frozenset[int]  # 0 = Sunday
+    either_day: bool  # day-of-month and day-of-week both restricted: a day matching either runs
+    wildcard_hour: bool
+    _month_days: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def days_in(self, year: int, month: int) -> tuple[int, ...]:
+        """The days of that month the expression runs on."""
+        key = (year, month)
+        found = self._month_days.get(key)
+        if found is None:
+            if len(self._month_days) > 1024:
+                self._month_days.clear()
+            first_weekday = date(year, month, 1).isoweekday() % 7
+            found = tuple(
+                day
+                for day in range(1, monthrange(year, month)[1] + 1)
+                if self._day_matches(day, (first_weekday + day - 1) % 7)
+            )
+            self._month_days[key] = found
+        return found
+
+    def _day_matches(self, day: int, weekday: int) -> bool:
+        in_days, in_weekdays = day in self.days, weekday in self.weekdays
+        return (in_days or in_weekdays) if self.either_day else (in_days and in_weekdays)
+
+    def first_at_or_after(self, low: datetime, high: datetime) -> datetime | None:
+        """The earliest matching wall time in [low, high]."""
+        wall = low
+        if low.second or low.microsecond:
+            wall = datetime(low.year, low.month, low.day, low.hour, low.minute) + _MINUTE
+        months, hours, minutes = self.months, self.hours, self.minutes
+        while wall <= high:
+            year, month, day = wall.year, wall.month, wall.day
+            index = bisect_left(months, month)
+            if index == len(months):
+                wall = datetime(year + 1, months[0], 1)
+                continue
+            if months[index] != month:
+                wall = datetime(year, months[index], 1)
+                continue
+            days = self.days_in(year, month)
+            index = bisect_left(days, day)
+            if index == len(days):
+                wall = datetime(year + 1, 1, 1) if month == 12 else datetime(year, month + 1, 1)
+                continue
+            if days[index] != day:
+                day = days[index]
+                wall = datetime(year, month, day)
+            index = bisect_left(hours, wall.hour)
+            if index == len(hours):
+                wall = datetime(year, month, day) + _DAY
+                continue
+            hour = hours[index]
+            index = bisect_left(minutes, wall.minute if hour == wall.hour else 0)
+            if index == len(minutes):
+                wall = datetime(year, month, day, hour) + _HOUR
+                continue
+            wall = datetime(year, month, day, hour, minutes[index])
+            return wall if wall <= high else None
+        return None
+
+    def last_at_or_before(self, high: datetime, low: datetime) -> datetime | None:
+        """The latest matching wall time in [low, high]."""
+        wall = high
+        if high.second or high.microsecond:
+            wall = datetime(high.year, high.month, high.day, high.hour, high.minute)
+        months, hours, minutes = self.months, self.hours, self.minutes
+        while wall >= low:
+            year, month, day = wall.year, wall.month, wall.day
+            index = bisect_right(months, month) - 1
+            if index < 0:
+                wall = datetime(year, 1, 1) - _MINUTE
+                continue
+            if months[index] != month:
+                following = months[index] + 1
+                wall = (datetime(year + 1, 1, 1) if following == 13 else datetime(year, following, 1)) - _MINUTE
+                continue
+            days = self.days_in(year, month)
+            index = bisect_right(days, day) - 1
+            if index < 0:
+                wall = datetime(year, month, 1) - _MINUTE
+                continue
+            if days[index] != day:
+                day = days[index]
+                wall = datetime(year, month, day, 23, 59)
+            index = bisect_right(hours, wall.hour) - 1
+            if index < 0:
+                wall = datetime(year, month, day) - _MINUTE
+                continue
+            hour = hours[index]
+            index = bisect_right(minutes, wall.minute if hour == wall.hour else 59) - 1
+            if index < 0:
+                wall = datetime(year, month, day, hour) - _MINUTE
+                continue
+            wall = datetime(year, month, day, hour, minutes[index])
+            return wall if wall >= low else None
+        return None
+
+
+def _is_wildcard(field: str) -> bool:
+    return any(item.partition("/")[0] == "*" for item in field.split(","))
+
+
+def _values(field: str, low: int, high: int) -> list[int]:
+    values: set[int] = set()
+    for item in field.split(","):
+        base, _, step = item.partition("/")
+        if base == "*":
+            start, end = low, high
         else:
-            high = middle
-    return high.replace(microsecond=0)
+            start_text, _, end_text = base.partition("-")
+            start = int(start_text)
+            end = int(end_text) if end_text else (high if step else start)
+        values.update(range(start, end + 1, int(step or 1)))
+    return sorted(values)
 
 
-def _local(at: datetime, tz: ZoneInfo) -> datetime:
-    return at.astimezone(tz).replace(tzinfo=None)
+@lru_cache(maxsize=4096)
+def _compile(expression: str) -> _CronSpec:
+    minute, hour, day, month, weekday = normalize_cron(expression).split(" ")
+    return _CronSpec(
+        minutes=tuple(_values(minute, 0, 59)),
+        hours=tuple(_values(hour, 0, 23)),
+        days=frozenset(_values(day, 1, 31)),
+        months=tuple(_values(month, 1, 12)),
+        weekdays=frozenset(value % 7 for value in _values(weekday, 0, 7)),
+        either_day=not _is_wildcard(day) and not _is_wildcard(weekday),
+        wildcard_hour=_is_wildcard(hour),
+    )
 
 
-def _shifts_near(at: datetime, tz: ZoneInfo) -> bool:
-    return (at - _MAX_SHIFT).astimezone(tz).utcoffset() != (at + _MAX_SHIFT).astimezone(tz).utcoffset()
+def has_wildcard_hour(expression: str) -> bool:
+    """Whether the expression's hour field is `*` or `*/n`: its slots follow real elapsed time
+    through DST changes; otherwise they are fixed times that the DST policy applies to."""
+    return _compile(expression).wildcard_hour
+
+
+@lru_cache(maxsize=4096)
+def _cron_plan(expression: str, tz_name: str, policy: str) -> tuple[_CronSpec, ZoneInfo, bool, bool]:
+    """The compiled expression, its zone, and its DST rules: (a repeated wall time has a slot only
+    at its first occurrence, a skipped one has a slot at the gap's end)."""
+    if policy not in _FIXED_TIME_RULES:
+        raise ScheduleError(
+            f"dst_policy must be one of {', '.join(_FIXED_TIME_RULES)}, not {policy!r}.", field="dst_policy"
+        )
+    spec = _compile(expression)
+    # A wildcard hour follows real elapsed time: every instant whose wall time matches, nothing else.
+    first_only, gap_end_runs = (False, False) if spec.wildcard_hour else _FIXED_TIME_RULES[policy]
+    return spec, zone(tz_name), first_only, gap_end_runs
+
+
+class _Change(NamedTuple):
+    """A change of a zone's UTC offset: ``at`` is the first instant with the new offset."""
+
+    at: datetime
+    before: timedelta
+    after: timedelta
+
+
+@lru_cache(maxsize=4096)
+def _year_changes(tz_name: str, year: int) -> tuple[tuple[datetime, ...], tuple[_Change, ...]]:
+    """The offset changes of a zone within a UTC year, oldest first (and their instants, for bisect)."""
+    tz = _zone(tz_name)
+    low = datetime(year, 1, 1, tzinfo=UTC) - _SECOND
+    end = datetime(year + 1, 1, 1, tzinfo=UTC) - _SECOND
+    low_offset = low.astimezone(tz).utcoffset()
+    changes: list[_Change] = []
+    while low < end:
+        high = min(low + _PROBE, end)
+        high_offset = high.astimezone(tz).utcoffset()
+        if high_offset != low_offset:
+            old, new = low, high  # offsets change on whole seconds: bisect to one
+            while new - old > _SECOND:
+                middle = old + timedelta(seconds=int((new - old).total_seconds()) // 2)
+                if middle.astimezone(tz).utcoffset() == low_offset:
+                    old = middle
+                else:
+                    new = middle
+            assert low_offset is not None and high_offset is not None
+            changes.append(_Change(new, low_offset, high_offset))
+        low, low_offset = high, high_offset
+    return tuple(change.at for change in changes), tuple(changes)
+
+
+def _first_change(tz_name: str, after: datetime, until: datetime) -> _Change | None:
+    """The zone's first offset change in (after, until]; both in UTC."""
+    for year in range(after.year, until.year + 1):
+        instants, changes = _year_changes(tz_name, year)
+        index = bisect_right(instants, after)
+        if index < len(instants):
+            return changes[index] if instants[index] <= until else None
+    return None
+
+
+def _last_change(tz_name: str, since: datetime, at: datetime) -> _Change | None:
+    """The zone's last offset change in (since, at]; both in UTC."""
+    for year in range(at.year, since.year - 1, -1):
+        instants, changes = _year_changes(tz_name, year)
+        index = bisect_right(instants, at) - 1
+        if index >= 0:
+            return changes[index] if instants[index] > since else None
+    return None
+
+
+def _wall(at: datetime, offset: timedelta) -> datetime:
+    """The naive wall-clock time a UTC instant shows at ``offset``."""
+    return _NAIVE_EPOCH + (at - _EPOCH) + offset
+
+
+def _instant(wall: datetime, offset: timedelta) -> datetime:
+    """The UTC instant at which the wall clock, at ``offset``, shows ``wall``."""
+    return _EPOCH + (wall - offset - _NAIVE_EPOCH)
+
+
+def _gap_has_match(spec: _CronSpec, change: _Change) -> bool:
+    """Whether a forward change skips a wall time the expression matches."""
+    if change.after <= change.before:
+        return False
+    first_skipped = _wall(change.at, change.before)
+    return spec.first_at_or_after(first_skipped, _wall(change.at, change.after) - _TICK) is not None
+
+
+# The UTC line is cut at each offset change into stretches of one offset, in which wall time and
+# UTC move together. Both searches below walk those stretches (outward from the given instant),
+# looking in each for its first (last) matching wall time, and at each change for a gap's slot.
+
+
+def _next_cron(cadence: Cadence, after: datetime) -> datetime | None:
+    name = cadence.timezone
+    spec, tz, first_only, gap_end_runs = _cron_plan(cadence.cron, name, cadence.dst_policy)
+    if after.tzinfo is not UTC:
+        after = after.astimezone(UTC)
+    limit = _LATEST if after >= _LATEST - _SEARCH else after + _SEARCH
+    if after >= limit:
+        return None
+    offset = after.astimezone(tz).utcoffset() or timedelta(0)
+    cursor = after
+    low = _wall(after, offset) + _TICK  # strictly after `after` (wall times are whole minutes)
+    if first_only:
+        change = _last_change(name, after - _MAX_FOLD, after)
+        if change is not None and change.before > change.after:
+            # Inside (or just past) a fold's second pass: those wall times had their slot already.
+            low = max(low, _wall(change.at, change.before))
+    while True:
+        wall = spec.first_at_or_after(low, _wall(limit, offset))
+        slot = None if wall is None else _instant(wall, offset)
+        change = _first_change(name, cursor, slot or limit)
+        if change is None:
+            return slot
+        # The offset changes before that wall time comes round: go on from the change.
+        if gap_end_runs and _gap_has_match(spec, change):
+            return change.at
+        offset, cursor = change.after, change.at
+        repeated = first_only and change.before > change.after
+        low = _wall(change.at, change.before if repeated else change.after)
+
+
+def _latest_cron(cadence: Cadence, at: datetime) -> datetime | None:
+    name = cadence.timezone
+    spec, tz, first_only, gap_end_runs = _cron_plan(cadence.cron, name, cadence.dst_policy)
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    floor = _EARLIEST if at <= _EARLIEST + _SEARCH else at - _SEARCH
+    if at <= floor:
+        return None
+    offset = at.astimezone(tz).utcoffset() or timedelta(0)
+    cursor = at
+    high = _wall(at, offset)
+    while True:
+        wall = spec.last_at_or_before(high, _wall(floor, offset))
+        slot = None if wall is None else _instant(wall, offset)
+        since = floor if slot is None else slot - _MAX_FOLD if first_only else slot
+        change = _last_change(name, since, cursor)
+        if change is None:
+            return slot
+        # The stretch starts before the slot: the slot counts unless it repeats a wall time.
+        repeated = wall is not None and first_only and wall < _wall(change.at, change.before)
+        if slot is not None and change.at <= slot and not repeated:
+            return slot
+        if gap_end_runs and _gap_has_match(spec, change):
+            return change.at
+        offset, cursor = change.before, change.at - _TICK
+        high = _wall(change.at, change.before) - _TICK
 
 
 def _next_unbounded(cadence: Cadence, after: datetime) -> datetime | None:
@@ -254,13 +645,7 @@ def _next_unbounded(cadence: Cadence, after: datetime) -> datetime | None:
         anchor = cadence.anchor_at or _EPOCH
         elapsed = int((after - anchor).total_seconds() // step) * step + step
         return anchor + timedelta(seconds=elapsed)
-    tz = cadence.zone
-    iterator = croniter(cadence.cron, _local(after, tz))
-    for _ in range(_MAX_STEPS):
-        candidate = _to_utc(iterator.get_next(datetime), tz)
-        if candidate > after:
-            return candidate
-    return None
+    return _next_cron(cadence, after)
 
 
 def _latest_unbounded(cadence: Cadence, at: datetime) -> datetime | None:
@@ -272,20 +657,7 @@ def _latest_unbounded(cadence: Cadence, at: datetime) -> datetime | None:
             return None
         anchor = cadence.anchor_at or _EPOCH
         return anchor + timedelta(seconds=int((at - anchor).total_seconds() // step) * step)
-    tz = cadence.zone
-    start = _local(at, tz).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    if _shifts_near(at, tz):
-        # Near a transition a later local time can be an earlier instant: look further ahead.
-        start += _MAX_SHIFT
-    iterator = croniter(cadence.cron, start)
-    for _ in range(_MAX_STEPS):
-        try:
-            candidate = _to_utc(iterator.get_prev(datetime), tz)
-        except CroniterError:
-            return None
-        if candidate <= at:
-            return candidate
-    return None
+    return _latest_cron(cadence, at)
 
 
 def next_slot_after(cadence: Cadence, after: datetime) -> datetime | None:
@@ -398,7 +770,8 @@ def parse_window(value: object) -> Window | None:
         start, end = _minutes(start_text, "start"), _minutes(end_text, "end")
         if start >= end:
             raise ScheduleError(
-                f"execution_window: range {start_text}-{end_text} must end after it starts (split one crossing midnight).",
+                f"execution_window: range {start_text}-{end_text} must end after it starts "
+                "(split one crossing midnight in two).",
                 field="execution_window",
             )
         parsed.append((start, end))
