@@ -12,6 +12,8 @@ for _name, _value in {
     "SCHEDULER_RECOVERY_INTERVAL_SECONDS": "2",
     "SCHEDULER_MISSED_SLOT_GRACE_SECONDS": "30",
     "CELERY_BEAT_MAX_LOOP_INTERVAL": "1",
+    # Test endpoints listen on loopback, which the SSRF guard refuses by default.
+    "SCHEDULER_OUTBOUND_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
 }.items():
     os.environ.setdefault(_name, _value)
 

@@ -96,6 +96,9 @@ class WorkflowAdminForm(forms.ModelForm):
             self.instance.secret = self.cleaned_data["secret"]
         try:
             self.instance.full_clean()
+            # The services refuse an endpoint the SSRF guard would refuse: so does the form.
+            if "endpoint_url" in self.changed_data or not self.instance.pk:
+                services.endpoint_check(self.instance.endpoint_url)
         except ValidationError as exc:
             add_errors(self, exc)
 

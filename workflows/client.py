@@ -1,26 +1,29 @@
 """The outbound call to a workflow's execution endpoint, and how each outcome maps to a result.
 
 The retry policy is not here: the client reports retryable (WorkflowUnavailable) or final
-(WorkflowRejected) failures, and the schedules app decides what to do about them.
+(WorkflowRejected) failures, and the schedules app decides what to do about them. Where the call
+may go (the SSRF guard) and how its total deadline is enforced live in workflows.network.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 import urllib3
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 from standardwebhooks import Webhook
 
-from .exceptions import WorkflowRejected, WorkflowUnavailable
+from . import network
+from .exceptions import TargetRefused, WorkflowCallError, WorkflowRejected, WorkflowUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,23 @@ logger = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = "workflow-scheduler/1.0"
 _CHUNK = 8192
-_local = threading.local()
+# Redirects (RFC 9110 section 15.4), followed only with SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS, at most this many.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+# requests' defaults (Accept-Encoding: gzip, deflate, ...), but no keep-alive: no connection is reused.
+_DEFAULT_HEADERS = {**requests.utils.default_headers(), "Connection": "close"}
+# Never sent on to another host, besides the workflow's own headers: requests strips only Authorization.
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "idempotency-key",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -37,11 +56,13 @@ class WorkflowCall:
 
     url: str
     method: str
-    secret: str
+    secret: str = field(repr=False)  # repr=False: a logged or reported call never shows a secret
     timeout_seconds: float
     idempotency_key: str
     payload: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    # During a rotation overlap, the old secret: the call then carries a signature made with each.
+    previous_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -54,26 +75,23 @@ class CallResult:
     duration_ms: int
 
 
-def session() -> requests.Session:
-    """One pooled Session per worker thread (a prefork child has one thread)."""
-    current = getattr(_local, "session", None)
-    if current is None:
-        current = requests.Session()
-        # Proxies and .netrc from the environment must not redirect or decorate our calls.
-        current.trust_env = False
-        _local.session = current
-    return current
-
-
 def encode_body(payload: dict[str, Any]) -> str:
     """The exact JSON text that is signed and sent."""
     return json.dumps(payload, separators=(",", ":"), sort_keys=True)
 
 
-def sign(*, secret: str, message_id: str, body: str, at: datetime | None = None) -> dict[str, str]:
-    """Standard Webhooks headers for ``body`` (https://www.standardwebhooks.com/)."""
+@sensitive_variables("secret", "previous_secret")
+def sign(
+    *, secret: str, message_id: str, body: str, at: datetime | None = None, previous_secret: str | None = None
+) -> dict[str, str]:
+    """Standard Webhooks headers for ``body`` (https://www.standardwebhooks.com/).
+
+    With ``previous_secret`` (a rotation overlap) webhook-signature holds two space-separated
+    signatures, "v1,<new> v1,<old>", and a receiver holding either secret verifies the call.
+    """
     timestamp = (at or datetime.now(UTC)).replace(microsecond=0)
-    signature = Webhook(secret).sign(msg_id=message_id, timestamp=timestamp, data=body)
+    keys = [secret, previous_secret] if previous_secret and previous_secret != secret else [secret]
+    signature = " ".join(Webhook(key).sign(msg_id=message_id, timestamp=timestamp, data=body) for key in keys)
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(int(timestamp.timestamp())),
@@ -144,7 +162,9 @@ def _read_body(response: requests.Response, deadline: float) -> bytes:
 def call_workflow(call: WorkflowCall) -> CallResult:
     """POST (or PUT/PATCH) the signed payload; return the 2xx answer or raise.
 
-    Raises WorkflowUnavailable (retryable) or WorkflowRejected (final).
+    Raises WorkflowUnavailable (retryable) or WorkflowRejected (final; TargetRefused when the
+    SSRF guard refuses the host). The whole exchange, redirects included, ends within
+    ``timeout_seconds``.
     """
     body = encode_body(call.payload)
     headers = {
@@ -152,36 +172,26 @@ def call_workflow(call: WorkflowCall) -> CallResult:
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "Idempotency-Key": call.idempotency_key,
-        **sign(secret=call.secret, message_id=call.idempotency_key, body=body),
+        **sign(secret=call.secret, previous_secret=call.previous_secret, message_id=call.idempotency_key, body=body),
     }
     started = time.monotonic()
-    deadline = started + call.timeout_seconds
-    timeout = (min(settings.SCHEDULER_CONNECT_TIMEOUT_SECONDS, call.timeout_seconds), call.timeout_seconds)
-    try:
-        with session().request(
-            call.method,
-            call.url,
-            data=body.encode(),
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
-        ) as response:
-            content = _read_body(response, deadline)
-    except requests.exceptions.InvalidURL as exc:
-        raise WorkflowRejected(f"invalid endpoint URL: {type(exc).__name__}") from exc
-    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
-        raise WorkflowRejected("endpoint URL must use http or https") from exc
-    except (requests.exceptions.Timeout, TimeoutError, urllib3.exceptions.TimeoutError) as exc:
-        raise WorkflowUnavailable(f"timed out after {call.timeout_seconds}s") from exc
-    except requests.exceptions.ConnectionError as exc:
-        raise WorkflowUnavailable(f"connection failed: {_describe(exc)}") from exc
-    except requests.exceptions.RequestException as exc:
-        raise WorkflowUnavailable(f"request failed: {_describe(exc)}") from exc
-    except urllib3.exceptions.HTTPError as exc:
-        # The body is read from response.raw, where requests does not wrap urllib3's errors
-        # (ProtocolError for a body cut short, DecodeError for a bad gzip stream).
-        raise WorkflowUnavailable(f"response broken: {_describe(exc)}") from exc
+    timed_out = WorkflowUnavailable(f"timed out after {call.timeout_seconds}s")
+    with network.Deadline(call.timeout_seconds) as deadline:
+        try:
+            response, content = _exchange(call, body.encode(), headers, deadline)
+        except WorkflowCallError:
+            raise
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            # Past the deadline the watchdog has shut the socket: whatever broke, the cause is time.
+            if deadline.expired:
+                raise timed_out from exc
+            failure = _failure(exc, call)
+            if failure is None:
+                raise
+            raise failure from exc
+    if deadline.expired:
+        # Cut at the deadline while a body without a length was being read: it may be partial.
+        raise timed_out
     duration_ms = int((time.monotonic() - started) * 1000)
     status = response.status_code
     excerpt = _excerpt(content)
@@ -197,9 +207,128 @@ def call_workflow(call: WorkflowCall) -> CallResult:
             retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")),
             body_excerpt=excerpt,
         )
-    if 300 <= status < 400:
+    if status in REDIRECT_STATUSES and settings.SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS:
+        message += " (no Location to follow)"
+    elif 300 <= status < 400:
         message += " (redirects are not followed)"
     raise WorkflowRejected(message, http_status=status, body_excerpt=excerpt)
+
+
+def _failure(exc: Exception, call: WorkflowCall) -> WorkflowCallError | None:
+    """Our error for a transport failure, or None for one we do not know (re-raised as is)."""
+    if isinstance(exc, (requests.exceptions.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
+        return WorkflowUnavailable(f"timed out after {call.timeout_seconds}s")
+    if isinstance(exc, requests.exceptions.InvalidURL):
+        return WorkflowRejected(f"invalid endpoint URL: {type(exc).__name__}")
+    if isinstance(exc, (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
+        return WorkflowRejected("endpoint URL must use http or https")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return WorkflowUnavailable(f"connection failed: {_describe(exc)}")
+    if isinstance(exc, requests.exceptions.RequestException):
+        return WorkflowUnavailable(f"request failed: {_describe(exc)}")
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        # The body is read from response.raw, where requests does not wrap urllib3's errors
+        # (ProtocolError for a body cut short, DecodeError for a bad gzip stream).
+        return WorkflowUnavailable(f"response broken: {_describe(exc)}")
+    if isinstance(exc, OSError):
+        return WorkflowUnavailable(f"connection failed: {_describe(exc)}")
+    return None
+
+
+def _exchange(
+    call: WorkflowCall, data: bytes, headers: dict[str, str], deadline: network.Deadline
+) -> tuple[requests.Response, bytes]:
+    """Send the request, following redirects hop by hop if allowed; return the last answer and its body.
+
+    Each hop's host is resolved and vetted (network.vet) and the connection made to the vetted
+    address. A hop to another origin loses the credential and workflow headers for good.
+    """
+    follow = settings.SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS
+    url, method, body = call.url, call.method, data
+    for hop in range(MAX_REDIRECTS + 1):
+        request = requests.Request(method, url, data=body, headers={**_DEFAULT_HEADERS, **headers}).prepare()
+        target = _vet(request.url or "", deadline)
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed before the request was sent")
+        timeout = (min(settings.SCHEDULER_CONNECT_TIMEOUT_SECONDS, remaining), remaining)
+        adapter = network.PinnedAdapter(network.Hop(target=target, deadline=deadline))
+        try:
+            # trust_env is moot here: the adapter is used directly, so no proxy, .netrc or
+            # cookie from the environment or a session takes part.
+            with adapter.send(request, stream=True, timeout=timeout, verify=True, proxies={}) as response:
+                location = _location(response) if follow else None
+                if location is None:
+                    return response, _read_body(response, deadline.at)
+        finally:
+            adapter.close()
+        status = response.status_code
+        if hop == MAX_REDIRECTS:
+            message = f"HTTP {status} {response.reason or ''}".strip()
+            raise WorkflowRejected(f"{message} (more than {MAX_REDIRECTS} redirects)", http_status=status)
+        next_url = urljoin(request.url or "", location)
+        if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+            # As browsers and requests do: the next request is a GET without the body.
+            method, body = "GET", None
+            headers = {name: value for name, value in headers.items() if name.lower() != "content-type"}
+        if not _same_origin(request.url or "", next_url):
+            custom = {name.lower() for name in call.headers}
+            headers = {
+                name: value
+                for name, value in headers.items()
+                if name.lower() not in CREDENTIAL_HEADERS and name.lower() not in custom
+            }
+        url = next_url
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _vet(url: str, deadline: network.Deadline) -> network.Target:
+    """Resolve and vet the URL's host (TargetRefused if it is not allowed)."""
+    parts = urllib3.util.parse_url(url)
+    scheme = (parts.scheme or "").lower()
+    if scheme not in network.ALLOWED_SCHEMES:
+        raise TargetRefused(f"refused: only http and https URLs are called, not {scheme or 'none'}")
+    if not parts.host:
+        raise WorkflowRejected("invalid endpoint URL: no host")
+    host = network.normal_host(parts.host)
+    try:
+        return network.vet(
+            host,
+            parts.port or network.DEFAULT_PORTS[scheme],
+            timeout=deadline.remaining(),
+            implicit_host=network.builtin_host(url),
+        )
+    except TimeoutError:
+        raise
+    except (OSError, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise WorkflowUnavailable(f"connection failed: cannot resolve {host} ({reason})"[:300]) from exc
+
+
+def _location(response: requests.Response) -> str | None:
+    """The Location of a redirect, as requests reads it (UTF-8 sent as Latin-1), else None."""
+    if response.status_code not in REDIRECT_STATUSES:
+        return None
+    location = response.headers.get("location")
+    if not location:
+        return None
+    try:
+        return location.encode("latin1").decode("utf8")
+    except UnicodeError:
+        return location
+
+
+def _same_origin(old: str, new: str) -> bool:
+    """Same scheme, host and port; an http to https upgrade on the default ports counts as the same."""
+    before, after = urllib3.util.parse_url(old), urllib3.util.parse_url(new)
+    if network.normal_host(before.host or "") != network.normal_host(after.host or ""):
+        return False
+    old_scheme, new_scheme = (before.scheme or "").lower(), (after.scheme or "").lower()
+    old_port = before.port or network.DEFAULT_PORTS.get(old_scheme)
+    new_port = after.port or network.DEFAULT_PORTS.get(new_scheme)
+    if (old_scheme, old_port) == (new_scheme, new_port):
+        return True
+    return (old_scheme, old_port, new_scheme, new_port) == ("http", 80, "https", 443)
 
 
 def _describe(exc: Exception) -> str:

@@ -36,5 +36,13 @@ class WorkflowRejected(WorkflowCallError):
     """Final: the endpoint refused the call (other 4xx, redirects, bad URL)."""
 
 
+class TargetRefused(WorkflowRejected):
+    """Final: we refused to call the endpoint, e.g. its host resolves to a private address (SSRF guard)."""
+
+
 class SignatureInvalid(WorkflowError):
     """An incoming run request is unsigned, wrongly signed or stale."""
+
+
+class SecretUndecryptable(WorkflowError):
+    """A stored secret does not decrypt with any configured key (SCHEDULER_SECRET_KEYS)."""

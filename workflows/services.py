@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from . import network
 from .exceptions import SignatureInvalid
-from .models import Workflow, WorkflowRun
+from .models import Workflow, WorkflowRun, generate_secret
 
 _EDITABLE = frozenset(
     {"name", "endpoint_url", "http_method", "headers", "secret", "timeout_seconds", "default_inputs", "is_active"}
 )
+# Longest rotation overlap: past a week the old secret is no longer being retired, just kept.
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+DEFAULT_OVERLAP_SECONDS = 24 * 3600
 
 
 @transaction.atomic
@@ -29,24 +37,47 @@ def workflow_create(*, owner: AbstractBaseUser, name: str, **fields: Any) -> Wor
     _json_defaults(fields)
     workflow = Workflow(owner=owner, name=name, **fields)
     workflow.full_clean()
+    endpoint_check(workflow.endpoint_url)
     workflow.save()
     return workflow
 
 
 @transaction.atomic
 def workflow_update(*, workflow: Workflow, **fields: Any) -> Workflow:
-    """Change a workflow; a blank secret keeps the current one (secrets are write-only)."""
+    """Change a workflow; a blank secret keeps the current one (secrets are write-only).
+
+    A new secret given here replaces the old one at once and ends any rotation overlap (e.g.
+    after a leak); workflow_rotate_secret is the way to switch with an overlap.
+    """
     unknown = set(fields) - _EDITABLE
     if unknown:
         raise TypeError(f"unknown workflow fields: {sorted(unknown)}")
     if "secret" in fields and not fields["secret"]:
         fields.pop("secret")
+    if "secret" in fields and fields["secret"] != workflow.secret:
+        workflow.previous_secret, workflow.previous_secret_expires_at = "", None
     _json_defaults(fields)
+    endpoint_changed = "endpoint_url" in fields and fields["endpoint_url"] != workflow.endpoint_url
     for name, value in fields.items():
         setattr(workflow, name, value)
     workflow.full_clean()
+    if endpoint_changed:
+        endpoint_check(workflow.endpoint_url)
     workflow.save()
     return workflow
+
+
+def endpoint_check(url: str) -> None:
+    """Refuse an endpoint the worker would always refuse: its host resolves, and only to blocked addresses.
+
+    A host that does not resolve (yet) is accepted: it may exist by the time the workflow runs,
+    and the worker vets every call anyway (workflows.network). Blank means the built-in endpoint.
+    """
+    if not url:
+        return
+    problem = network.endpoint_problem(url, timeout=network.SAVE_RESOLVE_SECONDS)
+    if problem:
+        raise ValidationError({"endpoint_url": f"calls to it would be refused: {problem}"})
 
 
 def _json_defaults(fields: dict[str, Any]) -> None:
@@ -56,15 +87,77 @@ def _json_defaults(fields: dict[str, Any]) -> None:
             fields[name] = {}
 
 
-def run_signature_verify(*, workflow: Workflow, body: bytes, headers: dict[str, str]) -> Any:
-    """Check a Standard Webhooks signature (and its timestamp's freshness); return the parsed body."""
-    try:
-        payload = Webhook(workflow.secret).verify(body, headers)
-    except WebhookVerificationError as exc:
-        raise SignatureInvalid(str(exc)) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignatureInvalid("body or signature headers are malformed") from exc
-    return payload
+@sensitive_variables("secret")
+def run_signature_verify(
+    *, workflow: Workflow, body: bytes, headers: dict[str, str], now: datetime | None = None
+) -> Any:
+    """Check a Standard Webhooks signature (and its timestamp's freshness); return the parsed body.
+
+    During a rotation overlap a signature made with the previous secret is accepted too.
+    """
+    error: WebhookVerificationError | None = None
+    for secret in workflow.valid_secrets(now=now):
+        try:
+            return Webhook(secret).verify(body, headers)
+        except WebhookVerificationError as exc:
+            error = exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SignatureInvalid("body or signature headers are malformed") from exc
+    raise SignatureInvalid(str(error)) from error
+
+
+@sensitive_variables("new_secret", "old_secret")
+@transaction.atomic
+def workflow_rotate_secret(
+    *,
+    workflow: Workflow,
+    overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
+    new_secret: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Give the workflow a new signing secret and return it (the only time it is shown).
+
+    For ``overlap_seconds`` the old secret stays valid: calls carry signatures made with both and
+    the built-in endpoint accepts either, so receivers can switch over. 0 ends the old one now.
+    A rotation during an overlap drops the secret before the current one.
+    """
+    if not 0 <= overlap_seconds <= MAX_OVERLAP_SECONDS:
+        raise ValidationError(
+            {"overlap_seconds": f"must be 0-{MAX_OVERLAP_SECONDS} seconds (7 days), not {overlap_seconds}."}
+        )
+    locked = Workflow.objects.select_for_update().get(pk=workflow.pk)
+    new_secret = new_secret or generate_secret()
+    old_secret = locked.secret
+    if new_secret == old_secret:
+        raise ValidationError({"secret": "must differ from the current secret."})
+    locked.secret = new_secret
+    if overlap_seconds:
+        locked.previous_secret = old_secret
+        locked.previous_secret_expires_at = (now or timezone.now()) + timedelta(seconds=overlap_seconds)
+    else:
+        locked.previous_secret, locked.previous_secret_expires_at = "", None
+    locked.full_clean()
+    locked.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"])
+    for name in ("secret", "previous_secret", "previous_secret_expires_at", "updated_at"):
+        setattr(workflow, name, getattr(locked, name))
+    return new_secret
+
+
+def workflow_secrets_reencrypt() -> int:
+    """Re-encrypt every stored secret with the first key in SCHEDULER_SECRET_KEYS; return how many workflows.
+
+    Run after putting a new key first: afterwards the old keys can be removed from the list.
+    """
+    count = 0
+    for pk in Workflow.objects.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            # Loading decrypts with any key, saving encrypts with the first; the lock keeps a
+            # concurrent rotation from being overwritten with the values read here.
+            workflow = Workflow.objects.select_for_update().filter(pk=pk).first()
+            if workflow is not None:
+                workflow.save(update_fields=["secret", "previous_secret"])
+                count += 1
+    return count
 
 
 def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, Any]) -> tuple[WorkflowRun, bool]:

@@ -257,6 +257,70 @@ def test_call_workflow__silence_after_headers_is_unavailable(server):
     assert time.monotonic() - started < 1.8
 
 
+def _trickle(handler, server, pieces, interval: float = 0.2) -> None:
+    for piece in pieces:
+        if server.stop.wait(interval):
+            return
+        handler.wfile.write(piece)
+        handler.wfile.flush()
+
+
+@pytest.mark.parametrize(
+    "sent_slowly",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\n", id="status-line"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60, id="headers"),
+    ],
+)
+def test_call_workflow__trickling_status_line_or_headers_stopped_at_deadline(server, sent_slowly):
+    """A server sending its status line or headers a byte every 0.2 s is cut off at the 1 s deadline.
+
+    Each byte arrives well within the read timeout, so only the total deadline can end this.
+    """
+    server.answer = lambda handler: _trickle(handler, server, [bytes([byte]) for byte in sent_slowly])
+    started = time.monotonic()
+    with pytest.raises(WorkflowUnavailable, match="timed out after 1s"):
+        call_workflow(make_call(server.url + "/run", timeout_seconds=1))
+    assert time.monotonic() - started < 1.8
+
+
+def test_call_workflow__trickling_gzip_body_stopped_at_deadline(server):
+    """A gzip body trickled as empty deflate blocks (nothing ever decodes) is cut off at the deadline.
+
+    urllib3's read1 keeps reading until something decodes, so the per-read socket timeout
+    alone never returns control; the deadline's watchdog must end it.
+    """
+    gzip_header = gzip.compress(b"")[:10]
+    empty_block = b"\x00\x00\x00\xff\xff"  # a non-final stored block of length 0 (a zlib sync flush)
+
+    def answer(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        handler.wfile.write(gzip_header)
+        _trickle(handler, server, [bytes([byte]) for byte in empty_block * 100])
+
+    server.answer = answer
+    started = time.monotonic()
+    with pytest.raises(WorkflowUnavailable, match="timed out after 1s"):
+        call_workflow(make_call(server.url + "/run", timeout_seconds=1))
+    assert time.monotonic() - started < 1.8
+
+
+def test_call_workflow__trickling_body_without_length_is_not_a_success(server):
+    """A body without Content-Length, cut off by the deadline, is a timeout, never a truncated 2xx."""
+
+    def answer(handler):
+        handler.send_response(200)
+        handler.end_headers()  # no Content-Length: the body ends when the connection does
+        _trickle(handler, server, [b"x"] * 100)
+
+    server.answer = answer
+    with pytest.raises(WorkflowUnavailable, match="timed out"):
+        call_workflow(make_call(server.url + "/run", timeout_seconds=1))
+
+
 def test_call_workflow__connection_cut_mid_body_is_unavailable(server):
     """A body cut short (connection closed early) is retryable, not a raw urllib3 error."""
 
