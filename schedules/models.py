@@ -402,6 +402,8 @@ class Execution(models.Model):
             models.Index(fields=["status", "lease_expires_at"], name="execution_status_lease"),
             models.Index(fields=["trigger", "-scheduled_for"], name="execution_trigger_slot"),
             models.Index(fields=["workflow", "status"], name="execution_workflow_status"),
+            # Retention keeps the newest N per (trigger, status): a range scan on this index.
+            models.Index(fields=["trigger", "status", "scheduled_for"], name="execution_trigger_status_slot"),
         ]
 
     def __str__(self) -> str:

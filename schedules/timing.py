@@ -209,6 +209,7 @@ def _sunday_as_zero(field: str) -> str:
     return ",".join(dict.fromkeys(items))
 
 
+@lru_cache(maxsize=8192)
 def normalize_cron(expression: str) -> str:
     """Validate a 5-field cron expression (or @macro) and return it in numeric form.
 
