@@ -26,6 +26,7 @@ from django.utils import timezone
 from workflows.client import WorkflowCall, call_workflow
 from workflows.exceptions import WorkflowCallError
 from workflows.models import Workflow
+from workflows.services import audit_changes, audit_record
 
 from . import beat, timing
 from .exceptions import TriggerStateError
@@ -128,6 +129,7 @@ def trigger_create(
     start_at: datetime | None = None,
     end_at: datetime | None = None,
     now: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
     **options: Any,
 ) -> Trigger:
     """Create a trigger and its PeriodicTask in one transaction.
@@ -175,6 +177,7 @@ def trigger_create(
         trigger.paused_at = now
     trigger.save()
     beat.trigger_sync(trigger, restart_at=now)
+    audit_record(actor=actor, action="created", obj=trigger)
     return trigger
 
 
@@ -184,7 +187,9 @@ _NULLABLE_OPTIONS = frozenset(
 
 
 @transaction.atomic
-def trigger_update(*, trigger: Trigger, now: datetime | None = None, **fields: Any) -> Trigger:
+def trigger_update(
+    *, trigger: Trigger, now: datetime | None = None, actor: AbstractBaseUser | None = None, **fields: Any
+) -> Trigger:
     """Change a trigger; a schedule change only affects slots after now."""
     now = now or timezone.now()
     if "timezone_name" in fields:
@@ -196,6 +201,7 @@ def trigger_update(*, trigger: Trigger, now: datetime | None = None, **fields: A
         fields["inputs"] = {}
     trigger = Trigger.objects.select_for_update().get(pk=trigger.pk)
     before = {name: getattr(trigger, name) for name in _SCHEDULE_FIELDS}
+    previous = {name: getattr(trigger, name) for name in fields}
     was_enabled = trigger.enabled
     for name, value in fields.items():
         setattr(trigger, name, value)
@@ -220,6 +226,9 @@ def trigger_update(*, trigger: Trigger, now: datetime | None = None, **fields: A
             restart = True
     trigger.save()
     beat.trigger_sync(trigger, restart_at=now if restart else None)
+    changes = audit_changes(trigger, previous)
+    if changes:
+        audit_record(actor=actor, action="updated", obj=trigger, changes=changes)
     return trigger
 
 
@@ -238,11 +247,14 @@ def trigger_pause(
     trigger.paused_by = by
     trigger.save(update_fields=["enabled", "paused_at", "pause_reason", "paused_by", "updated_at"])
     beat.trigger_sync(trigger)
+    audit_record(actor=by, action="paused", obj=trigger, changes={"reason": trigger.pause_reason})
     return trigger
 
 
 @transaction.atomic
-def trigger_resume(*, trigger: Trigger, now: datetime | None = None) -> Trigger:
+def trigger_resume(
+    *, trigger: Trigger, now: datetime | None = None, actor: AbstractBaseUser | None = None
+) -> Trigger:
     """Fire again from the next slot after now (the paused slots are not caught up)."""
     now = now or timezone.now()
     trigger = Trigger.objects.select_for_update().get(pk=trigger.pk)
@@ -268,19 +280,25 @@ def trigger_resume(*, trigger: Trigger, now: datetime | None = None) -> Trigger:
         ]
     )
     beat.trigger_sync(trigger, restart_at=now)
+    audit_record(actor=actor, action="resumed", obj=trigger)
     return trigger
 
 
 @transaction.atomic
-def trigger_delete(*, trigger: Trigger) -> None:
+def trigger_delete(*, trigger: Trigger, actor: AbstractBaseUser | None = None) -> None:
     """Delete the trigger, its PeriodicTask and its history."""
+    audit_record(actor=actor, action="deleted", obj=trigger)
     beat.trigger_unsync(trigger)
     trigger.delete()
 
 
 @transaction.atomic
 def trigger_run_now(
-    *, trigger: Trigger, inputs: dict[str, Any] | None = None, now: datetime | None = None
+    *,
+    trigger: Trigger,
+    inputs: dict[str, Any] | None = None,
+    now: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
 ) -> Execution:
     """Queue a manual execution now (paused triggers too), with optional input overrides.
 
@@ -308,12 +326,15 @@ def trigger_run_now(
         due_at=now,
         lease_expires_at=now + _grace(),
     )
+    audit_record(actor=actor, action="ran", obj=trigger, changes={"execution_id": str(execution.pk)})
     _dispatch(execution, now=now, robust=False)
     return execution
 
 
 @transaction.atomic
-def execution_retry(*, execution: Execution, now: datetime | None = None) -> Execution:
+def execution_retry(
+    *, execution: Execution, now: datetime | None = None, actor: AbstractBaseUser | None = None
+) -> Execution:
     """Run a failed execution again as a new manual execution with the same inputs."""
     now = now or timezone.now()
     if execution.status != ExecutionStatus.FAILED:
@@ -334,6 +355,12 @@ def execution_retry(*, execution: Execution, now: datetime | None = None) -> Exe
         created_at=now,
         due_at=now,
         lease_expires_at=now + _grace(),
+    )
+    audit_record(
+        actor=actor,
+        action="retried",
+        obj=execution.trigger,
+        changes={"execution_id": str(retry.pk), "retry_of": str(execution.pk)},
     )
     _dispatch(retry, now=now, robust=False)
     return retry
@@ -358,6 +385,7 @@ def trigger_backfill(
     end: datetime,
     overlap: str = "buffer_all",
     now: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
 ) -> BackfillReport:
     """Run the trigger's slots in [start, end] (in the past) that have no execution yet.
 
@@ -411,6 +439,12 @@ def trigger_backfill(
             created.append(execution)
     for execution in created:
         _dispatch(execution, now=now)
+    audit_record(
+        actor=actor,
+        action="backfilled",
+        obj=trigger,
+        changes={"start": start, "end": end, "overlap": overlap, "created": len(created), "skipped": skipped},
+    )
     return BackfillReport(
         created=len(created),
         existing=len(taken),
@@ -808,6 +842,7 @@ def _count_outcome(trigger: Trigger, execution: Execution, now: datetime) -> Non
         trigger.pause_reason = f"paused automatically after {trigger.consecutive_failures} failed executions in a row"
         trigger.save(update_fields=["enabled", "paused_at", "paused_by", "pause_reason", "updated_at"])
         beat.trigger_sync(trigger)
+        audit_record(actor=None, action="paused", obj=trigger, changes={"reason": trigger.pause_reason})
         _notify(trigger, "auto_paused", execution)
 
 

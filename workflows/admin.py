@@ -18,7 +18,7 @@ from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
 
 from . import services
-from .models import Workflow, WorkflowRun
+from .models import AuditEvent, Workflow, WorkflowRun
 from .validators import validate_secret
 
 SECRET_HELP = (
@@ -236,3 +236,28 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     @admin.display(description="Payload")
     def payload_json(self, obj: WorkflowRun) -> str:
         return pretty_json(obj.payload)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit trail, read-only: who did what to which workflow or trigger, and when."""
+
+    list_display = ["at", "actor_name", "action", "object_type", "object_repr", "owner"]
+    list_filter = ["action", "object_type"]
+    list_select_related = ["actor", "owner"]
+    search_fields = ["object_repr", "object_id", "actor__username"]
+    date_hierarchy = "at"
+    readonly_fields = ["at", "actor", "owner", "action", "object_type", "object_id", "object_repr", "changes"]
+
+    @admin.display(description="Who", ordering="actor__username")
+    def actor_name(self, event: AuditEvent) -> str:
+        return event.actor.get_username() if event.actor_id else "(scheduler)"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False

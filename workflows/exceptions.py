@@ -46,3 +46,9 @@ class SignatureInvalid(WorkflowError):
 
 class SecretUndecryptable(WorkflowError):
     """A stored secret does not decrypt with any configured key (SCHEDULER_SECRET_KEYS)."""
+
+
+class WorkflowInUse(WorkflowError):
+    """The workflow still has triggers pointing at it."""
+
+    field = "workflow"

@@ -152,3 +152,31 @@ class WorkflowRun(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.id}"
+
+
+class AuditEvent(models.Model):
+    """Who created, changed, paused, resumed, ran or deleted a workflow or trigger, and when."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who did it; empty for the scheduler itself (e.g. an automatic pause).",
+    )
+    # The owner of the object acted on, so users can list the events of their own objects.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.CASCADE, related_name="+")
+    action = models.CharField(max_length=32, help_text="created, updated, paused, resumed, ran, deleted, ...")
+    object_type = models.CharField(max_length=32, help_text="workflow, trigger or execution")
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200)
+    changes = models.JSONField(default=dict, blank=True, help_text="Changed fields as [old, new]; secrets never.")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id", "-at"], name="audit_object")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_type} {self.object_repr}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+import uuid
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 from standardwebhooks import Webhook
@@ -16,18 +18,69 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from . import network
 from .exceptions import SignatureInvalid
-from .models import Workflow, WorkflowRun, generate_secret
+from .models import AuditEvent, Workflow, WorkflowRun, generate_secret
 
 _EDITABLE = frozenset(
     {"name", "endpoint_url", "http_method", "headers", "secret", "timeout_seconds", "default_inputs", "is_active"}
+    # The concurrency limit, and the retry policy new triggers start from.
+    | {"max_concurrency", "max_attempts", "min_backoff_seconds", "max_backoff_seconds", "max_doublings"}
+    | {"max_retry_duration_seconds"}
 )
 # Longest rotation overlap: past a week the old secret is no longer being retired, just kept.
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
 DEFAULT_OVERLAP_SECONDS = 24 * 3600
 
 
+# Never written to the audit trail, whatever changed.
+_SECRET_FIELDS = frozenset({"secret", "previous_secret", "previous_secret_expires_at"})
+
+
+def _audit_value(value: Any) -> Any:
+    if isinstance(value, models.Model):
+        return value.pk
+    if isinstance(value, (datetime, date, time, timedelta, Decimal, uuid.UUID)):
+        return str(value)
+    return value
+
+
+def audit_record(
+    *,
+    actor: AbstractBaseUser | None,
+    action: str,
+    obj: models.Model,
+    owner: AbstractBaseUser | None = None,
+    changes: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Record who did ``action`` to ``obj`` (a workflow, trigger or execution), never secrets."""
+    details = {
+        name: [_audit_value(part) for part in value] if isinstance(value, (list, tuple)) else _audit_value(value)
+        for name, value in (changes or {}).items()
+        if name not in _SECRET_FIELDS
+    }
+    if changes and _SECRET_FIELDS & set(changes):
+        details["secret"] = "changed"  # noqa: S105 - a marker, never the value
+    if actor is not None and not getattr(actor, "is_authenticated", False):
+        actor = None
+    return AuditEvent.objects.create(
+        actor=actor,
+        owner=owner if owner is not None else getattr(obj, "owner", None),
+        action=action,
+        object_type=obj._meta.model_name,
+        object_id=str(obj.pk),
+        object_repr=str(obj)[:200],
+        changes=json.loads(json.dumps(details, default=str)),
+    )
+
+
+def audit_changes(obj: models.Model, before: dict[str, Any]) -> dict[str, list[Any]]:
+    """The fields of ``obj`` that differ from ``before``, as {name: [old, new]} (audit_record drops secrets)."""
+    return {name: [old, getattr(obj, name)] for name, old in before.items() if getattr(obj, name) != old}
+
+
 @transaction.atomic
-def workflow_create(*, owner: AbstractBaseUser, name: str, **fields: Any) -> Workflow:
+def workflow_create(
+    *, owner: AbstractBaseUser, name: str, actor: AbstractBaseUser | None = None, **fields: Any
+) -> Workflow:
     """Create a workflow; a blank or missing secret gets a generated one."""
     unknown = set(fields) - _EDITABLE
     if unknown:
@@ -39,11 +92,12 @@ def workflow_create(*, owner: AbstractBaseUser, name: str, **fields: Any) -> Wor
     workflow.full_clean()
     endpoint_check(workflow.endpoint_url)
     workflow.save()
+    audit_record(actor=actor, action="created", obj=workflow)
     return workflow
 
 
 @transaction.atomic
-def workflow_update(*, workflow: Workflow, **fields: Any) -> Workflow:
+def workflow_update(*, workflow: Workflow, actor: AbstractBaseUser | None = None, **fields: Any) -> Workflow:
     """Change a workflow; a blank secret keeps the current one (secrets are write-only).
 
     A new secret given here replaces the old one at once and ends any rotation overlap (e.g.
@@ -58,13 +112,31 @@ def workflow_update(*, workflow: Workflow, **fields: Any) -> Workflow:
         workflow.previous_secret, workflow.previous_secret_expires_at = "", None
     _json_defaults(fields)
     endpoint_changed = "endpoint_url" in fields and fields["endpoint_url"] != workflow.endpoint_url
+    before = {name: getattr(workflow, name) for name in fields}
     for name, value in fields.items():
         setattr(workflow, name, value)
     workflow.full_clean()
     if endpoint_changed:
         endpoint_check(workflow.endpoint_url)
     workflow.save()
+    changes = audit_changes(workflow, before)
+    if changes:
+        audit_record(actor=actor, action="updated", obj=workflow, changes=changes)
     return workflow
+
+
+@transaction.atomic
+def workflow_delete(*, workflow: Workflow, actor: AbstractBaseUser | None = None) -> None:
+    """Delete a workflow and its runs; refused while triggers still point at it."""
+    from .exceptions import WorkflowInUse
+
+    if workflow.triggers.exists():
+        count = workflow.triggers.count()
+        raise WorkflowInUse(
+            f"workflow {workflow.name!r} still has {count} trigger{'s' if count != 1 else ''}: delete them first."
+        )
+    audit_record(actor=actor, action="deleted", obj=workflow)
+    workflow.delete()
 
 
 def endpoint_check(url: str) -> None:
@@ -114,6 +186,7 @@ def workflow_rotate_secret(
     overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
     new_secret: str | None = None,
     now: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
 ) -> str:
     """Give the workflow a new signing secret and return it (the only time it is shown).
 
@@ -140,6 +213,7 @@ def workflow_rotate_secret(
     locked.save(update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"])
     for name in ("secret", "previous_secret", "previous_secret_expires_at", "updated_at"):
         setattr(workflow, name, getattr(locked, name))
+    audit_record(actor=actor, action="secret_rotated", obj=workflow, changes={"overlap_seconds": overlap_seconds})
     return new_secret
 
 
