@@ -98,6 +98,8 @@ def _check_schedule(trigger: Trigger, now: datetime, *, schedule_changed: bool) 
     trigger.full_clean()
     if trigger.kind == TriggerKind.ONCE and schedule_changed and trigger.run_at <= now:
         raise ValidationError({"run_at": ["must be in the future."]})
+    if schedule_changed and trigger.end_at is not None and trigger.end_at <= now:
+        raise ValidationError({"end_at": ["must be in the future (pause or delete the trigger to stop it now)."]})
     timing.validate_cadence(trigger.cadence, now=now)
     beat.check_schedulable(trigger.cadence)
 
@@ -206,7 +208,10 @@ def trigger_update(
     for name, value in fields.items():
         setattr(trigger, name, value)
     if "enabled" in fields and fields["enabled"] and not was_enabled:
-        trigger.pause_reason, trigger.paused_at = "", None
+        # As trigger_resume: clear who/when/why, and give pause_after_failures a fresh count
+        # (else an auto-paused trigger re-enabled here pauses again at its next failure).
+        trigger.pause_reason, trigger.paused_at, trigger.paused_by = "", None, None
+        trigger.consecutive_failures = 0
     if "enabled" in fields and not fields["enabled"] and was_enabled:
         trigger.paused_at = now
     schedule_changed = any(getattr(trigger, name) != value for name, value in before.items())
@@ -215,12 +220,13 @@ def trigger_update(
     if restart:
         trigger.active_since = now
         trigger.next_run_at = _next_run_at(trigger, now)
-    # A completed trigger given a new future (a later run_at or end_at, more max_runs) runs again.
-    if restart or {"max_runs", "end_at"} & set(fields):
+    if restart or "max_runs" in fields:
+        trigger.next_run_at = _next_run_at(trigger, now)
         if trigger.next_run_at is None:
-            trigger.next_run_at = _next_run_at(trigger, now)
-        runs_left = trigger.max_runs is None or trigger.run_count < trigger.max_runs
-        if trigger.completed_at is not None and trigger.next_run_at is not None and runs_left:
+            # Nothing left to run (max_runs lowered to the runs made, a once trigger's time passed).
+            trigger.completed_at = trigger.completed_at or now
+        elif trigger.completed_at is not None:
+            # A completed trigger given a new future (a later run_at or end_at, more max_runs).
             trigger.completed_at = None
             trigger.active_since = now
             restart = True
@@ -252,9 +258,7 @@ def trigger_pause(
 
 
 @transaction.atomic
-def trigger_resume(
-    *, trigger: Trigger, now: datetime | None = None, actor: AbstractBaseUser | None = None
-) -> Trigger:
+def trigger_resume(*, trigger: Trigger, now: datetime | None = None, actor: AbstractBaseUser | None = None) -> Trigger:
     """Fire again from the next slot after now (the paused slots are not caught up)."""
     now = now or timezone.now()
     trigger = Trigger.objects.select_for_update().get(pk=trigger.pk)
@@ -267,8 +271,12 @@ def trigger_resume(
     trigger.consecutive_failures = 0
     trigger.active_since = now
     trigger.next_run_at = _next_run_at(trigger, now)
+    if trigger.next_run_at is None:
+        # e.g. a once trigger resumed after its time: it will not run, so it is completed.
+        trigger.completed_at = trigger.completed_at or now
     trigger.save(
         update_fields=[
+            "completed_at",
             "enabled",
             "paused_at",
             "pause_reason",
@@ -547,6 +555,10 @@ def _mark_skipped(execution: Execution, reason: str, now: datetime) -> None:
     execution.due_at = None
 
 
+def _has_execution(trigger: Trigger, slot: datetime) -> bool:
+    return trigger.executions.filter(scheduled_for=slot, fallback_of=None).exists()
+
+
 def _missed_slots(trigger: Trigger, slot: datetime) -> tuple[list[datetime], bool]:
     """Slots after the last one handled and before ``slot`` that never fired (newest cap only).
 
@@ -600,7 +612,20 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
             scheduled_for.isoformat(),
         )
         return None
-    if trigger.executions.filter(scheduled_for=scheduled_for, fallback_of=None).exists():
+    late = (now - scheduled_for).total_seconds() > settings.SCHEDULER_MISFIRE_GRACE_SECONDS
+    newest = timing.latest_slot_at_or_before(cadence, now) if late else None
+    if newest is not None and newest > scheduled_for and not _has_execution(trigger, scheduled_for):
+        # A late message while newer slots are already due (workers were down, beat kept sending):
+        # handle it as the newest slot's fire, so the catch-up policy sees every missed slot at once.
+        logger.info(
+            "fire for trigger %s at slot %s is late; handling the newest due slot %s",
+            trigger_id,
+            scheduled_for.isoformat(),
+            newest.isoformat(),
+        )
+        scheduled_for = newest
+        late = (now - scheduled_for).total_seconds() > settings.SCHEDULER_MISFIRE_GRACE_SECONDS
+    if _has_execution(trigger, scheduled_for):
         logger.info("slot %s of trigger %s already has its execution", scheduled_for.isoformat(), trigger_id)
         if trigger.next_run_at is not None and trigger.next_run_at <= now:
             trigger.next_run_at = timing.next_slot_after(cadence, now)
@@ -609,7 +634,6 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
 
     missed, more_missed = _missed_slots(trigger, scheduled_for)
     missed = [slot for slot in missed if not (trigger.active_since and slot < trigger.active_since)]
-    late = (now - scheduled_for).total_seconds() > settings.SCHEDULER_MISFIRE_GRACE_SECONDS
     to_skip: list[datetime] = []
     to_run: list[datetime] = []
     if trigger.catchup == CatchupPolicy.SKIP:
@@ -626,7 +650,10 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
             to_skip, to_run = sorted(to_skip + to_run[:-cap]), to_run[-cap:]
     if trigger.max_runs is not None:
         room = max(0, trigger.max_runs - trigger.run_count)
-        to_run = to_run[len(to_run) - room :] if room else []
+        kept = to_run[len(to_run) - room :] if room else []
+        # Catch-up slots left out for max_runs are recorded missed, like those past the catch-up cap.
+        dropped = [slot for slot in to_run if slot not in kept and slot != scheduled_for]
+        to_skip, to_run = sorted(to_skip + dropped), kept
 
     window = timing.parse_window(trigger.execution_window)
     workflow = trigger.workflow
@@ -704,7 +731,11 @@ def _try_start(execution: Execution, now: datetime) -> bool:
         execution.wait_reason = execution.wait_reason or ("jitter" if execution.jitter_seconds else "retry")
         return False
     trigger = execution.trigger
-    serial = execution.metadata.get("overlap", "serial") != "allow" and trigger.overlap != OverlapPolicy.ALLOW
+    if execution.origin == ExecutionOrigin.BACKFILL:
+        # A backfill runs by the overlap chosen for it (trigger_backfill), whatever the trigger's own.
+        serial = execution.metadata.get("overlap", "serial") != "allow"
+    else:
+        serial = trigger.overlap != OverlapPolicy.ALLOW
     in_line = execution.origin not in _PERSONAL or execution.origin == ExecutionOrigin.BACKFILL
     if in_line and serial:
         # Anything older of this trigger still unfinished goes first (a queued manual run does not
@@ -722,7 +753,18 @@ def _try_start(execution: Execution, now: datetime) -> bool:
     if workflow.max_concurrency:
         Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
         running = Execution.objects.filter(workflow=workflow, status=ExecutionStatus.RUNNING).count()
-        if running >= workflow.max_concurrency:
+        # First come, first served: an older execution already waiting for this workflow goes first.
+        waiting_ahead = (
+            Execution.objects.filter(
+                workflow=workflow,
+                status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING],
+                wait_reason="concurrency",
+                created_at__lt=execution.created_at,
+            )
+            .exclude(pk=execution.pk)
+            .exists()
+        )
+        if running >= workflow.max_concurrency or waiting_ahead:
             execution.wait_reason = "concurrency"
             return False
     owner_limit = settings.SCHEDULER_OWNER_MAX_CONCURRENCY
