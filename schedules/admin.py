@@ -8,12 +8,14 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib.admin import helpers
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError
 
@@ -21,26 +23,47 @@ from workflows.admin import add_errors, copy_saved, pretty_json
 
 from . import services, timing
 from .exceptions import ScheduleError
-from .models import Execution, ExecutionStatus, Trigger
-from .selectors import triggers_with_last_status
+from .models import Execution, ExecutionStatus, Trigger, TriggerStatus
+from .selectors import trigger_describe, trigger_preview, triggers_with_last_status
 
-# Fields the form edits; each is passed to trigger_create / trigger_update by the same name.
-_FORM_FIELDS = (
-    "name",
-    "workflow",
+# The form's fieldsets; each field is passed to trigger_create / trigger_update by the same name.
+_FIELDSETS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
+    (None, ("name", "workflow", "enabled", "inputs")),
+    ("Schedule", ("kind", "cron", "timezone", "run_at", "interval_seconds", "dst_policy", "anchor_at")),
+    ("Bounds", ("start_at", "end_at", "max_runs")),
+    ("Window & jitter", ("execution_window", "jitter_seconds")),
+    ("When things go wrong", ("catchup", "catchup_window_seconds", "overlap", "priority")),
+    (
+        "Retries",
+        (
+            "max_attempts",
+            "min_backoff_seconds",
+            "max_backoff_seconds",
+            "max_doublings",
+            "max_retry_duration_seconds",
+        ),
+    ),
+    ("Failures", ("pause_after_failures", "notify_emails", "notify_webhook_url", "fallback_workflow")),
+    ("Retention", ("keep_succeeded", "keep_failed", "retention_days")),
+)
+_FORM_FIELDS = tuple(name for _, names in _FIELDSETS for name in names)
+# trigger_create takes these by name; the other form fields go in as its keyword options.
+_SCHEDULE_FIELDS = (
     "kind",
     "cron",
     "timezone",
     "run_at",
     "interval_seconds",
-    "inputs",
-    "enabled",
-    "max_attempts",
-    "min_backoff_seconds",
-    "max_backoff_seconds",
+    "dst_policy",
+    "anchor_at",
+    "start_at",
+    "end_at",
 )
-_SCHEDULE_FIELDS = ("kind", "cron", "timezone", "run_at", "interval_seconds")
+_DATETIME_FIELDS = ("run_at", "anchor_at", "start_at", "end_at")
 _UPCOMING_COUNT = 5
+# The submit button that previews the form's values instead of saving them.
+PREVIEW_BUTTON = "_preview"
+_PREVIEW_ONLY = "preview_only"
 
 
 def _error_text(exc: Exception) -> str:
@@ -76,7 +99,12 @@ class TriggerAdminForm(forms.ModelForm):
         model = Trigger
         fields = list(_FORM_FIELDS)
         widgets = {"timezone": forms.Select(choices=[(name, name) for name in sorted(available_timezones())])}
-        help_texts = {"run_at": "For kind once: when to run, in UTC, e.g. 2026-12-01 09:00."}
+        help_texts = {
+            "run_at": "For kind once: when to run, in UTC, e.g. 2026-12-01 09:00.",
+            "anchor_at": "For kind interval: slots are anchor + k * interval (in UTC). Blank: the Unix epoch.",
+            "start_at": "No slot before this time (UTC), e.g. 2026-12-01 00:00.",
+            "end_at": "No slot after this time (UTC); then the trigger completes.",
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -84,20 +112,30 @@ class TriggerAdminForm(forms.ModelForm):
         self._schedule_before = (
             {name: getattr(self.instance, name) for name in _SCHEDULE_FIELDS} if self.instance.pk else None
         )
+        fallback = self.fields.get("fallback_workflow")
+        if fallback is not None and self.instance.pk:
+            # Trigger.clean insists on one of the owner's workflows; offer only those.
+            fallback.queryset = fallback.queryset.filter(owner_id=self.instance.owner_id)
 
     def clean_inputs(self) -> Any:
         # An emptied JSON box cleans to None; the column is NOT NULL and {} means "none".
         value = self.cleaned_data.get("inputs")
         return {} if value is None else value
 
-    def clean_run_at(self) -> datetime | None:
-        # The admin's date/time boxes drop microseconds; an untouched run_at must stay the
-        # stored value, or every save would look like a schedule change ("must be in the future").
-        value = self.cleaned_data.get("run_at")
-        stored = self.instance.run_at if self.instance.pk else None
-        if value is not None and stored is not None and value == stored.replace(microsecond=0):
-            return stored
-        return value
+    def clean_execution_window(self) -> Any:
+        value = self.cleaned_data.get("execution_window")
+        return {} if value is None else value
+
+    def clean(self) -> dict[str, Any]:
+        # The admin's date/time boxes drop microseconds; an untouched time must stay the stored
+        # value, or every save would look like a schedule change (run_at: "must be in the future").
+        cleaned = super().clean()
+        if self.instance.pk:
+            for name in _DATETIME_FIELDS:
+                value, stored = cleaned.get(name), getattr(self.instance, name)
+                if value is not None and stored is not None and value == stored.replace(microsecond=0):
+                    cleaned[name] = stored
+        return cleaned
 
     def _post_clean(self) -> None:
         # Like auth's UserCreationForm: once the instance holds the form's values, run the
@@ -118,6 +156,12 @@ class TriggerAdminForm(forms.ModelForm):
             add_errors(self, exc)
         except ScheduleError as exc:
             self.add_error(exc.field if exc.field in self.fields else None, str(exc))
+        else:
+            if PREVIEW_BUTTON in self.data:
+                # What these values would do, shown instead of saving them: the admin saves only a
+                # valid form, so a marker error (removed again in render_change_form) keeps it unsaved.
+                self.preview = trigger_describe(trigger, count=_UPCOMING_COUNT)
+                self.add_error(None, ValidationError("Preview only: nothing was saved.", code=_PREVIEW_ONLY))
 
 
 def _for_each(
@@ -136,6 +180,54 @@ def _for_each(
             messages.success(request, done(trigger, result))
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """Trigger.status is a property; these are the conditions it reads."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return list(TriggerStatus.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> QuerySet[Trigger]:
+        value = self.value()
+        if value == TriggerStatus.ACTIVE:
+            return queryset.filter(enabled=True, completed_at__isnull=True)
+        if value == TriggerStatus.PAUSED:
+            return queryset.filter(enabled=False, completed_at__isnull=True)
+        if value == TriggerStatus.COMPLETED:
+            return queryset.filter(completed_at__isnull=False)
+        return queryset
+
+
+_OVERLAP_HELP = {
+    "buffer_all": "one after another, oldest first",
+    "allow": "side by side (concurrency limits apply)",
+    "buffer_one": "the first, and one more waiting; the rest skipped",
+    "skip": "only what does not overlap; the rest skipped",
+}
+
+
+class BackfillForm(forms.Form):
+    """The backfill action's intermediate page: a past range and how its slots may overlap."""
+
+    start = forms.DateTimeField(
+        label="Start (UTC)",
+        help_text="Slots at or after this time, e.g. 2026-05-01 00:00.",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    end = forms.DateTimeField(
+        label="End (UTC)",
+        help_text="Slots up to this time, which must not be in the future.",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    overlap = forms.ChoiceField(
+        choices=[(value, f"{value}: {_OVERLAP_HELP.get(value, value)}") for value in services.BACKFILL_OVERLAP],
+        initial="buffer_all",
+        help_text="How the backfilled runs wait for each other and for the trigger's unfinished execution.",
+    )
+
+
 @admin.register(Trigger)
 class TriggerAdmin(admin.ModelAdmin):
     form = TriggerAdminForm
@@ -145,50 +237,88 @@ class TriggerAdmin(admin.ModelAdmin):
         "kind",
         "schedule",
         "timezone",
-        "state",
+        "status_column",
+        "runs",
+        "priority",
         "next_run",
         "last_status",
         "executions_link",
     ]
-    list_filter = ["kind", "enabled", "timezone", "workflow"]
+    list_filter = [StatusFilter, "kind", "priority", "timezone", "workflow"]
     list_select_related = ["workflow", "owner"]
     search_fields = ["name", "cron", "workflow__name"]
     readonly_fields = [
         "owner",
         "schedule",
-        "upcoming",
+        "rules",
+        "preview",
+        "status_column",
+        "run_count",
+        "runs_remaining",
+        "completed_at",
+        "consecutive_failures",
         "next_run_at",
         "last_run_at",
         "periodic_task",
         "pause_reason",
         "paused_at",
+        "paused_by",
         "created_at",
         "updated_at",
     ]
-    actions = ["pause_triggers", "resume_triggers", "run_triggers_now"]
+    actions = ["pause_triggers", "resume_triggers", "run_triggers_now", "backfill_triggers"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Trigger]:
         # Per-user filtering for non-superuser staff belongs here (a later issue).
         return triggers_with_last_status(super().get_queryset(request))
 
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Trigger | None = None,
+    ) -> HttpResponse:
+        form = context["adminform"].form
+        preview = getattr(form, "preview", None)
+        if preview is not None:
+            # The form is valid; it only carries the preview marker (see TriggerAdminForm._post_clean).
+            kept = [error for error in form.errors[NON_FIELD_ERRORS].as_data() if error.code != _PREVIEW_ONLY]
+            del form.errors[NON_FIELD_ERRORS]
+            if kept:
+                form.add_error(None, kept)
+            context["errors"] = helpers.AdminErrorList(form, [])
+            context["trigger_preview"] = {
+                "rules": _rules_table(preview),
+                "runs": preview_table(preview["next_runs"], form.instance.timezone),
+            }
+        if self.has_change_permission(request, obj) if change else self.has_add_permission(request):
+            context["preview_button"] = PREVIEW_BUTTON
+        return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
+
     def get_fieldsets(self, request: HttpRequest, obj: Trigger | None = None) -> list[tuple[str | None, dict]]:
-        fieldsets: list[tuple[str | None, dict]] = [
-            (None, {"fields": ["name", "workflow", "enabled", "inputs"]}),
-            ("Schedule", {"fields": ["kind", "cron", "timezone", "run_at", "interval_seconds"]}),
-            ("Retries", {"fields": ["max_attempts", "min_backoff_seconds", "max_backoff_seconds"]}),
-        ]
+        fieldsets: list[tuple[str | None, dict]] = [(title, {"fields": list(names)}) for title, names in _FIELDSETS]
         if obj is not None:
             fieldsets[0][1]["fields"].insert(1, "owner")
-            fieldsets[1][1]["fields"] += ["schedule", "upcoming"]
+            fieldsets[1][1]["fields"] += ["schedule", "preview"]
+            fieldsets.insert(1, ("What it does", {"fields": ["rules"]}))
             fieldsets.append(
                 (
                     "State",
                     {
                         "fields": [
+                            "status_column",
+                            "run_count",
+                            "runs_remaining",
+                            "completed_at",
+                            "consecutive_failures",
                             "next_run_at",
                             "last_run_at",
                             "pause_reason",
                             "paused_at",
+                            "paused_by",
                             "periodic_task",
                             "created_at",
                             "updated_at",
@@ -225,7 +355,7 @@ class TriggerAdmin(admin.ModelAdmin):
         _for_each(
             request,
             queryset,
-            lambda trigger: services.trigger_pause(trigger=trigger, reason=reason),
+            lambda trigger: services.trigger_pause(trigger=trigger, reason=reason, by=request.user),
             lambda trigger, _: f"Paused {trigger.name}.",
         )
 
@@ -258,21 +388,77 @@ class TriggerAdmin(admin.ModelAdmin):
                     format_html('Queued a run of {} (<a href="{}">execution {}</a>).', trigger.name, url, execution.pk),
                 )
 
+    @admin.action(description="Backfill…", permissions=["change"])
+    def backfill_triggers(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> HttpResponse | None:
+        """Ask for a past range (an intermediate page, like delete's), then backfill each trigger."""
+        if "apply" in request.POST:
+            form = BackfillForm(request.POST)
+            if form.is_valid():
+                for trigger in queryset:
+                    self._backfill(request, trigger, form.cleaned_data)
+                return None
+        else:
+            form = BackfillForm()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Backfill triggers",
+            "form": form,
+            "triggers": queryset,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "max_slots": settings.SCHEDULER_BACKFILL_MAX_SLOTS,
+        }
+        return TemplateResponse(request, "admin/schedules/trigger/backfill.html", context)
+
+    def _backfill(self, request: HttpRequest, trigger: Trigger, data: dict[str, Any]) -> None:
+        try:
+            report = services.trigger_backfill(
+                trigger=trigger, start=data["start"], end=data["end"], overlap=data["overlap"]
+            )
+        except (ScheduleError, ValidationError) as exc:
+            messages.error(request, f"{trigger.name}: {_error_text(exc)}")
+            return
+        text = (
+            f"{trigger.name}: backfill queued {report.created} execution(s); {report.existing} slot(s) already had "
+            f"one, {report.skipped} skipped (outside the window or overlapping)."
+        )
+        if report.created or report.skipped:
+            url = (
+                reverse("admin:schedules_execution_changelist")
+                + f"?trigger__id__exact={trigger.pk}&origin__exact=backfill"
+            )
+            messages.success(request, format_html('{} <a href="{}">See them</a>.', text, url))
+        else:
+            messages.info(request, text if report.existing else f"{trigger.name}: no slots in that range.")
+
     # --- Columns ----------------------------------------------------------------------------
 
     @admin.display(description="Schedule")
     def schedule(self, obj: Trigger) -> str:
         return obj.description
 
-    @admin.display(description="State", ordering="enabled")
-    def state(self, obj: Trigger) -> str:
-        if obj.enabled:
-            return "Enabled"
-        return f"Paused ({obj.pause_reason})" if obj.pause_reason else "Paused"
+    @admin.display(description="Status")
+    def status_column(self, obj: Trigger) -> str:
+        status = obj.status
+        if status == TriggerStatus.PAUSED and obj.pause_reason:
+            return f"Paused ({obj.pause_reason})"
+        return TriggerStatus(status).label
+
+    @admin.display(description="Runs")
+    def runs(self, obj: Trigger) -> str:
+        if obj.max_runs is None:
+            return str(obj.run_count)
+        return f"{obj.run_count} / {obj.max_runs} ({obj.runs_remaining} left)"
+
+    @admin.display(description="Runs remaining")
+    def runs_remaining(self, obj: Trigger) -> str:
+        return "no limit" if obj.max_runs is None else str(obj.runs_remaining)
 
     @admin.display(description="Next run", ordering="next_run_at")
     def next_run(self, obj: Trigger) -> str:
         # A paused trigger keeps its stored next_run_at, but it will not run then.
+        if obj.completed_at is not None:
+            return "(completed)"
         return _when(obj.next_run_at, obj.timezone) if obj.enabled else "(paused)"
 
     @admin.display(description="Last status", ordering="last_status")
@@ -285,39 +471,96 @@ class TriggerAdmin(admin.ModelAdmin):
         url = reverse("admin:schedules_execution_changelist") + f"?trigger__id__exact={obj.pk}"
         return format_html('<a href="{}">{}</a>', url, obj.execution_count)
 
-    @admin.display(description="Next slots")
-    def upcoming(self, obj: Trigger) -> str:
+    @admin.display(description="Rules")
+    def rules(self, obj: Trigger) -> str:
+        return _rules_table(trigger_describe(obj, count=0))
+
+    @admin.display(description="Next runs")
+    def preview(self, obj: Trigger) -> str:
         try:
-            slots = timing.upcoming(obj.cadence, timezone.now(), _UPCOMING_COUNT)
-        except ScheduleError:
-            return "(invalid schedule)"
-        if not slots:
-            return "none"
-        return format_html_join("", "<div>{}</div>", ((_when(slot, obj.timezone),) for slot in slots))
+            items = trigger_preview(obj, count=_UPCOMING_COUNT)
+        except ScheduleError as exc:
+            return f"(invalid schedule: {exc})"
+        return preview_table(items, obj.timezone)
+
+
+_RULE_LABELS = {
+    "bounds": "Bounds",
+    "max_runs": "Max runs",
+    "window": "Execution window",
+    "jitter": "Jitter",
+    "dst_policy": "DST",
+    "catchup": "Catch-up",
+    "overlap": "Overlap",
+    "priority": "Priority",
+    "retries": "Retries",
+    "failures": "Failures",
+    "notifications": "Notifications",
+    "retention": "Retention",
+}
+_PREVIEW_REASONS = {
+    "": "runs",
+    "outside_window": "skipped: outside the execution window (and every slot until the next one listed)",
+    "paused": "does not run while paused",
+    "workflow_inactive": "skipped: the workflow is inactive",
+}
+
+
+def _rules_table(description: dict[str, Any]) -> str:
+    """A trigger_describe result's state and rules as a two-column table."""
+    rows = [
+        ("Schedule", description["schedule"]),
+        ("Status", description["state"]),
+        *((_RULE_LABELS[name], text) for name, text in description["rules"].items()),
+    ]
+    return format_html("<table>{}</table>", format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', rows))
+
+
+def preview_table(items: list[dict[str, Any]], zone_name: str) -> str:
+    """A trigger_preview list as a table: UTC, local time, and whether it runs."""
+    if not items:
+        return "none"
+    rows = (
+        (
+            f"{item['at']:%Y-%m-%d %H:%M} UTC",
+            f"{item['local']:%Y-%m-%d %H:%M %Z}",
+            _PREVIEW_REASONS.get(item["reason"], item["reason"]),
+        )
+        for item in items
+    )
+    return format_html(
+        "<table><thead><tr><th>UTC</th><th>{}</th><th></th></tr></thead><tbody>{}</tbody></table>",
+        zone_name,
+        format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+    )
 
 
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
     """Read-only history. Delete keeps Django's permission check (superusers, or staff granted
     schedules.delete_execution): deleting a trigger deletes its executions, and the admin only
-    allows that to users who may delete them."""
+    allows that to users who may delete them. Retrying needs permission to change triggers (it
+    runs the workflow, as the triggers' "run now" does)."""
 
     list_display = [
         "scheduled_for",
         "trigger",
         "workflow",
         "status",
+        "origin",
+        "skip_reason",
+        "wait_reason",
         "attempts",
         "http_status",
         "duration_ms",
         "run_id",
-        "manual",
         "started_at",
         "finished_at",
     ]
     list_filter = [
         "status",
-        "manual",
+        "origin",
+        "skip_reason",
         ("workflow", admin.RelatedOnlyFieldListFilter),
         ("trigger", admin.RelatedOnlyFieldListFilter),
     ]
@@ -326,21 +569,81 @@ class ExecutionAdmin(admin.ModelAdmin):
     # Skips a COUNT(*) of the whole table on every page.
     show_full_result_count = False
     fieldsets = [
-        (None, {"fields": ["id", "trigger", "workflow", "scheduled_for", "manual", "status"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "trigger",
+                    "workflow",
+                    "scheduled_for",
+                    "origin",
+                    "manual",
+                    "status",
+                    "skip_reason",
+                    "wait_reason",
+                    "retry_of",
+                    "fallback_of",
+                ]
+            },
+        ),
         ("Calls", {"fields": ["attempts", "http_status", "duration_ms", "run_id", "error", "attempt_log"]}),
         (
             "Timing",
-            {"fields": ["created_at", "started_at", "finished_at", "next_attempt_at", "lease_expires_at"]},
+            {
+                "fields": [
+                    "created_at",
+                    "due_at",
+                    "jitter_seconds",
+                    "started_at",
+                    "finished_at",
+                    "next_attempt_at",
+                    "lease_expires_at",
+                ]
+            },
         ),
         ("Data", {"fields": ["inputs_json", "metadata_json"]}),
     ]
-    readonly_fields = ["attempt_log", "inputs_json", "metadata_json"]
+    readonly_fields = ["attempt_log", "inputs_json", "metadata_json", "retry_of", "fallback_of"]
+    actions = ["retry_executions"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Execution | None = None) -> bool:
         return False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("schedules.change_trigger")
+
+    @admin.action(description="Retry failed executions", permissions=["retry"])
+    def retry_executions(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
+        """Each failed one runs again as a new execution (origin retry); others are reported, not retried."""
+        others = 0
+        for execution in queryset.select_related("trigger", "workflow"):
+            if execution.status != ExecutionStatus.FAILED:
+                others += 1
+                continue
+            try:
+                retry = services.execution_retry(execution=execution)
+            except (ScheduleError, ValidationError) as exc:
+                messages.error(request, f"{execution}: {_error_text(exc)}")
+            except OperationalError:
+                messages.warning(
+                    request, f"{execution}: retry recorded, but the broker is unreachable; it starts once it is back."
+                )
+            else:
+                url = reverse("admin:schedules_execution_change", args=[retry.pk])
+                messages.success(
+                    request,
+                    format_html(
+                        'Queued a retry of {} (<a href="{}">execution {}</a>).', execution.trigger, url, retry.pk
+                    ),
+                )
+        if others:
+            messages.warning(
+                request, f"{others} selected execution(s) not retried: only failed executions can be retried."
+            )
 
     @admin.display(description="Attempt log")
     def attempt_log(self, obj: Execution) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection
@@ -16,7 +19,21 @@ from django.utils import timezone
 from workflows.models import Workflow
 
 from . import timing
-from .models import Execution, ExecutionOrigin, ExecutionStats, Trigger, histogram_quantile
+from .exceptions import ScheduleError
+from .models import (
+    CatchupPolicy,
+    DstPolicy,
+    Execution,
+    ExecutionOrigin,
+    ExecutionStats,
+    OverlapPolicy,
+    Priority,
+    SkipReason,
+    Trigger,
+    TriggerKind,
+    TriggerStatus,
+    histogram_quantile,
+)
 
 BEAT_STALE_SECONDS = 60
 
@@ -69,7 +86,23 @@ def health_checks() -> dict[str, str]:
         checks["beat"] = f"last tick {age:.0f}s ago"
     else:
         checks["beat"] = "ok"
+    # Without a broker a ping could only wait for its connection retries.
+    checks["workers"] = workers_check() if checks["broker"] == "ok" else "unknown: the broker is unreachable"
     return checks
+
+
+WORKER_PING_TIMEOUT_SECONDS = 1.0
+
+
+def workers_check(*, timeout: float = WORKER_PING_TIMEOUT_SECONDS) -> str:
+    """'ok' when a worker answers a ping within ``timeout`` seconds (the first answer ends the wait), else why not."""
+    try:
+        from scheduler_project.celery import app
+
+        replies = app.control.ping(timeout=timeout, limit=1)
+    except Exception as exc:  # noqa: BLE001 - any failure is a health answer, not a crash
+        return f"error: {type(exc).__name__}"
+    return "ok" if replies else f"no worker answered a ping within {timeout:g}s"
 
 
 # --- Statistics ---------------------------------------------------------------------------------
@@ -152,3 +185,289 @@ def workflow_stats(
     ]
     figures["next_runs"] = sorted(upcoming, key=lambda run: (run["at"], run["trigger_id"]))[:next_count]
     return figures
+
+
+# --- Preview and describe -----------------------------------------------------------------------
+
+# Why a previewed slot would not run ("" when it runs).
+PREVIEW_OUTSIDE_WINDOW = SkipReason.OUTSIDE_WINDOW.value
+PREVIEW_PAUSED = "paused"
+PREVIEW_WORKFLOW_INACTIVE = SkipReason.WORKFLOW_INACTIVE.value
+# Slots a preview looks at before it gives up (a few ms each thousand); windows are jumped over,
+# so only a schedule whose slots almost never fall in its window gets near it.
+_PREVIEW_SCAN_LIMIT = 10_000
+_WEEKDAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")
+
+
+def trigger_preview(trigger: Trigger, *, count: int = 5, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The trigger's next ``count`` runs after ``now``, as {"at", "local", "runs", "reason"}.
+
+    ``at`` is the slot in UTC, ``local`` the same instant in the trigger's zone. Slots follow the
+    cadence (kind, DST policy, start_at/end_at) and stop after the runs max_runs leaves; a
+    completed trigger has none. ``runs`` is False with a ``reason`` when the slot would not call
+    the workflow:
+
+    - ``outside_window``: outside the execution window. Such a slot is listed once per closed
+      stretch (the first slot the window refuses, standing for every slot until the next one
+      listed) and does not count toward ``count`` or max_runs, as at fire time;
+    - ``paused``: the trigger is paused (listed so the schedule still shows; counted);
+    - ``workflow_inactive``: the workflow is inactive (counted).
+
+    Overlap and concurrency depend on how earlier runs go and are not predicted. Works on an
+    unsaved Trigger too; validate it first (services.trigger_validate): an invalid schedule or
+    window raises ScheduleError.
+    """
+    now = now or timezone.now()
+    remaining = trigger.runs_remaining
+    wanted = count if remaining is None else min(count, remaining)
+    if wanted < 1 or trigger.completed_at is not None:
+        return []
+    cadence = trigger.cadence
+    zone = cadence.zone
+    window = timing.parse_window(trigger.execution_window)
+    if not trigger.enabled:
+        reason = PREVIEW_PAUSED
+    elif trigger.workflow_id and not trigger.workflow.is_active:
+        reason = PREVIEW_WORKFLOW_INACTIVE
+    else:
+        reason = ""
+    items: list[dict[str, Any]] = []
+    counted = 0
+    cursor = now
+    for _ in range(_PREVIEW_SCAN_LIMIT):
+        slot = timing.next_slot_after(cadence, cursor)
+        if slot is None:
+            break
+        slot = slot.astimezone(UTC)
+        if window is not None and not window.contains(slot, zone):
+            if not items or items[-1]["reason"] != PREVIEW_OUTSIDE_WINDOW:
+                items.append(_preview_item(slot, zone, PREVIEW_OUTSIDE_WINDOW))
+            opens = _window_opens_after(window, zone, slot)
+            # Just before the opening, so a slot right at it is found (next_slot_after is strict).
+            cursor = max(slot, opens - timedelta(microseconds=1)) if opens else slot
+            continue
+        items.append(_preview_item(slot, zone, reason))
+        counted += 1
+        if counted >= wanted:
+            break
+        cursor = slot
+    return items
+
+
+def _preview_item(slot: datetime, zone: ZoneInfo, reason: str) -> dict[str, Any]:
+    return {"at": slot, "local": slot.astimezone(zone), "runs": not reason, "reason": reason}
+
+
+def _window_opens_after(window: timing.Window, zone: ZoneInfo, after: datetime) -> datetime | None:
+    """The first instant after ``after`` at which one of the window's ranges starts on one of its days.
+
+    Only valid as a jump when the zone's offset does not change on the way (the wall clock is then
+    continuous, so the window can only open at a range start): across an offset change (a
+    fall-back can re-enter a range without passing its start) this returns None and the caller
+    steps slot by slot.
+    """
+    starts = [start for start, _ in window.ranges] or [0]
+    first_day: date = after.astimezone(zone).date()
+    best: datetime | None = None
+    for offset in range(8):
+        day = first_day + timedelta(days=offset)
+        if day.isoweekday() % 7 not in window.days:
+            continue
+        for minute in starts:
+            for fold in (0, 1):
+                local = datetime.combine(day, clock(minute // 60, minute % 60), tzinfo=zone).replace(fold=fold)
+                at = local.astimezone(UTC)
+                if at > after and (best is None or at < best):
+                    best = at
+        if best is not None:
+            break
+    if best is None or after.astimezone(zone).utcoffset() != best.astimezone(zone).utcoffset():
+        return None
+    return best
+
+
+def trigger_describe(trigger: Trigger, *, count: int = 5, now: datetime | None = None) -> dict[str, Any]:
+    """Everything the trigger will do, in words, and its next runs (for the admin and `trigger describe`).
+
+    Returns {"schedule": str, "status": "active"|"paused"|"completed", "state": str, "rules":
+    {name: sentence} (bounds, max_runs, window, jitter, dst_policy, catchup, overlap, priority,
+    retries, failures, notifications, retention), "next_runs": trigger_preview(...)}. Works on an
+    unsaved Trigger; an invalid schedule gives empty next_runs and says so in "state".
+    """
+    now = now or timezone.now()
+    try:
+        zone = timing.zone(trigger.timezone)
+    except ScheduleError:
+        zone = ZoneInfo("UTC")
+    state = _state_text(trigger, zone)
+    try:
+        next_runs = trigger_preview(trigger, count=count, now=now)
+    except ScheduleError as exc:
+        next_runs = []
+        state = f"{state}. Cannot compute the next runs: {exc}"
+    return {
+        "schedule": trigger.description,
+        "status": str(trigger.status),
+        "state": state,
+        "rules": {
+            "bounds": _bounds_text(trigger, zone),
+            "max_runs": _max_runs_text(trigger),
+            "window": _window_text(trigger),
+            "jitter": _jitter_text(trigger),
+            "dst_policy": _dst_text(trigger),
+            "catchup": _catchup_text(trigger),
+            "overlap": OverlapPolicy(trigger.overlap).label + ".",
+            "priority": f"{Priority(trigger.priority).label}: its executions run on the '{trigger.priority}' queue.",
+            "retries": _retries_text(trigger),
+            "failures": _failures_text(trigger),
+            "notifications": _notifications_text(trigger),
+            "retention": _retention_text(trigger),
+        },
+        "next_runs": next_runs,
+    }
+
+
+def _moment(at: datetime, zone: ZoneInfo) -> str:
+    """'2026-05-04 16:00 UTC' plus the local time when the zone is not UTC."""
+    utc = f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    if zone.key == "UTC":
+        return utc
+    return f"{utc} ({at.astimezone(zone):%Y-%m-%d %H:%M %Z})"
+
+
+def _state_text(trigger: Trigger, zone: ZoneInfo) -> str:
+    status = trigger.status
+    if status == TriggerStatus.COMPLETED:
+        return f"Completed at {_moment(trigger.completed_at, zone)}" if trigger.completed_at else "Completed"
+    if status == TriggerStatus.ACTIVE:
+        return "Active"
+    text = "Paused"
+    if trigger.paused_at is not None:
+        text += f" since {_moment(trigger.paused_at, zone)}"
+    if trigger.paused_by_id is not None:
+        text += f" by {trigger.paused_by.get_username()}"
+    if trigger.pause_reason:
+        text += f": {trigger.pause_reason}"
+    return text
+
+
+def _bounds_text(trigger: Trigger, zone: ZoneInfo) -> str:
+    start, end = trigger.start_at, trigger.end_at
+    if start is None and end is None:
+        return "No start or end."
+    parts = []
+    if start is not None:
+        parts.append(f"from {_moment(start, zone)}")
+    if end is not None:
+        parts.append(f"until {_moment(end, zone)}, then it completes")
+    text = " ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def _max_runs_text(trigger: Trigger) -> str:
+    if trigger.max_runs is None:
+        return f"No limit ({trigger.run_count} scheduled runs so far)."
+    return (
+        f"{trigger.run_count} of {trigger.max_runs} scheduled runs done, {trigger.runs_remaining} remaining "
+        "(manual runs, backfills and skipped slots do not count); then it completes."
+    )
+
+
+def _window_text(trigger: Trigger) -> str:
+    try:
+        window = timing.parse_window(trigger.execution_window)
+    except ScheduleError as exc:
+        return f"Invalid: {exc}"
+    if window is None:
+        return "Always (no execution window)."
+    if len(window.days) == 7:
+        days = "every day"
+    else:
+        days = ", ".join(name for number, name in enumerate(_WEEKDAYS) if number in window.days)
+    hours = ", ".join(f"{_hhmm(start)}-{_hhmm(end)}" for start, end in window.ranges) or "all day"
+    return f"Only {days}, {hours} ({trigger.timezone}); slots outside it are skipped (outside_window)."
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _jitter_text(trigger: Trigger) -> str:
+    if not trigger.jitter_seconds:
+        return "None: each slot is called at its time."
+    return f"Each slot's call waits a random 0-{trigger.jitter_seconds} s (the execution keeps the slot's time)."
+
+
+def _dst_text(trigger: Trigger) -> str:
+    if trigger.kind == TriggerKind.ONCE:
+        return "Does not apply: a once trigger runs at one instant."
+    if trigger.kind == TriggerKind.INTERVAL:
+        return "Does not apply: interval slots are in real elapsed time."
+    try:
+        wildcard = timing.has_wildcard_hour(trigger.cron)
+    except ScheduleError:
+        wildcard = False
+    if wildcard:
+        return "Does not apply: a wildcard hour follows real elapsed time through DST changes."
+    return f"{DstPolicy(trigger.dst_policy).label} ({trigger.dst_policy})."
+
+
+def _catchup_text(trigger: Trigger) -> str:
+    label = CatchupPolicy(trigger.catchup).label
+    if trigger.catchup == CatchupPolicy.ALL:
+        return (
+            f"{label} ({trigger.catchup_window_seconds} s), oldest first, at most "
+            f"{settings.SCHEDULER_CATCHUP_MAX_SLOTS}; older ones are recorded missed."
+        )
+    if trigger.catchup == CatchupPolicy.SKIP:
+        return f"{label}; a slot fired over {settings.SCHEDULER_MISFIRE_GRACE_SECONDS} s late counts as missed."
+    return f"{label}; the others are recorded missed."
+
+
+def _retries_text(trigger: Trigger) -> str:
+    if trigger.max_attempts <= 1:
+        return "No retries: one call per slot."
+    limit = trigger.max_retry_duration_seconds
+    return (
+        f"Up to {trigger.max_attempts} calls per slot. Waits start at {trigger.min_backoff_seconds} s, double "
+        f"{trigger.max_doublings} times, then grow linearly, at most {trigger.max_backoff_seconds} s (full jitter); "
+        + (f"no retry once the first attempt is over {limit} s ago." if limit else "no time limit.")
+    )
+
+
+def _failures_text(trigger: Trigger) -> str:
+    limit = trigger.pause_after_failures
+    text = f"Pauses after {limit} failed executions in a row" if limit else "Never pauses by itself"
+    text += f" ({trigger.consecutive_failures} in a row now)."
+    if trigger.fallback_workflow_id:
+        text += f" A final failure runs workflow {trigger.fallback_workflow.name!r} with the same inputs."
+    return text
+
+
+def _notifications_text(trigger: Trigger) -> str:
+    targets = []
+    if trigger.notify_emails:
+        targets.append(f"e-mail to {trigger.notify_emails}")
+    if trigger.notify_webhook_url:
+        # Only scheme, host and path: a query string or user info may carry a token.
+        parts = urlsplit(trigger.notify_webhook_url)
+        targets.append(f"signed POST to {parts.scheme}://{parts.hostname or ''}{parts.path}")
+    if not targets:
+        return "None."
+    return f"On final failure, auto-pause and recovery: {' and '.join(targets)}."
+
+
+def _retention_text(trigger: Trigger) -> str:
+    def amount(value: int | None, default: int, noun: str) -> str:
+        chosen = default if value is None else value
+        text = f"all {noun}" if not chosen else f"the last {chosen} {noun}"
+        return text + (" (default)" if value is None else "")
+
+    days = trigger.retention_days
+    chosen_days = settings.SCHEDULER_RETENTION_DAYS if days is None else days
+    age = f"none older than {chosen_days} days" if chosen_days else "no age limit"
+    return (
+        f"Keeps {amount(trigger.keep_succeeded, settings.SCHEDULER_KEEP_SUCCEEDED, 'succeeded (and skipped)')}, "
+        f"{amount(trigger.keep_failed, settings.SCHEDULER_KEEP_FAILED, 'failed')}, "
+        f"{age}{' (default)' if days is None else ''}."
+    )

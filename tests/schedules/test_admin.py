@@ -37,9 +37,32 @@ def _form(workflow, **overrides: object) -> dict[str, object]:
         "run_at_0": "",
         "run_at_1": "",
         "interval_seconds": "",
+        "dst_policy": "vixie",
+        "anchor_at_0": "",
+        "anchor_at_1": "",
+        "start_at_0": "",
+        "start_at_1": "",
+        "end_at_0": "",
+        "end_at_1": "",
+        "max_runs": "",
+        "execution_window": "{}",
+        "jitter_seconds": "0",
+        "catchup": "latest",
+        "catchup_window_seconds": "3600",
+        "overlap": "skip",
+        "priority": "normal",
         "max_attempts": "3",
         "min_backoff_seconds": "5",
         "max_backoff_seconds": "300",
+        "max_doublings": "5",
+        "max_retry_duration_seconds": "0",
+        "pause_after_failures": "",
+        "notify_emails": "",
+        "notify_webhook_url": "",
+        "fallback_workflow": "",
+        "keep_succeeded": "",
+        "keep_failed": "",
+        "retention_days": "",
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not None}
@@ -96,7 +119,7 @@ def test_trigger_admin__changelist_shows_schedule_state_and_last_status(admin_cl
     response = admin_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
     content = response.content.decode()
-    for header in ("Schedule", "Timezone", "State", "Next run", "Last status", "Executions"):
+    for header in ("Schedule", "Timezone", "Status", "Runs", "Priority", "Next run", "Last status", "Executions"):
         assert header in content
     assert trigger.description in content
     local = trigger.next_run_at.astimezone(trigger.cadence.zone)
@@ -142,7 +165,7 @@ def test_trigger_admin__change_page_shows_state_and_next_slots(admin_client, tri
     response = admin_client.get(reverse("admin:schedules_trigger_change", args=[trigger.pk]))
     assert response.status_code == 200
     content = response.content.decode()
-    assert "Next slots" in content
+    assert "Next runs" in content and "Rules" in content
     assert f"trigger:{trigger.pk}" in content  # the periodic task, read-only
     assert 'name="next_run_at"' not in content
 
@@ -370,7 +393,9 @@ def test_execution_admin__changelist_shows_columns(admin_client, trigger):
         "Http status",
         "Duration ms",
         "Run id",
-        "Manual",
+        "Origin",
+        "Skip reason",
+        "Wait reason",
         "Started at",
         "Finished at",
     ):
@@ -430,3 +455,423 @@ def test_execution_admin__changelist_queries_do_not_grow_per_row(admin_client, d
         response = admin_client.get(reverse(EXECUTIONS))
     assert response.status_code == 200
     assert len(response.context["cl"].result_list) == 12
+
+
+# --- Scheduling rules in the trigger list and form ----------------------------------------------
+
+
+def test_trigger_admin__changelist_shows_status_runs_and_priority(admin_client, workflow):
+    """The list shows status (active/paused/completed), runs done of max_runs with what is left, and priority."""
+    counted = TriggerFactory(workflow=workflow, name="counted", max_runs=10, priority="high")
+    Trigger.objects.filter(pk=counted.pk).update(run_count=3)
+    done = TriggerFactory(workflow=workflow, name="done")
+    Trigger.objects.filter(pk=done.pk).update(completed_at=timezone.now())
+    content = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert "3 / 10 (7 left)" in content
+    assert "High" in content
+    assert "Completed" in content and "(completed)" in content
+    assert "Active" in content
+
+
+def test_trigger_admin__status_filter(admin_client, workflow):
+    """The status filter keeps active, paused or completed triggers."""
+    TriggerFactory(workflow=workflow, name="active")
+    services.trigger_pause(trigger=TriggerFactory(workflow=workflow, name="paused"))
+    done = TriggerFactory(workflow=workflow, name="done")
+    Trigger.objects.filter(pk=done.pk).update(completed_at=timezone.now(), enabled=False)
+    url = reverse(CHANGELIST)
+    for status, name in (("active", "active"), ("paused", "paused"), ("completed", "done")):
+        result = admin_client.get(url, {"status": status}).context["cl"].result_list
+        assert [trigger.name for trigger in result] == [name], status
+
+
+def test_trigger_admin__changelist_with_new_columns_queries_do_not_grow(admin_client, django_assert_max_num_queries):
+    """Status, runs and priority columns add no query per row, whatever state the triggers are in."""
+    for index in range(9):
+        trigger = TriggerFactory(max_runs=5 if index % 2 else None, priority=["high", "normal", "low"][index % 3])
+        _execution(trigger, minutes_ago=1)
+        if index % 3 == 1:
+            services.trigger_pause(trigger=trigger, reason="why not")
+        elif index % 3 == 2:
+            Trigger.objects.filter(pk=trigger.pk).update(completed_at=timezone.now())
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(reverse(CHANGELIST), {"status": "paused"})
+    assert response.context["cl"].result_count == 3
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(reverse(CHANGELIST))
+    assert response.context["cl"].result_count == 9
+
+
+def test_trigger_admin__add_with_every_rule_goes_through_trigger_create(admin_client, workflow):
+    """The new fieldsets' values reach trigger_create: bounds, window, jitter, policies, failures, retention."""
+    fallback = WorkflowFactory(owner=workflow.owner)
+    data = _form(
+        workflow,
+        dst_policy="skip_missing",
+        start_at_0="2030-01-01",
+        start_at_1="00:00:00",
+        end_at_0="2030-02-01",
+        end_at_1="00:00:00",
+        max_runs="12",
+        execution_window='{"days": [1, 2, 3, 4, 5], "ranges": [["08:00", "12:00"]]}',
+        jitter_seconds="20",
+        catchup="all",
+        catchup_window_seconds="600",
+        overlap="allow",
+        priority="low",
+        max_doublings="2",
+        max_retry_duration_seconds="900",
+        pause_after_failures="4",
+        notify_emails="ops@example.com",
+        notify_webhook_url="https://hooks.example.com/x",
+        fallback_workflow=str(fallback.pk),
+        keep_succeeded="10",
+        keep_failed="20",
+        retention_days="7",
+    )
+    response = admin_client.post(reverse("admin:schedules_trigger_add"), data)
+    assert response.status_code == 302, response.content.decode()
+    trigger = Trigger.objects.get()
+    assert trigger.dst_policy == "skip_missing"
+    assert (trigger.start_at.year, trigger.end_at.month, trigger.max_runs) == (2030, 2, 12)
+    assert trigger.execution_window == {"days": [1, 2, 3, 4, 5], "ranges": [["08:00", "12:00"]]}
+    assert (trigger.jitter_seconds, trigger.catchup, trigger.catchup_window_seconds) == (20, "all", 600)
+    assert (trigger.overlap, trigger.priority, trigger.max_doublings, trigger.max_retry_duration_seconds) == (
+        "allow",
+        "low",
+        2,
+        900,
+    )
+    assert (trigger.pause_after_failures, trigger.notify_emails, trigger.fallback_workflow) == (
+        4,
+        "ops@example.com",
+        fallback,
+    )
+    assert (trigger.keep_succeeded, trigger.keep_failed, trigger.retention_days) == (10, 20, 7)
+    assert trigger.next_run_at >= trigger.start_at
+    assert trigger.periodic_task is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"execution_window": '{"days": "weekdays"}'}, "execution_window", "days must be a non-empty list"),
+        ({"execution_window": '{"ranges": [["18:00", "09:00"]]}'}, "execution_window", "must end after it starts"),
+        (
+            {"start_at_0": "2030-02-01", "start_at_1": "00:00", "end_at_0": "2030-01-01", "end_at_1": "00:00"},
+            "end_at",
+            "must be after start_at",
+        ),
+        ({"anchor_at_0": "2030-01-01", "anchor_at_1": "00:00"}, "anchor_at", "only applies to interval"),
+        ({"jitter_seconds": "5000"}, "jitter_seconds", "less than or equal to 3600"),
+        ({"catchup": "all", "catchup_window_seconds": "0"}, "catchup_window_seconds", "must be at least 1"),
+        ({"max_runs": "0"}, "max_runs", "greater than or equal to 1"),
+        ({"notify_emails": "not-an-address"}, "notify_emails", "is not an e-mail address"),
+        ({"notify_webhook_url": "ftp://x.example"}, "notify_webhook_url", "Enter a valid URL"),
+        ({"priority": "urgent"}, "priority", "Select a valid choice"),
+        ({"max_doublings": "31"}, "max_doublings", "less than or equal to 30"),
+    ],
+)
+def test_trigger_admin__bad_rule_is_a_field_error_and_creates_nothing(
+    admin_client, workflow, overrides, field, message
+):
+    """A bad value in the new fieldsets is an error on that field; nothing is created."""
+    response = admin_client.post(reverse("admin:schedules_trigger_add"), _form(workflow, **overrides))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert field in errors, errors
+    assert message in " ".join(errors[field])
+    assert not Trigger.objects.exists()
+    assert _fire_tasks() == 0
+
+
+def test_trigger_admin__fallback_must_be_another_of_the_owners_workflows(admin_client, workflow, other_user):
+    """The trigger's own workflow, or someone else's, is refused as its fallback."""
+    for fallback in (workflow, WorkflowFactory(owner=other_user)):
+        data = _form(workflow, fallback_workflow=str(fallback.pk))
+        response = admin_client.post(reverse("admin:schedules_trigger_add"), data)
+        assert response.status_code == 200
+        assert "fallback_workflow" in response.context["adminform"].form.errors
+    assert not Trigger.objects.exists()
+
+
+def test_trigger_admin__change_passes_only_changed_fields_to_trigger_update(admin_client, trigger, monkeypatch):
+    """Changing max_runs and priority calls trigger_update with just those fields."""
+    calls = []
+    original = services.trigger_update
+
+    def spy(**kwargs):
+        calls.append(set(kwargs) - {"trigger"})
+        return original(**kwargs)
+
+    monkeypatch.setattr(services, "trigger_update", spy)
+    url = reverse("admin:schedules_trigger_change", args=[trigger.pk])
+    data = _change_form(trigger, inputs="{}", timezone="UTC", cron="0 9 * * 1-5", max_runs="4", priority="high")
+    # JSON fields (callable default) carry their initial value in a hidden input, as the browser sends it.
+    data.update({"initial-inputs": "{}", "initial-execution_window": "{}"})
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()
+    assert calls == [{"max_runs", "priority"}]
+    trigger.refresh_from_db()
+    assert (trigger.max_runs, trigger.priority) == (4, "high")
+
+
+def test_trigger_admin__untouched_times_do_not_count_as_a_schedule_change(admin_client, workflow):
+    """Saving a trigger whose start/end have microseconds, without touching them, keeps them as stored."""
+    start = timezone.now() + timedelta(days=1, microseconds=123)
+    trigger = TriggerFactory(workflow=workflow, start_at=start, end_at=start + timedelta(days=30))
+    trigger.refresh_from_db()
+    active_since = trigger.active_since
+    local = timezone.get_current_timezone()
+    data = _change_form(
+        trigger,
+        cron="0 9 * * 1-5",
+        timezone="UTC",
+        start_at_0=f"{trigger.start_at.astimezone(local):%Y-%m-%d}",
+        start_at_1=f"{trigger.start_at.astimezone(local):%H:%M:%S}",
+        end_at_0=f"{trigger.end_at.astimezone(local):%Y-%m-%d}",
+        end_at_1=f"{trigger.end_at.astimezone(local):%H:%M:%S}",
+        name="renamed",
+    )
+    response = admin_client.post(reverse("admin:schedules_trigger_change", args=[trigger.pk]), data)
+    assert response.status_code == 302, response.content.decode()
+    trigger.refresh_from_db()
+    assert trigger.name == "renamed"
+    assert trigger.start_at == start
+    assert trigger.active_since == active_since
+
+
+def test_trigger_admin__change_page_shows_rules_state_and_preview(admin_client, admin_user, workflow):
+    """The change page shows the rules in words, read-only state (runs, failures, who paused) and the preview."""
+    trigger = TriggerFactory(
+        workflow=workflow,
+        cron="0 * * * *",
+        timezone="Asia/Tokyo",
+        max_runs=10,
+        execution_window={"ranges": [["09:00", "10:00"]]},
+    )
+    Trigger.objects.filter(pk=trigger.pk).update(run_count=4, consecutive_failures=2)
+    services.trigger_pause(trigger=trigger, reason="audit", by=admin_user)
+    response = admin_client.get(reverse("admin:schedules_trigger_change", args=[trigger.pk]))
+    assert response.status_code == 200
+    content = response.content.decode()
+    for text in (
+        "Every hour (Asia/Tokyo)",
+        f"by {admin_user.username}: audit",
+        "4 of 10 scheduled runs done, 6 remaining",
+        "Only every day, 09:00-10:00 (Asia/Tokyo)",
+        "Runs remaining",
+        "Consecutive failures",
+        "Paused by",
+        "JST",
+        "does not run while paused",
+        "outside the execution window",
+    ):
+        assert text in content, text
+    for name in ("run_count", "consecutive_failures", "completed_at", "paused_by"):
+        assert f'name="{name}"' not in content
+
+
+def test_trigger_admin__pause_action_records_who(admin_client, admin_user, trigger):
+    """The pause action records the admin user as paused_by."""
+    _action(admin_client, "pause_triggers", trigger)
+    trigger.refresh_from_db()
+    assert trigger.paused_by == admin_user
+
+
+# --- Backfill action ----------------------------------------------------------------------------
+
+
+def _backfill(client, *triggers: Trigger, **data: str):
+    payload = {"action": "backfill_triggers", "_selected_action": [t.pk for t in triggers], **data}
+    return client.post(reverse(CHANGELIST), payload)
+
+
+def test_trigger_admin__backfill_action_asks_for_the_range(admin_client, trigger):
+    """Choosing Backfill… shows a page asking for start, end and overlap (nothing is run yet)."""
+    response = _backfill(admin_client, trigger)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert 'name="start"' in content and 'name="end"' in content and 'name="overlap"' in content
+    for value in services.BACKFILL_OVERLAP:
+        assert f'value="{value}"' in content
+    assert f'name="_selected_action" value="{trigger.pk}"' in content
+    assert not Execution.objects.exists()
+
+
+def test_trigger_admin__backfill_action_runs_past_slots(admin_client, workflow, django_capture_on_commit_callbacks):
+    """Applying the backfill creates one execution per past slot (origin backfill), sends them, and reports counts."""
+    trigger = TriggerFactory(workflow=workflow, cron="0 * * * *")
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    _execution(trigger, minutes_ago=0)  # an unrelated slot
+    Execution.objects.create(
+        trigger=trigger, workflow=workflow, scheduled_for=hour - timedelta(hours=2), status=ExecutionStatus.SUCCEEDED
+    )
+    start, end = hour - timedelta(hours=3), hour - timedelta(hours=1)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = _backfill(
+            admin_client,
+            trigger,
+            apply="1",
+            start=f"{start:%Y-%m-%dT%H:%M}",
+            end=f"{end:%Y-%m-%dT%H:%M}",
+            overlap="allow",
+        )
+    assert response.status_code == 302
+    backfilled = Execution.objects.filter(trigger=trigger, origin="backfill").order_by("scheduled_for")
+    assert [e.scheduled_for for e in backfilled] == [start, end]
+    assert len(callbacks) == 2
+    [(level, text)] = _messages(response)
+    assert level == "success"
+    assert "backfill queued 2 execution(s); 1 slot(s) already had one, 0 skipped" in text
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"start": "2026-01-02T00:00", "end": "2026-01-01T00:00"}, "end: must be after start."),
+        ({"start": "2026-01-01T00:00", "end": "2999-01-01T00:00"}, "end: must not be in the future"),
+    ],
+)
+def test_trigger_admin__backfill_errors_are_messages(admin_client, trigger, data, message):
+    """A range the service refuses is an error message per trigger, never a 500; nothing is created."""
+    response = _backfill(admin_client, trigger, apply="1", overlap="buffer_all", **data)
+    assert response.status_code == 302
+    [(level, text)] = _messages(response)
+    assert level == "error" and message in text and trigger.name in text
+    assert not Execution.objects.exists()
+
+
+def test_trigger_admin__backfill_form_errors_show_the_page_again(admin_client, trigger):
+    """A missing or malformed time, or an unknown overlap, shows the form again with field errors."""
+    response = _backfill(admin_client, trigger, apply="1", start="yesterday", end="", overlap="cancel")
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert set(errors) == {"start", "end", "overlap"}
+    assert not Execution.objects.exists()
+
+
+def test_trigger_admin__backfill_inactive_workflow_is_error_message(admin_client, trigger):
+    """Backfilling a trigger whose workflow is inactive is an error message."""
+    trigger.workflow.is_active = False
+    trigger.workflow.save()
+    response = _backfill(
+        admin_client, trigger, apply="1", start="2026-01-01T00:00", end="2026-01-01T05:00", overlap="buffer_all"
+    )
+    [(level, text)] = _messages(response)
+    assert level == "error" and "is not active" in text
+
+
+# --- Executions: origin, reasons, retry ----------------------------------------------------------
+
+
+def test_execution_admin__filters_by_origin_and_skip_reason(admin_client, trigger):
+    """The execution list filters by origin and skip reason, and shows the wait reason."""
+    _execution(trigger, minutes_ago=1, origin="backfill")
+    _execution(trigger, minutes_ago=2, status=ExecutionStatus.SKIPPED, skip_reason="outside_window")
+    _execution(trigger, minutes_ago=3, status=ExecutionStatus.QUEUED, wait_reason="concurrency")
+    url = reverse(EXECUTIONS)
+    assert len(admin_client.get(url, {"origin__exact": "backfill"}).context["cl"].result_list) == 1
+    assert len(admin_client.get(url, {"skip_reason__exact": "outside_window"}).context["cl"].result_list) == 1
+    content = admin_client.get(url).content.decode()
+    assert "Outside the execution window" in content and "concurrency" in content and "Backfill" in content
+
+
+def test_execution_admin__detail_shows_origin_reasons_and_links(admin_client, trigger):
+    """The execution page shows origin, skip/wait reason, due time, jitter and what it retried."""
+    failed = _execution(trigger, minutes_ago=5, status=ExecutionStatus.FAILED)
+    retry = _execution(
+        trigger, minutes_ago=1, status=ExecutionStatus.QUEUED, origin="retry", retry_of=failed, wait_reason="jitter"
+    )
+    content = admin_client.get(reverse("admin:schedules_execution_change", args=[retry.pk])).content.decode()
+    for text in ("Origin", "Retry of a failed execution", "Wait reason", "jitter", "Retry of", "Due at", str(failed)):
+        assert text in content, text
+
+
+def _retry(client, *executions: Execution):
+    return client.post(
+        reverse(EXECUTIONS), {"action": "retry_executions", "_selected_action": [e.pk for e in executions]}
+    )
+
+
+def test_execution_admin__retry_action_retries_failed_ones(admin_client, trigger, django_capture_on_commit_callbacks):
+    """Retry queues a new execution for each failed one (origin retry) and warns about the others."""
+    failed = _execution(trigger, minutes_ago=5, status=ExecutionStatus.FAILED)
+    succeeded = _execution(trigger, minutes_ago=4, status=ExecutionStatus.SUCCEEDED)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = _retry(admin_client, failed, succeeded)
+    assert response.status_code == 302
+    retry = Execution.objects.get(retry_of=failed)
+    assert (retry.origin, retry.status, retry.inputs) == ("retry", ExecutionStatus.QUEUED, failed.inputs)
+    assert not Execution.objects.filter(retry_of=succeeded).exists()
+    assert len(callbacks) == 1
+    messages = dict(_messages(response))
+    assert str(retry.pk) in messages["success"]
+    assert "1 selected execution(s) not retried" in messages["warning"]
+
+
+def test_execution_admin__retry_on_inactive_workflow_is_error_message(admin_client, trigger):
+    """Retrying when the workflow is inactive is an error message, and nothing is queued."""
+    failed = _execution(trigger, minutes_ago=5, status=ExecutionStatus.FAILED)
+    trigger.workflow.is_active = False
+    trigger.workflow.save()
+    response = _retry(admin_client, failed)
+    [(level, text)] = _messages(response)
+    assert level == "error" and "is not active" in text
+    assert Execution.objects.count() == 1
+
+
+def test_execution_admin__retry_needs_permission_to_change_triggers(client, trigger):
+    """Staff who may only view executions are not offered the retry action."""
+    from django.contrib.auth.models import Permission
+
+    from tests.factories import UserFactory
+
+    viewer = UserFactory(is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_execution"))
+    client.force_login(viewer)
+    failed = _execution(trigger, minutes_ago=5, status=ExecutionStatus.FAILED)
+    response = client.get(reverse(EXECUTIONS))
+    assert response.status_code == 200
+    assert "retry_executions" not in response.content.decode()
+    _retry(client, failed)
+    assert Execution.objects.count() == 1
+
+
+# --- Preview in the form ------------------------------------------------------------------------
+
+
+def test_trigger_admin__preview_button_shows_next_runs_without_saving(admin_client, workflow):
+    """The add form's preview button shows the rules and next runs of the values typed, and saves nothing."""
+    data = _form(workflow, max_runs="2", execution_window='{"days": [1, 2, 3]}', _preview="1")
+    response = admin_client.post(reverse("admin:schedules_trigger_add"), data)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "Preview of the values above (not saved)" in content
+    assert "At 09:00, Monday through Friday (America/Los_Angeles)" in content
+    assert "0 of 2 scheduled runs done, 2 remaining" in content
+    assert content.count(">runs<") == 2
+    assert "errornote" not in content and "Preview only" not in content
+    assert 'value="Weekday report"' in content  # the form keeps what was typed
+    assert not Trigger.objects.exists()
+    assert _fire_tasks() == 0
+
+
+def test_trigger_admin__preview_of_invalid_values_shows_the_errors(admin_client, workflow):
+    """Previewing invalid values shows the field errors and no preview."""
+    response = admin_client.post(reverse("admin:schedules_trigger_add"), _form(workflow, cron="bad", _preview="1"))
+    assert response.status_code == 200
+    assert "cron" in response.context["adminform"].form.errors
+    assert "trigger_preview" not in response.context
+    assert not Trigger.objects.exists()
+
+
+def test_trigger_admin__preview_of_a_change_leaves_the_trigger_as_it_is(admin_client, trigger):
+    """Previewing an edit of a saved trigger shows the new schedule without changing the trigger."""
+    before = Trigger.objects.get(pk=trigger.pk)
+    url = reverse("admin:schedules_trigger_change", args=[trigger.pk])
+    response = admin_client.post(url, _change_form(trigger, cron="15 6 * * *", timezone="UTC", _preview="1"))
+    assert response.status_code == 200
+    assert "At 06:15 (UTC)" in response.content.decode()
+    trigger.refresh_from_db()
+    assert (trigger.cron, trigger.updated_at) == (before.cron, before.updated_at)

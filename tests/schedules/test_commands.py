@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from kombu.exceptions import OperationalError
 
 from schedules import services
 from schedules.beat import FIRE_TASK
-from schedules.models import Execution, ExecutionStatus, Trigger
+from schedules.models import Execution, ExecutionOrigin, ExecutionStatus, Trigger
 from schedules.tasks import run_execution
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
 from workflows.models import Workflow
@@ -154,8 +155,8 @@ def test_trigger_command__create_bad_inputs_fails(user, workflow, inputs, messag
 
 
 def test_trigger_command__create_needs_exactly_one_schedule(user, workflow):
-    """Exactly one of --cron, --run-at, --in and --every is required."""
-    with pytest.raises(CommandError, match=r"one of the arguments --cron --run-at --in --every is required"):
+    """Exactly one of --cron, --preset, --run-at, --in and --every is required."""
+    with pytest.raises(CommandError, match=r"one of the arguments --cron --preset --run-at --in --every is required"):
         run(*create_args(user, workflow))
     with pytest.raises(CommandError, match=r"not allowed with argument"):
         run(*create_args(user, workflow, "--cron", "* * * * *", "--every", "60"))
@@ -183,7 +184,9 @@ def test_trigger_command__create_duplicate_name_fails(trigger):
 
 def test_trigger_command__without_subcommand_fails(db):
     """`trigger` alone names the subcommands."""
-    with pytest.raises(CommandError, match=r"create,list,show,pause,resume,run,history"):
+    with pytest.raises(
+        CommandError, match=r"create,update,list,show,describe,preview,pause,resume,run,backfill,history"
+    ):
         run("trigger")
 
 
@@ -191,14 +194,14 @@ def test_trigger_command__without_subcommand_fails(db):
 
 
 def test_trigger_command__list_shows_triggers_with_last_status(trigger):
-    """list shows id, name, workflow, kind, schedule, zone, state, next run and last status."""
+    """list shows id, name, workflow, kind, schedule, zone, status, runs, next run and last status."""
     Execution.objects.create(
         trigger=trigger, workflow=trigger.workflow, scheduled_for=timezone.now(), status=ExecutionStatus.FAILED
     )
     out = run("trigger", "list")
     row = next(line for line in out.splitlines() if line.startswith(str(trigger.pk)))
     for text in (trigger.name, trigger.workflow.name, "cron", "At 09:00, Monday through Friday (UTC)", "UTC",
-                 "enabled", trigger.next_run_at.strftime("%Y-%m-%d %H:%M:%S UTC"), "failed"):  # fmt: skip
+                 "active", trigger.next_run_at.strftime("%Y-%m-%d %H:%M:%S UTC"), "failed"):  # fmt: skip
         assert text in row
     assert "LAST" in out.splitlines()[0]
 
@@ -367,6 +370,491 @@ def test_trigger_command__history_empty_and_bad_limit(trigger):
     assert "has no executions yet" in run("trigger", "history", trigger.name)
     with pytest.raises(CommandError, match=r"argument --limit"):
         run("trigger", "history", trigger.name, "--limit", "0")
+
+
+# --- create: the scheduling rules ----------------------------------------------------------------
+
+
+def test_trigger_command__create_with_every_rule_option(user, workflow):
+    """create sets bounds, window, jitter, catch-up, overlap, priority, failure, retry and retention options."""
+    fallback = WorkflowFactory(owner=user, name="Fallback")
+    run(
+        *create_args(user, workflow, "--cron", "0 9 * * *", "--timezone", "Europe/Paris"),
+        "--dst-policy", "repeat_twice", "--start-at", "2030-01-01T00:00", "--end-at", "2030-06-01T00:00+00:00",
+        "--max-runs", "10", "--jitter", "30", "--window", '{"days": [1, 2, 3, 4, 5], "ranges": [["08:00", "18:00"]]}',
+        "--catchup", "all", "--catchup-window", "7200", "--overlap", "buffer_one", "--priority", "high",
+        "--pause-after-failures", "3", "--notify-emails", "ops@example.com, dev@example.com",
+        "--notify-webhook", "https://hooks.example.com/t", "--fallback-workflow", "Fallback",
+        "--max-doublings", "2", "--max-retry-duration", "600", "--keep-succeeded", "100", "--keep-failed", "0",
+        "--retention-days", "30",
+    )  # fmt: skip
+    trigger = Trigger.objects.get()
+    assert trigger.dst_policy == "repeat_twice"
+    assert trigger.start_at == datetime(2029, 12, 31, 23, 0, tzinfo=UTC)  # read in Europe/Paris
+    assert trigger.end_at == datetime(2030, 6, 1, 0, 0, tzinfo=UTC)
+    assert (trigger.max_runs, trigger.jitter_seconds) == (10, 30)
+    assert trigger.execution_window == {"days": [1, 2, 3, 4, 5], "ranges": [["08:00", "18:00"]]}
+    assert (trigger.catchup, trigger.catchup_window_seconds, trigger.overlap, trigger.priority) == (
+        "all",
+        7200,
+        "buffer_one",
+        "high",
+    )
+    assert trigger.pause_after_failures == 3
+    assert trigger.notify_emails == "ops@example.com, dev@example.com"
+    assert trigger.notify_webhook_url == "https://hooks.example.com/t"
+    assert trigger.fallback_workflow == fallback
+    assert (trigger.max_doublings, trigger.max_retry_duration_seconds) == (2, 600)
+    assert (trigger.keep_succeeded, trigger.keep_failed, trigger.retention_days) == (100, 0, 30)
+    assert trigger.next_run_at >= trigger.start_at
+
+
+def test_trigger_command__create_interval_with_anchor(user, workflow):
+    """create --every with --anchor-at puts the slots at anchor + k * interval."""
+    run(*create_args(user, workflow, "--every", "3600", "--anchor-at", "2026-01-01T00:07:00+00:00"))
+    trigger = Trigger.objects.get()
+    assert trigger.anchor_at == datetime(2026, 1, 1, 0, 7, tzinfo=UTC)
+    assert trigger.next_run_at.minute == 7
+
+
+def test_trigger_command__create_without_retry_options_takes_the_workflows(user):
+    """Retry options left out come from the workflow's defaults."""
+    workflow = WorkflowFactory(owner=user, max_attempts=7, min_backoff_seconds=2, max_doublings=1)
+    run(*create_args(user, workflow, "--every", "60"))
+    trigger = Trigger.objects.get()
+    assert (trigger.max_attempts, trigger.min_backoff_seconds, trigger.max_doublings) == (7, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("preset", "cron", "description"),
+    [
+        (["--preset", "hourly", "--minute", "15"], "15 * * * *", "At 15 minutes past the hour"),
+        (["--preset", "daily", "--at", "06:30"], "30 6 * * *", "At 06:30"),
+        (["--preset", "weekdays", "--at", "9:00"], "0 9 * * 1-5", "At 09:00, Monday through Friday"),
+        (["--preset", "weekly", "--day", "MON", "--at", "09:30"], "30 9 * * 1", "At 09:30, only on Monday"),
+        (["--preset", "monthly", "--day", "1", "--at", "00:00"], "0 0 1 * *", "At 00:00, on day 1 of the month"),
+    ],
+)
+def test_trigger_command__create_from_a_preset(user, workflow, preset, cron, description):
+    """--preset (with --minute, --at, --day) makes the matching cron trigger."""
+    out = run(*create_args(user, workflow, *preset, "--timezone", "Asia/Tokyo"))
+    trigger = Trigger.objects.get()
+    assert (trigger.kind, trigger.cron) == ("cron", cron)
+    assert f"{description} (Asia/Tokyo)" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cron", "* * * * *", "--dst-policy", "sometimes"], r"argument --dst-policy: invalid choice: 'sometimes'"),
+        (["--cron", "* * * * *", "--catchup", "never"], r"argument --catchup: invalid choice"),
+        (["--cron", "* * * * *", "--overlap", "queue"], r"argument --overlap: invalid choice"),
+        (["--cron", "* * * * *", "--priority", "urgent"], r"argument --priority: invalid choice"),
+        (["--cron", "* * * * *", "--window", "weekdays"], r"--window: not valid JSON"),
+        (["--cron", "* * * * *", "--window", '{"days": "weekdays"}'], r"--window: .*days must be a non-empty list"),
+        (["--cron", "* * * * *", "--window", '{"ranges": [["17:00", "09:00"]]}'], r"--window: .*must end after it"),
+        (["--cron", "* * * * *", "--jitter", "4000"], r"--jitter: .*less than or equal to 3600"),
+        (["--cron", "* * * * *", "--jitter", "-1"], r"argument --jitter: must be 0 or more"),
+        (["--cron", "* * * * *", "--max-runs", "0"], r"argument --max-runs: must be 1 or more"),
+        (["--cron", "* * * * *", "--max-runs", "lots"], r"argument --max-runs: 'lots' is not a whole number or 'none'"),
+        (["--cron", "* * * * *", "--start-at", "soon"], r"--start-at: 'soon' is not an ISO 8601 time"),
+        (
+            ["--cron", "* * * * *", "--start-at", "2031-01-01T00:00", "--end-at", "2030-01-01T00:00"],
+            r"--end-at: must be after start_at",
+        ),
+        (["--cron", "* * * * *", "--anchor-at", "2030-01-01T00:00"], r"--anchor-at: only applies to interval"),
+        (["--every", "60", "--jitter", "60"], r"--jitter: must be shorter than the interval"),
+        (["--cron", "* * * * *", "--catchup", "all", "--catchup-window", "0"], r"--catchup-window: must be at least 1"),
+        (["--cron", "* * * * *", "--notify-emails", "ops@, dev"], r"--notify-emails: 'ops@' is not an e-mail"),
+        (["--cron", "* * * * *", "--notify-webhook", "ftp://x.example"], r"--notify-webhook: Enter a valid URL"),
+        (["--cron", "* * * * *", "--fallback-workflow", "nope"], r"--fallback-workflow: no workflow of user"),
+        (["--cron", "* * * * *", "--min-backoff", "100", "--max-backoff", "10"], r"--min-backoff: must not exceed"),
+        (["--cron", "* * * * *", "--max-doublings", "31"], r"--max-doublings: .*less than or equal to 30"),
+        (["--cron", "* * * * *", "--retention-days", "0"], r"argument --retention-days: must be 1 or more"),
+        (["--preset", "daily"], r"--at: the daily preset needs time"),
+        (["--preset", "hourly", "--at", "09:00"], r"--at: the hourly preset takes minute, not time"),
+        (["--preset", "weekly", "--day", "someday", "--at", "09:00"], r"--day: day must be 0-6 \(0 = Sunday\)"),
+        (["--preset", "daily", "--at", "25:00"], r"--at: time must be a time of day 'HH:MM'"),
+        (["--preset", "monthly", "--day", "32", "--at", "09:00"], r"--day: day must be a day of the month, 1-31"),
+        (["--preset", "fortnightly"], r"argument --preset: invalid choice"),
+        (["--cron", "* * * * *", "--at", "09:00"], r"--at: only goes with --preset"),
+        (["--cron", "* * * * *", "--preset", "daily"], r"argument --preset: not allowed with argument --cron"),
+    ],
+)
+def test_trigger_command__create_bad_rule_option_fails_naming_it(user, workflow, extra, message):
+    """Every bad rule option is a CommandError naming the option and what is allowed; nothing is created."""
+    with pytest.raises(CommandError, match=message):
+        run(*create_args(user, workflow, *extra))
+    assert_nothing_created()
+
+
+def test_trigger_command__create_fallback_must_be_another_workflow(user, workflow):
+    """The fallback workflow cannot be the trigger's own."""
+    with pytest.raises(CommandError, match=r"--fallback-workflow: must be another workflow"):
+        run(*create_args(user, workflow, "--every", "60", "--fallback-workflow", str(workflow.pk)))
+    assert_nothing_created()
+
+
+# --- update ---------------------------------------------------------------------------------------
+
+
+def test_trigger_command__update_changes_only_the_options_given(trigger):
+    """update changes the fields whose options are given and leaves the rest."""
+    before = Trigger.objects.get(pk=trigger.pk)
+    out = run("trigger", "update", str(trigger.pk), "--max-runs", "5", "--priority", "low", "--window", '{"days": [1]}')
+    trigger.refresh_from_db()
+    assert (trigger.max_runs, trigger.priority, trigger.execution_window) == (5, "low", {"days": [1]})
+    for name in ("cron", "timezone", "catchup", "overlap", "jitter_seconds", "max_attempts", "next_run_at", "name"):
+        assert getattr(trigger, name) == getattr(before, name), name
+    assert f"Updated trigger {trigger.pk} " in out and "--max-runs, --priority, --window" in out
+
+
+def test_trigger_command__update_schedule_moves_beat_entry(trigger):
+    """update --cron --timezone changes the crontab and the next run."""
+    run("trigger", "update", trigger.name, "--cron", "30 6 * * *", "--timezone", "Europe/Berlin")
+    trigger.refresh_from_db()
+    crontab = trigger.periodic_task.crontab
+    assert (crontab.minute, crontab.hour, str(crontab.timezone)) == ("30", "6", "Europe/Berlin")
+    assert trigger.next_run_at.astimezone(trigger.cadence.zone).strftime("%H:%M") == "06:30"
+
+
+def test_trigger_command__update_switches_kind_and_clears_the_old_kinds_fields(workflow):
+    """Giving --cron to an interval trigger makes it a cron trigger (interval and anchor cleared)."""
+    trigger = TriggerFactory(workflow=workflow, kind="interval", interval_seconds=600)
+    Trigger.objects.filter(pk=trigger.pk).update(anchor_at=datetime(2026, 1, 1, tzinfo=UTC))
+    run("trigger", "update", str(trigger.pk), "--preset", "weekdays", "--at", "08:15")
+    trigger.refresh_from_db()
+    assert (trigger.kind, trigger.cron, trigger.interval_seconds, trigger.anchor_at) == (
+        "cron",
+        "15 8 * * 1-5",
+        None,
+        None,
+    )
+    assert trigger.periodic_task.crontab is not None
+
+
+def test_trigger_command__update_none_and_empty_clear_fields(workflow):
+    """'none' clears a nullable option and '' clears a text one."""
+    fallback = WorkflowFactory(owner=workflow.owner)
+    trigger = TriggerFactory(
+        workflow=workflow,
+        max_runs=3,
+        end_at=timezone.now() + timedelta(days=30),
+        fallback_workflow=fallback,
+        notify_emails="ops@example.com",
+        keep_failed=5,
+    )
+    run(
+        "trigger", "update", trigger.name, "--max-runs", "none", "--end-at", "none", "--fallback-workflow", "none",
+        "--notify-emails", "", "--keep-failed", "none",
+    )  # fmt: skip
+    trigger.refresh_from_db()
+    assert (trigger.max_runs, trigger.end_at, trigger.fallback_workflow, trigger.keep_failed) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert trigger.notify_emails == ""
+
+
+def test_trigger_command__update_without_options_fails(trigger):
+    """update with nothing to change says so."""
+    with pytest.raises(CommandError, match=r"give at least one option to change"):
+        run("trigger", "update", trigger.name)
+
+
+def test_trigger_command__update_bad_option_changes_nothing(trigger):
+    """A bad option refuses the whole update: the good options given with it are not applied either."""
+    before = Trigger.objects.get(pk=trigger.pk)
+    with pytest.raises(CommandError, match=r"--jitter: .*less than or equal to 3600"):
+        run("trigger", "update", trigger.name, "--priority", "low", "--jitter", "4000")
+    with pytest.raises(CommandError, match=r"--cron: minute must be 0-59"):
+        run("trigger", "update", trigger.name, "--priority", "low", "--cron", "99 * * * *")
+    with pytest.raises(CommandError, match=r"--window: .*must be a time 'HH:MM'"):
+        run("trigger", "update", trigger.name, "--max-runs", "4", "--window", '{"ranges": [["9", "17"]]}')
+    trigger.refresh_from_db()
+    assert (trigger.priority, trigger.jitter_seconds, trigger.cron, trigger.max_runs) == (
+        before.priority,
+        before.jitter_seconds,
+        before.cron,
+        before.max_runs,
+    )
+    assert trigger.updated_at == before.updated_at
+
+
+# --- preview, describe, show ----------------------------------------------------------------------
+
+
+def _run_lines(out: str) -> list[str]:
+    return [line.strip() for line in out.split("runs:")[1].strip().splitlines()]
+
+
+def test_trigger_command__preview_saved_trigger(workflow):
+    """preview TRIGGER --count N lists the next N runs in UTC and local time."""
+    trigger = TriggerFactory(workflow=workflow, cron="0 9 * * *", timezone="America/New_York")
+    lines = _run_lines(run("trigger", "preview", trigger.name, "--count", "3"))
+    assert len(lines) == 3
+    assert all("09:00:00 E" in line and "America/New_York" in line for line in lines)  # EST or EDT
+
+
+def test_trigger_command__preview_marks_skipped_slots(workflow):
+    """Slots outside the window are marked skipped and do not count; a paused trigger's slots say paused."""
+    trigger = TriggerFactory(workflow=workflow, cron="0 * * * *", execution_window={"ranges": [["09:00", "10:00"]]})
+    lines = _run_lines(run("trigger", "preview", str(trigger.pk), "--count", "2"))
+    runs = [line for line in lines if "outside the execution window" not in line]
+    assert len(runs) == 2 and all("09:00:00 UTC" in line and "[" not in line for line in runs)
+    assert len(lines) > 2
+    services.trigger_pause(trigger=trigger)
+    lines = _run_lines(run("trigger", "preview", str(trigger.pk), "--count", "2"))
+    runs = [line for line in lines if "outside the execution window" not in line]
+    assert len(runs) == 2 and all("[paused: does not run unless resumed]" in line for line in runs)
+
+
+def test_trigger_command__preview_with_changes_saves_nothing(trigger):
+    """preview TRIGGER with options shows what update would make of it, without changing it."""
+    before = Trigger.objects.get(pk=trigger.pk)
+    out = run("trigger", "preview", trigger.name, "--max-runs", "2", "--cron", "*/5 * * * *")
+    assert "with the changes given (not saved)" in out
+    assert len(_run_lines(out)) == 2
+    trigger.refresh_from_db()
+    assert (trigger.cron, trigger.max_runs, trigger.updated_at) == (before.cron, None, before.updated_at)
+    with pytest.raises(CommandError, match=r"--end-at: must be after start_at"):
+        run("trigger", "preview", trigger.name, "--start-at", "2031-01-01T00:00", "--end-at", "2030-01-01T00:00")
+
+
+def test_trigger_command__preview_unsaved_trigger(user, workflow):
+    """preview --workflow with a schedule and options previews a trigger that is not saved."""
+    out = run(
+        "trigger", "preview", "--workflow", workflow.name, "--preset", "weekly", "--day", "FRI", "--at", "17:45",
+        "--timezone", "Australia/Sydney", "--max-runs", "2", "--count", "5",
+    )  # fmt: skip
+    assert "Trigger not saved yet" in out
+    assert "At 17:45, only on Friday (Australia/Sydney)" in out
+    lines = _run_lines(out)
+    assert len(lines) == 2 and all("17:45:00 AE" in line for line in lines)
+    assert not Trigger.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cron", "* * * * *"], r"--workflow: needed to preview a trigger that is not saved"),
+        (["--workflow", "{workflow}"], r"one of --cron, --preset, --run-at, --in, --every is needed"),
+        (["--workflow", "{workflow}", "--cron", "61 * * * *"], r"--cron: minute must be 0-59"),
+        (["--workflow", "{workflow}", "--run-at", "2001-01-01T00:00"], r"--run-at: must be in the future"),
+        (["--workflow", "{workflow}", "--every", "60", "--timezone", "Mars/Base"], r"--timezone: 'Mars/Base'"),
+        (["--workflow", "{workflow}", "--every", "60", "--window", "[]"], r"--window: must be a JSON object"),
+        (["--workflow", "{workflow}", "--every", "60", "--count", "0"], r"argument --count: must be 1 or more"),
+        (["--workflow", "nope", "--every", "60"], r"--workflow: no workflow has the id or name 'nope'"),
+        (["nope"], r"TRIGGER: no trigger has the id or name 'nope'"),
+    ],
+)
+def test_trigger_command__preview_bad_input_fails_naming_the_option(workflow, args, message):
+    """preview refuses what create would refuse, naming the option; nothing is saved."""
+    with pytest.raises(CommandError, match=message):
+        run("trigger", "preview", *(arg.format(workflow=workflow.pk) for arg in args))
+    assert_nothing_created()
+
+
+def test_trigger_command__describe_prints_every_rule(workflow, user):
+    """describe prints the schedule, who paused it and why, each rule, and the next runs."""
+    trigger = TriggerFactory(
+        workflow=workflow, max_runs=4, jitter_seconds=15, overlap="allow", execution_window={"days": [1, 2]}
+    )
+    run("trigger", "pause", trigger.name, "--reason", "audit", "--by", user.username)
+    out = run("trigger", "describe", trigger.name, "--count", "2")
+    for text in (
+        "At 09:00, Monday through Friday (UTC)",
+        f"by {user.username}: audit",
+        "0 of 4 scheduled runs done, 4 remaining",
+        "Only Mon, Tue, all day",
+        "random 0-15 s",
+        "Run alongside",
+        "Catch-up",
+        "Retries",
+        "Retention",
+        "Next 2 runs:",
+    ):
+        assert text in out, text
+
+
+def test_trigger_command__show_includes_rules_and_runs(workflow):
+    """show prints the fields, the rules and the next runs, with runs done and remaining."""
+    trigger = TriggerFactory(workflow=workflow, max_runs=3)
+    out = run("trigger", "show", str(trigger.pk))
+    assert "Rules:" in out and "Overlap" in out and "Skip while the previous run is unfinished" in out
+    assert "0/3 (3 left)" in out
+    assert len(_run_lines(out)) == 3
+
+
+# --- pause --by, backfill, stats ------------------------------------------------------------------
+
+
+def test_trigger_command__pause_records_who(trigger, user):
+    """pause --by records the user; without it nobody is recorded; an unknown user is refused."""
+    with pytest.raises(CommandError, match=r"--by: there is no user 'ghost'"):
+        run("trigger", "pause", trigger.name, "--by", "ghost")
+    trigger.refresh_from_db()
+    assert trigger.enabled
+    run("trigger", "pause", trigger.name, "--by", user.username)
+    trigger.refresh_from_db()
+    assert trigger.paused_by == user and not trigger.enabled
+
+
+@pytest.mark.django_db(transaction=True)
+def test_trigger_command__backfill_runs_past_slots_once(workflow, monkeypatch):
+    """backfill queues one execution per past slot (origin backfill) and sends them; a repeat finds them taken."""
+    sent = []
+    original = run_execution.apply_async
+
+    def spy(*args, **kwargs):
+        sent.append(kwargs["kwargs"]["execution_id"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run_execution, "apply_async", spy)
+    trigger = TriggerFactory(workflow=workflow, cron="0 * * * *")
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    start, end = (hour - timedelta(hours=3)).isoformat(), (hour - timedelta(hours=1)).isoformat()
+    out = run("trigger", "backfill", trigger.name, "--start", start, "--end", end, "--overlap", "allow")
+    executions = Execution.objects.filter(trigger=trigger).order_by("scheduled_for")
+    assert [e.scheduled_for for e in executions] == [hour - timedelta(hours=h) for h in (3, 2, 1)]
+    assert {e.origin for e in executions} == {ExecutionOrigin.BACKFILL}
+    assert "3 execution(s) queued, 0 slot(s) already had one, 0 skipped" in out
+    assert sorted(sent) == sorted(str(e.pk) for e in executions)
+    again = run("trigger", "backfill", trigger.name, "--start", start, "--end", end)
+    assert "0 execution(s) queued, 3 slot(s) already had one" in again
+    assert Execution.objects.filter(trigger=trigger).count() == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "2026-01-02T00:00", "--end", "2026-01-01T00:00"], r"--end: must be after start"),
+        (["--start", "2026-01-01T00:00", "--end", "2999-01-01T00:00"], r"--end: must not be in the future"),
+        (["--start", "yesterday", "--end", "2026-01-01T00:00"], r"--start: 'yesterday' is not an ISO 8601 time"),
+        (["--start", "2026-01-01T00:00", "--end", "2026-01-01T01:00", "--overlap", "x"], r"argument --overlap"),
+        (["--start", "2026-01-01T00:00"], r"the following arguments are required: --end"),
+        (["--start", "2000-01-01T00:00", "--end", "2026-01-01T00:00"], r"--end: the range holds more than"),
+    ],
+)
+def test_trigger_command__backfill_bad_input_creates_nothing(trigger, args, message):
+    """Bad backfill ranges and options are refused naming the option; no execution is created."""
+    with pytest.raises(CommandError, match=message):
+        run("trigger", "backfill", trigger.name, *args)
+    assert not Execution.objects.exists()
+
+
+def test_trigger_command__backfill_inactive_workflow_fails(trigger):
+    """Backfilling a trigger whose workflow is inactive is refused."""
+    Workflow.objects.filter(pk=trigger.workflow_id).update(is_active=False)
+    with pytest.raises(CommandError, match=r"--workflow: workflow .* is not active"):
+        run("trigger", "backfill", trigger.name, "--start", "2026-01-01T00:00", "--end", "2026-01-02T00:00")
+
+
+def _finished(trigger, status, *, minutes_ago: int, duration_ms: int | None = None) -> Execution:
+    execution = Execution.objects.create(
+        trigger=trigger,
+        workflow=trigger.workflow,
+        scheduled_for=timezone.now() - timedelta(minutes=minutes_ago),
+        status=status,
+        duration_ms=duration_ms,
+        finished_at=timezone.now(),
+    )
+    services.stats_record(execution=execution)
+    return execution
+
+
+def test_trigger_command__stats_prints_figures_and_next_runs(trigger):
+    """stats prints counts, success rate, durations, the last statuses and the next runs."""
+    _finished(trigger, ExecutionStatus.SUCCEEDED, minutes_ago=30, duration_ms=100)
+    _finished(trigger, ExecutionStatus.SUCCEEDED, minutes_ago=20, duration_ms=300)
+    _finished(trigger, ExecutionStatus.FAILED, minutes_ago=10, duration_ms=200)
+    out = run("trigger", "stats", trigger.name, "--last", "2", "--next", "2")
+    for text in ("Total         3", "Succeeded     2", "Failed        1", "66.7%", "200 ms", "failed, succeeded"):
+        assert text in out, text
+    assert len(out.split("Next runs:")[1].strip().splitlines()) == 2
+
+
+def test_trigger_command__stats_without_history(trigger):
+    """stats of a trigger that never ran shows dashes, not errors."""
+    out = run("trigger", "stats", trigger.name)
+    assert "Total         0" in out and "Success rate  -" in out
+
+
+# --- execution ------------------------------------------------------------------------------------
+
+
+def test_execution_command__show_prints_fields_and_attempts(trigger):
+    """execution show prints origin, status, reasons and the attempt log."""
+    execution = Execution.objects.create(
+        trigger=trigger,
+        workflow=trigger.workflow,
+        scheduled_for=timezone.now(),
+        status=ExecutionStatus.FAILED,
+        attempts=1,
+        http_status=503,
+        error="HTTP 503",
+        metadata={"attempts": [{"attempt": 1, "started_at": "2026-01-01T00:00:00+00:00", "error": "HTTP 503"}]},
+    )
+    out = run("execution", "show", str(execution.pk))
+    assert f"Execution {execution.pk}" in out
+    for text in ("Origin", "schedule", "failed", "503", "Attempts:", "2026-01-01T00:00:00+00:00"):
+        assert text in out, text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_execution_command__retry_failed_execution(trigger, monkeypatch):
+    """execution retry queues a new execution (origin retry, linked to the failed one) and sends it."""
+    sent = []
+    monkeypatch.setattr(run_execution, "apply_async", lambda *a, **k: sent.append(k["kwargs"]["execution_id"]))
+    failed = Execution.objects.create(
+        trigger=trigger, workflow=trigger.workflow, scheduled_for=timezone.now(), status=ExecutionStatus.FAILED
+    )
+    out = run("execution", "retry", str(failed.pk))
+    retry = Execution.objects.get(retry_of=failed)
+    assert retry.origin == ExecutionOrigin.RETRY and retry.status == ExecutionStatus.QUEUED
+    assert sent == [str(retry.pk)]
+    assert f"Queued execution {retry.pk}, a retry of {failed.pk}." in out
+    assert re.search(rf"Retried as +{retry.pk}", run("execution", "show", str(failed.pk)))
+
+
+def test_execution_command__retry_refuses_what_did_not_fail(trigger):
+    """Only failed executions can be retried; bad or unknown ids are refused."""
+    done = Execution.objects.create(
+        trigger=trigger, workflow=trigger.workflow, scheduled_for=timezone.now(), status=ExecutionStatus.SUCCEEDED
+    )
+    with pytest.raises(CommandError, match=r"EXECUTION_ID: only a failed execution can be retried; .* succeeded"):
+        run("execution", "retry", str(done.pk))
+    with pytest.raises(CommandError, match=r"EXECUTION_ID: 'abc' is not an execution id"):
+        run("execution", "retry", "abc")
+    with pytest.raises(CommandError, match=r"EXECUTION_ID: there is no execution 00000000-"):
+        run("execution", "show", "00000000-0000-0000-0000-000000000000")
+    with pytest.raises(CommandError, match=r"show,retry"):
+        run("execution")
+    assert Execution.objects.count() == 1
+
+
+# --- workflow stats (its figures come from the schedules app) -------------------------------------
+
+
+def test_workflow_command__stats_adds_up_its_triggers(workflow):
+    """workflow stats adds up every trigger of the workflow and lists the soonest next runs."""
+    first = TriggerFactory(workflow=workflow, name="first")
+    second = TriggerFactory(workflow=workflow, name="second", kind="interval", interval_seconds=3600)
+    _finished(first, ExecutionStatus.SUCCEEDED, minutes_ago=5, duration_ms=50)
+    _finished(second, ExecutionStatus.FAILED, minutes_ago=3, duration_ms=70)
+    out = run("workflow", "stats", workflow.name, "--next", "3")
+    assert f"Workflow {workflow.pk} '{workflow.name}'" in out
+    assert "Total         2" in out and "50.0%" in out and "60 ms" in out
+    next_runs = out.split("Next runs:")[1].strip().splitlines()
+    assert len(next_runs) == 3 and any("'second'" in line for line in next_runs)
+
+
+def test_workflow_command__stats_unknown_workflow_fails(db):
+    """An unknown workflow is refused, naming WORKFLOW."""
+    with pytest.raises(CommandError, match=r"WORKFLOW: no workflow has the id or name 'nope'"):
+        run("workflow", "stats", "nope")
 
 
 # --- rebuild_beat ---------------------------------------------------------------------------------
