@@ -844,7 +844,7 @@ def test_workflow_command__stats_adds_up_its_triggers(workflow):
     second = TriggerFactory(workflow=workflow, name="second", kind="interval", interval_seconds=3600)
     _finished(first, ExecutionStatus.SUCCEEDED, minutes_ago=5, duration_ms=50)
     _finished(second, ExecutionStatus.FAILED, minutes_ago=3, duration_ms=70)
-    out = run("workflow", "stats", workflow.name, "--next", "3")
+    out = run("execution", "stats", "--workflow", workflow.name, "--next", "3")
     assert f"Workflow {workflow.pk} '{workflow.name}'" in out
     assert "Total         2" in out and "50.0%" in out and "60 ms" in out
     next_runs = out.split("Next runs:")[1].strip().splitlines()
@@ -853,8 +853,8 @@ def test_workflow_command__stats_adds_up_its_triggers(workflow):
 
 def test_workflow_command__stats_unknown_workflow_fails(db):
     """An unknown workflow is refused, naming WORKFLOW."""
-    with pytest.raises(CommandError, match=r"WORKFLOW: no workflow has the id or name 'nope'"):
-        run("workflow", "stats", "nope")
+    with pytest.raises(CommandError, match=r"--workflow: no workflow has the id or name 'nope'"):
+        run("execution", "stats", "--workflow", "nope")
 
 
 # --- rebuild_beat ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`manage.py execution show|retry EXECUTION_ID`: one execution's details, and retrying a failed one."""
+"""`manage.py execution show|retry EXECUTION_ID`, `execution stats --workflow W`: details, retries, stats."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from kombu.exceptions import OperationalError
 
 from schedules import services
-from workflows.management.commands._common import EMPTY, format_utc, table
+from schedules.selectors import workflow_stats
+from workflows.management.commands._common import EMPTY, format_utc, positive_int, table, user_get, workflow_get
 
 from ._common import errors_as_command_errors, execution_get
 
@@ -20,11 +21,16 @@ class Command(BaseCommand):
     help = "Show an execution (attempts, why it skipped or waits) or retry a failed one."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="{show,retry}")
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="{show,retry,stats}")
         show = sub.add_parser("show", help="An execution's fields and attempt log.")
         show.add_argument("execution", metavar="EXECUTION_ID", help="Its id (a UUID, see `trigger history`).")
         retry = sub.add_parser("retry", help="Run a failed execution again as a new execution (origin retry).")
         retry.add_argument("execution", metavar="EXECUTION_ID", help="A failed execution's id.")
+        stats = sub.add_parser("stats", help="A workflow's counts, success rate and durations over all its triggers.")
+        stats.add_argument("--workflow", required=True, metavar="WORKFLOW", help="The workflow's id or name.")
+        stats.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
+        stats.add_argument("--last", type=positive_int, default=10, metavar="N", help="Latest statuses to show.")
+        stats.add_argument("--next", type=positive_int, default=5, metavar="N", help="Next runs to show.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, f"_{options['subcommand']}")(options)
@@ -78,6 +84,25 @@ class Command(BaseCommand):
                 "the recovery task will queue it when the broker is back."
             ) from None
         self.stdout.write(self.style.SUCCESS(f"Queued execution {retry.pk}, a retry of {execution.pk}."))
+
+    def _stats(self, options: dict[str, Any]) -> None:
+        from .trigger import stats_rows
+
+        owner = user_get(options["owner"]) if options["owner"] else None
+        workflow = workflow_get(options["workflow"], owner=owner, option="--workflow")
+        figures = workflow_stats(workflow, last=options["last"], next_count=options["next"])
+        self.stdout.write(
+            f"Workflow {workflow.pk} {workflow.name!r}, all its triggers (counts include pruned executions)"
+        )
+        rows = stats_rows(figures, last=options["last"])
+        width = max(len(label) for label, _ in rows)
+        for label, value in rows:
+            self.stdout.write(f"  {label.ljust(width)}  {value}")
+        self.stdout.write("Next runs:")
+        for run in figures["next_runs"]:
+            self.stdout.write(f"  {format_utc(run['at'])}  trigger {run['trigger_id']} {run['trigger']!r}")
+        if not figures["next_runs"]:
+            self.stdout.write("  none")
 
 
 def _attempt_table(attempts: list[Any]) -> str:

@@ -1,4 +1,6 @@
-"""`manage.py workflow create|list|stats|rotate-secret|reencrypt-secrets`: workflows, their history and secrets."""
+"""`manage.py workflow create|list|rotate-secret|reencrypt-secrets`: workflows and their secrets.
+
+A workflow's execution stats are `manage.py execution stats --workflow W` (schedules owns executions)."""
 
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(
-            dest="subcommand", required=True, metavar="{create,list,stats,rotate-secret,reencrypt-secrets}"
+            dest="subcommand", required=True, metavar="{create,list,rotate-secret,reencrypt-secrets}"
         )
 
         create = sub.add_parser("create", help="Create a workflow and print its signing secret (once).")
@@ -71,12 +73,6 @@ class Command(BaseCommand):
 
         listing = sub.add_parser("list", help="List workflows (secrets are never shown).")
         listing.add_argument("--owner", metavar="USERNAME", help="Only this user's workflows.")
-
-        stats = sub.add_parser("stats", help="Counts, success rate and durations over all its triggers; next runs.")
-        stats.add_argument("workflow", metavar="WORKFLOW", help="The workflow's id or name.")
-        stats.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
-        stats.add_argument("--last", type=positive_int, default=10, metavar="N", help="Latest statuses to show.")
-        stats.add_argument("--next", type=positive_int, default=5, metavar="N", help="Next runs to show.")
 
         rotate = sub.add_parser(
             "rotate-secret",
@@ -164,28 +160,6 @@ class Command(BaseCommand):
                 "keys after it can now be removed."
             )
         )
-
-    def _stats(self, options: dict[str, Any]) -> None:
-        # The one place workflows reaches into schedules (executions and their stats live there);
-        # imported here so the workflows app itself still loads without it.
-        from schedules.management.commands.trigger import stats_rows
-        from schedules.selectors import workflow_stats
-
-        owner = user_get(options["owner"]) if options["owner"] else None
-        workflow = workflow_get(options["workflow"], owner=owner, option="WORKFLOW")
-        figures = workflow_stats(workflow, last=options["last"], next_count=options["next"])
-        self.stdout.write(
-            f"Workflow {workflow.pk} {workflow.name!r}, all its triggers (counts include pruned executions)"
-        )
-        rows = stats_rows(figures, last=options["last"])
-        width = max(len(label) for label, _ in rows)
-        for label, value in rows:
-            self.stdout.write(f"  {label.ljust(width)}  {value}")
-        self.stdout.write("Next runs:")
-        for run in figures["next_runs"]:
-            self.stdout.write(f"  {format_utc(run['at'])}  trigger {run['trigger_id']} {run['trigger']!r}")
-        if not figures["next_runs"]:
-            self.stdout.write("  none")
 
     def _list(self, options: dict[str, Any]) -> None:
         workflows = Workflow.objects.select_related("owner").order_by("owner__username", "name", "id")
