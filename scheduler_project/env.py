@@ -103,3 +103,15 @@ def derive_fernet_key(secret: str) -> str:
     """A Fernet key derived from ``secret`` (SECRET_KEY), for local development without SCHEDULER_SECRET_KEYS."""
     digest = salted_hmac("scheduler.secret-keys", "fernet", secret=secret, algorithm="sha256").digest()
     return base64.urlsafe_b64encode(digest).decode()
+
+
+_RATE_PERIODS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+
+
+def env_rate(name: str, default: str) -> str:
+    """Return a request rate as DRF's throttles read it: 'N/period', period one of s, m, h, d (or sec, min, ...)."""
+    value = os.environ.get(name, default).strip()
+    number, _, period = value.partition("/")
+    if not number.isdigit() or int(number) < 1 or not period or period[0] not in _RATE_PERIODS:
+        raise ImproperlyConfigured(f"{name}={value!r}: give requests per period, e.g. 60/min, 1000/hour or 5/s.")
+    return value

@@ -13,7 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from .env import env_bool, env_fernet_keys, env_int, env_list, env_str
+from .env import env_bool, env_fernet_keys, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Where the embedded defaults keep their files (SQLite database, filesystem broker, beat heartbeat).
@@ -41,6 +41,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "django_celery_results",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
     "workflows",
     "schedules",
 ]
@@ -115,6 +119,69 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- API ------------------------------------------------------------------------------------
+# The throttles count requests in this cache. A memory cache counts each process apart (with
+# gunicorn's N workers a user gets N times the rate), so production points it at Redis, e.g.
+# CACHE_URL=redis://redis:6379/1. https://docs.djangoproject.com/en/5.2/topics/cache/#redis
+CACHE_URL = env_str("CACHE_URL", "locmem://")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+elif CACHE_URL == "locmem://":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: use locmem:// or redis://host:port/db.")
+# Per user: writes (create, update, delete, pause, ...) and runs (run now, backfill, retry).
+SCHEDULER_API_WRITE_RATE = env_rate("SCHEDULER_API_WRITE_RATE", "60/min")
+SCHEDULER_API_RUN_RATE = env_rate("SCHEDULER_API_RUN_RATE", "30/min")
+SCHEDULER_API_PAGE_SIZE = env_int("SCHEDULER_API_PAGE_SIZE", 50, minimum=1, maximum=1000)
+# https://www.django-rest-framework.org/api-guide/settings/
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header makes an unauthenticated request a 401 (not a 403).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    # DRF's default is AllowAny; every view that is open (health, the signed run endpoint) says so itself.
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON only: /api/docs/ is the interactive page.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "scheduler_project.api.Pagination",
+    "PAGE_SIZE": SCHEDULER_API_PAGE_SIZE,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"writes": SCHEDULER_API_WRITE_RATE, "runs": SCHEDULER_API_RUN_RATE},
+    "EXCEPTION_HANDLER": "scheduler_project.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+# https://drf-spectacular.readthedocs.io/en/latest/settings.html
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Workflow Scheduler API",
+    "DESCRIPTION": "Workflows (what to call), triggers (when) and executions (what happened). "
+    "Authenticate with `Authorization: Token <key>` (`manage.py token create USERNAME`). "
+    'Every error answers {"errors": {"field": ["message"]}}.',
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request and response components, so write-only and read-only fields are exact.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PATH_CONVERTER_OVERRIDES": {"id": int},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "scheduler_project.api.schema_error_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "ExecutionStatusEnum": "schedules.models.ExecutionStatus",
+        "TriggerStatusEnum": "schedules.models.TriggerStatus",
+        "TriggerOverlapEnum": "schedules.models.OverlapPolicy",
+        "BackfillOverlapEnum": "schedules.services.BACKFILL_OVERLAP",
+        "CatchupEnum": "schedules.models.CatchupPolicy",
+        "PriorityEnum": "schedules.models.Priority",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------

@@ -1,13 +1,32 @@
-"""URL routes: the admin and the API."""
+"""URL routes: the admin, the API (/api/), its schema (/api/schema/) and docs (/api/docs/)."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
 
-from schedules.views import health
-from workflows.views import workflow_runs
+from scheduler_project.api import IdConverter
+from schedules.api import ExecutionViewSet, HealthView, TriggerExecutionsView, TriggerViewSet, WorkflowStatsView
+from workflows.api import WorkflowRunsView, WorkflowViewSet
+
+register_converter(IdConverter, "id")
+# Path converters (lookup_value_converter on the viewsets), so an id that is not one never reaches a query.
+router = SimpleRouter(use_regex_path=False)
+router.register("workflows", WorkflowViewSet, basename="workflow")
+router.register("triggers", TriggerViewSet, basename="trigger")
+router.register("executions", ExecutionViewSet, basename="execution")
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/workflows/<int:workflow_id>/runs/", workflow_runs, name="workflow-runs"),
-    path("api/health/", health, name="health"),
+    # POST: the signed execution endpoint (Workflow.execution_url); GET: the workflow's runs for its owner.
+    path("api/workflows/<id:workflow_id>/runs/", WorkflowRunsView.as_view(), name="workflow-runs"),
+    path("api/workflows/<id:pk>/stats/", WorkflowStatsView.as_view(), name="workflow-stats"),
+    path("api/triggers/<id:pk>/executions/", TriggerExecutionsView.as_view(), name="trigger-executions"),
+    path("api/health/", HealthView.as_view(), name="health"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", include(router.urls)),
 ]
+
+handler404 = "scheduler_project.api.not_found"
+handler500 = "scheduler_project.api.server_error"

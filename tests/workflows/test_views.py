@@ -165,9 +165,11 @@ def test_workflow_runs__unknown_workflow_is_404(client, db):
     assert post(client, 999999, body, headers).status_code == 404
 
 
-def test_workflow_runs__get_is_405(client, workflow):
-    """Only POST is allowed."""
-    assert client.get(reverse("workflow-runs", kwargs={"workflow_id": workflow.pk})).status_code == 405
+def test_workflow_runs__only_post_is_open(client, workflow):
+    """Only the signed POST needs no user: GET (the owner's run list, tests/workflows/test_api.py) and PUT are 401."""
+    url = reverse("workflow-runs", kwargs={"workflow_id": workflow.pk})
+    assert client.get(url).status_code == 401
+    assert client.put(url, data="{}", content_type="application/json").status_code == 401
 
 
 def test_workflow_runs__inactive_workflow_is_409(client, user):

@@ -1,0 +1,277 @@
+"""What every API view shares: one error format, pagination, throttles and per-owner querysets."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from django import forms
+from django.core.exceptions import NON_FIELD_ERRORS
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from django_filters import rest_framework as filters
+from kombu.exceptions import OperationalError
+from rest_framework import exceptions, pagination, serializers, status, throttling
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+logger = logging.getLogger(__name__)
+
+NON_FIELD = api_settings.NON_FIELD_ERRORS_KEY  # "non_field_errors"
+# Errors that are not about the input (authentication, not found, throttled, ...) go under this key.
+DETAIL = "detail"
+
+
+# --- Errors -------------------------------------------------------------------------------------
+
+
+def error_body(errors: Mapping[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+    return {"errors": {key: [str(message) for message in messages] for key, messages in errors.items()}}
+
+
+def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF error detail (nested dicts and lists) as {"field": [...], "parent.child": [...]}."""
+    if isinstance(detail, Mapping):
+        flat: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            name = NON_FIELD if key == NON_FIELD_ERRORS else str(key)
+            for field, messages in _flatten(value, f"{prefix}.{name}" if prefix else name).items():
+                flat.setdefault(field, []).extend(messages)
+        return flat
+    if isinstance(detail, list | tuple):
+        if all(not isinstance(item, Mapping | list | tuple) for item in detail):
+            return {prefix or NON_FIELD: [str(item) for item in detail]}
+        flat = {}
+        for index, item in enumerate(detail):
+            for field, messages in _flatten(item, f"{prefix}.{index}" if prefix else str(index)).items():
+                flat.setdefault(field, []).extend(messages)
+        return flat
+    return {prefix or NON_FIELD: [str(detail)]}
+
+
+def _django_validation_errors(exc: DjangoValidationError) -> dict[str, list[str]]:
+    """A model ValidationError keyed by field; a per-owner unique name is put on "name"."""
+    if not hasattr(exc, "error_dict"):
+        return {NON_FIELD: list(exc.messages)}
+    errors: dict[str, list[str]] = {}
+    for field, field_errors in exc.error_dict.items():
+        for error in field_errors:
+            key = NON_FIELD if field == NON_FIELD_ERRORS else field
+            message = " ".join(error.messages)
+            unique_check = (error.params or {}).get("unique_check") if error.code == "unique_together" else None
+            if unique_check and "owner" in unique_check:
+                # UniqueConstraint(owner, name): the owner is implied, the name is what to change.
+                key = next(name for name in unique_check if name != "owner")
+                message = f"you already have a {error.params['model_name']} with this {key}."
+            errors.setdefault(key, []).append(message)
+    return errors
+
+
+def _integrity_errors(exc: IntegrityError) -> dict[str, list[str]]:
+    """A constraint the checks before the save missed (e.g. two requests creating the same name at once)."""
+    text = str(exc).lower()
+    if "name" in text and "unique" in text:
+        return {"name": ["you already have one with this name."]}
+    return {NON_FIELD: ["conflicts with existing data; reload and try again."]}
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Every error as {"errors": {"field": ["message"]}}, with the right status (never a 500 for bad input).
+
+    400 bad input (DRF, django ValidationError, ScheduleError with its field), 404 missing or
+    another user's, 409 state conflicts (pause a paused trigger, delete a workflow in use), 429
+    throttled (with Retry-After), 503 broker unreachable or secrets undecryptable.
+    """
+    # Here, not at the top: workflows.api imports this module, and workflows never imports schedules.
+    from schedules.exceptions import ScheduleError, TriggerNotFound, TriggerStateError
+    from workflows.exceptions import SecretUndecryptable, WorkflowError, WorkflowInUse
+
+    if isinstance(exc, DjangoValidationError):
+        return _answer(_django_validation_errors(exc), status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, TriggerNotFound):
+        return _answer({exc.field or DETAIL: [str(exc)]}, status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, TriggerStateError):
+        return _answer({exc.field or NON_FIELD: [str(exc)]}, status.HTTP_409_CONFLICT)
+    if isinstance(exc, ScheduleError):
+        return _answer({exc.field or NON_FIELD: [str(exc)]}, status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, WorkflowInUse):
+        return _answer({"workflow": [str(exc)]}, status.HTTP_409_CONFLICT)
+    if isinstance(exc, SecretUndecryptable):
+        logger.error("API request failed: %s", exc)
+        return _answer({"secret": [str(exc)]}, status.HTTP_503_SERVICE_UNAVAILABLE)
+    if isinstance(exc, WorkflowError):
+        return _answer({NON_FIELD: [str(exc)]}, status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, IntegrityError):
+        return _answer(_integrity_errors(exc), status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, OverflowError):
+        # Date arithmetic past year 9999 (or before year 1), or a number too big for the database.
+        return _answer(
+            {NON_FIELD: ["a time, duration or number is out of range; use dates in years 1-9999."]},
+            status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, OperationalError):
+        # Raised after the commit (the message is sent on_commit): what was recorded stays, and
+        # the recovery task sends it once the broker is back.
+        return _answer(
+            {"broker": [f"saved, but the broker could not be reached ({type(exc).__name__}); it will be sent later."]},
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(exc.detail)
+    elif isinstance(exc, Http404):
+        # The same words for a missing object and another user's, whatever the model.
+        errors = {DETAIL: ["not found."]}
+    else:
+        errors = _flatten(response.data, DETAIL) if not isinstance(response.data, Mapping) else _flatten(response.data)
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        response["Retry-After"] = str(max(1, math.ceil(exc.wait)))
+    response.data = error_body(errors)
+    return response
+
+
+def _answer(errors: Mapping[str, list[str]], code: int) -> Response:
+    set_rollback()
+    return Response(error_body(errors), status=code)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body({DETAIL: ["not found."]}), status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body({DETAIL: ["internal error; it has been logged."]}), status=500)
+    return defaults.server_error(request)
+
+
+# --- Shared view parts ---------------------------------------------------------------------------
+
+# Largest id the API looks up: a bigger number cannot be a row (SQLite and PostgreSQL ids are
+# 64-bit) and would overflow the query instead of answering 404 or 400.
+MAX_ID = 2**63 - 1
+
+
+class IdConverter:
+    """URL converter <id:...>: a database id of up to 18 digits (longer ones match no route: 404)."""
+
+    regex = "[0-9]{1,18}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+class IdFilter(filters.NumberFilter):
+    """An id query parameter: a whole number within the id range, else 400 (not an overflowing query)."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 0)
+        kwargs.setdefault("max_value", MAX_ID)
+        super().__init__(*args, **kwargs)
+
+
+class Pagination(pagination.PageNumberPagination):
+    """?page=N&page_size=M (at most 500); answers count, next, previous and results."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class ScopedThrottle(throttling.ScopedRateThrottle):
+    """ScopedRateThrottle reading the rates when asked, so a changed setting applies (DRF reads them at import)."""
+
+    def get_rate(self) -> str | None:
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+
+class WriteThrottleMixin:
+    """Throttle writes per user: scope "runs" for the actions in ``run_actions``, "writes" for the others."""
+
+    run_actions: frozenset[str] = frozenset()
+
+    def get_throttles(self) -> list[throttling.BaseThrottle]:
+        request = self.request  # type: ignore[attr-defined]
+        if request.method in SAFE_METHODS:
+            return []
+        action = getattr(self, "action", None)
+        self.throttle_scope = "runs" if action in self.run_actions else "writes"
+        return [ScopedThrottle()]
+
+
+def owned(queryset: QuerySet, user: Any, owner_path: str = "owner") -> QuerySet:
+    """Only ``user``'s objects (staff see everyone's): another user's object simply does not exist."""
+    if not user.is_authenticated:  # e.g. the schema generator's anonymous request
+        return queryset.none()
+    if user.is_staff:
+        return queryset
+    return queryset.filter(**{owner_path: user})
+
+
+class StrictFieldsMixin:
+    """Refuse fields a serializer does not have (a typo like "enabeld" is an error, not ignored)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))  # type: ignore[attr-defined]
+            if unknown:
+                raise serializers.ValidationError({name: ["unknown field."] for name in unknown})
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+# --- Schema -------------------------------------------------------------------------------------
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "errors": {
+            "type": "object",
+            "description": 'Messages by field; "non_field_errors" for the input as a whole, "detail" for the rest.',
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        }
+    },
+    "required": ["errors"],
+}
+
+
+def schema_error_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular hook: every operation documents the errors it can answer, all in the Error format."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            errors: dict[str, str] = {}
+            if operation.get("security"):
+                errors["400"] = "Bad input: which field and what is allowed."
+                errors["401"] = "No or a wrong token (WWW-Authenticate: Token)."
+                if method in ("post", "put", "patch", "delete"):
+                    errors["429"] = "Too many writes or runs; Retry-After says when to try again."
+            if "{" in path:
+                errors["404"] = "No such object among yours."
+            for code in ("409", "503"):
+                if code in responses and "content" not in responses[code]:
+                    errors[code] = responses[code].get("description") or "Conflict."
+            for code, description in errors.items():
+                if "content" not in responses.get(code, {}):
+                    responses[code] = {"description": responses.get(code, {}).get("description") or description}
+                    responses[code]["content"] = ref
+    return result

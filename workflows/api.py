@@ -1,0 +1,242 @@
+"""The workflows API: /api/workflows/ (CRUD, rotate-secret) and /api/workflows/<id>/runs/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpResponseBase
+from django.shortcuts import get_object_or_404
+from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import generics, serializers, status, viewsets
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.decorators import action
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
+
+from scheduler_project.api import StrictFieldsMixin, WriteThrottleMixin, owned
+
+from . import services, views
+from .models import Workflow, WorkflowRun
+
+# Secrets are decrypted when a row is loaded: reads that never show them don't load them.
+_SECRETS = ("secret", "previous_secret")
+
+
+def workflows_of(user: Any) -> QuerySet[Workflow]:
+    """The workflows ``user`` may see (all of them for staff), secrets not loaded."""
+    return owned(Workflow.objects.select_related("owner").defer(*_SECRETS), user)
+
+
+# --- Serializers ------------------------------------------------------------------------------
+
+
+class WorkflowSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    secret = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        style={"input_type": "password"},
+        help_text="Standard Webhooks signing secret (whsec_ + base64). Write-only. Left out or blank on create: "
+        "one is generated and returned once in the response; blank on update: unchanged.",
+    )
+    execution_url = serializers.CharField(read_only=True, help_text="Where runs are sent.")
+
+    class Meta:
+        model = Workflow
+        fields = [
+            "id",
+            "owner",
+            "name",
+            "endpoint_url",
+            "execution_url",
+            "http_method",
+            "headers",
+            "secret",
+            "previous_secret_expires_at",
+            "timeout_seconds",
+            "default_inputs",
+            "is_active",
+            "max_concurrency",
+            "max_attempts",
+            "min_backoff_seconds",
+            "max_backoff_seconds",
+            "max_doublings",
+            "max_retry_duration_seconds",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["previous_secret_expires_at", "created_at", "updated_at"]
+        # Uniqueness of the name per owner is the service's check (full_clean), answered on "name".
+        validators: list[Any] = []
+
+
+class WorkflowCreatedSerializer(WorkflowSerializer):
+    secret = serializers.CharField(
+        read_only=True, required=False, help_text="Only when it was generated: shown this once, never again."
+    )
+
+
+class RotateSecretSerializer(StrictFieldsMixin, serializers.Serializer):
+    overlap_seconds = serializers.IntegerField(
+        min_value=0,
+        max_value=services.MAX_OVERLAP_SECONDS,
+        default=services.DEFAULT_OVERLAP_SECONDS,
+        help_text="How long the old secret stays valid too, e.g. 86400; 0 ends it now (after a leak).",
+    )
+    secret = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, help_text="The new secret; left out: one is generated."
+    )
+
+
+class RotatedSecretSerializer(serializers.Serializer):
+    secret = serializers.CharField(help_text="The new secret: shown this once, never again.")
+    previous_secret_expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="Until then the old secret is still accepted; null: not at all."
+    )
+
+
+class WorkflowRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WorkflowRun
+        fields = ["id", "workflow", "idempotency_key", "inputs", "payload", "received_at"]
+
+
+class RunAcceptedSerializer(serializers.Serializer):
+    run_id = serializers.UUIDField()
+    created = serializers.BooleanField(help_text="False: a repeat of an earlier request with the same webhook-id.")
+
+
+# --- Filters ----------------------------------------------------------------------------------
+
+
+class WorkflowFilter(filters.FilterSet):
+    name = filters.CharFilter(lookup_expr="icontains", help_text="Part of the name, any case.")
+
+    class Meta:
+        model = Workflow
+        fields = ["name", "is_active", "http_method"]
+
+
+class WorkflowRunFilter(filters.FilterSet):
+    received_at = filters.IsoDateTimeFromToRangeFilter(help_text="received_at_after / received_at_before.")
+
+    class Meta:
+        model = WorkflowRun
+        fields = ["idempotency_key", "received_at"]
+
+
+# --- Views ------------------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    create=extend_schema(responses={201: WorkflowCreatedSerializer}),
+    destroy=extend_schema(responses={204: None, 409: OpenApiResponse(description="Triggers still run it.")}),
+)
+class WorkflowViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
+    """Your workflows (staff: everyone's). Writes go through workflows.services."""
+
+    serializer_class = WorkflowSerializer
+    filterset_class = WorkflowFilter
+    lookup_value_converter = "id"
+    ordering_fields = ["id", "name", "created_at", "updated_at"]
+    ordering = ["name", "id"]
+
+    def get_queryset(self) -> QuerySet[Workflow]:
+        return workflows_of(self.request.user)
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        generated = not fields.get("secret")
+        workflow = services.workflow_create(owner=request.user, actor=request.user, **fields)
+        body = WorkflowCreatedSerializer(workflow, context=self.get_serializer_context()).data
+        if not generated:
+            body.pop("secret", None)
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        workflow = self.get_object()
+        serializer = self.get_serializer(workflow, data=request.data, partial=kwargs.get("partial", False))
+        serializer.is_valid(raise_exception=True)
+        workflow = services.workflow_update(workflow=workflow, actor=request.user, **serializer.validated_data)
+        return Response(self.get_serializer(workflow).data)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.workflow_delete(workflow=self.get_object(), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=RotateSecretSerializer, responses={200: RotatedSecretSerializer})
+    @action(detail=True, methods=["post"], url_path="rotate-secret", serializer_class=RotateSecretSerializer)
+    def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
+        """Give the workflow a new secret (returned this once); the old one stays valid for overlap_seconds."""
+        workflow = self.get_object()
+        serializer = RotateSecretSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        secret = services.workflow_rotate_secret(
+            workflow=workflow,
+            overlap_seconds=serializer.validated_data["overlap_seconds"],
+            new_secret=serializer.validated_data.get("secret") or None,
+            actor=request.user,
+        )
+        return Response({"secret": secret, "previous_secret_expires_at": workflow.previous_secret_expires_at})
+
+
+class WorkflowRunsView(generics.ListAPIView):
+    """GET: the workflow's runs, for its owner. POST: the signed execution endpoint (no user auth).
+
+    POST is what workflows without an endpoint_url are called with: a Standard Webhooks signature
+    (webhook-id, webhook-timestamp, webhook-signature) made with the workflow's secret is the only
+    credential, so it takes no token or session and no CSRF token (workflows.views.workflow_runs).
+    """
+
+    serializer_class = WorkflowRunSerializer
+    filterset_class = WorkflowRunFilter
+    ordering_fields = ["received_at"]
+    ordering = ["-received_at"]
+    _signed = False
+
+    def initialize_request(self, request: Any, *args: Any, **kwargs: Any) -> Request:
+        # Decided before DRF authenticates: the signed POST skips users, permissions and throttles.
+        self._signed = request.method == "POST"
+        return super().initialize_request(request, *args, **kwargs)
+
+    def get_authenticators(self) -> list[BaseAuthentication]:
+        return [] if self._signed else super().get_authenticators()
+
+    def get_permissions(self) -> list[BasePermission]:
+        return [] if self._signed else super().get_permissions()
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        return [] if self._signed else super().get_throttles()
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # A webhook sender's Accept header must not turn a signed call into a 406.
+        return super().perform_content_negotiation(request, force=force or self._signed)
+
+    def get_queryset(self) -> QuerySet[WorkflowRun]:
+        if getattr(self, "swagger_fake_view", False):
+            return WorkflowRun.objects.none()
+        workflow = get_object_or_404(workflows_of(self.request.user), pk=self.kwargs["workflow_id"])
+        return workflow.runs.all()
+
+    @extend_schema(
+        auth=[],
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses={
+            202: RunAcceptedSerializer,
+            400: OpenApiResponse(description="Not a JSON object, or Idempotency-Key differs from webhook-id."),
+            401: OpenApiResponse(description="Missing, wrong or stale signature."),
+            404: OpenApiResponse(description="No such workflow."),
+            409: OpenApiResponse(description="The workflow is not active."),
+        },
+        description="Record a run, signed with Standard Webhooks headers (webhook-id is the idempotency key).",
+    )
+    def post(self, request: Request, workflow_id: int) -> HttpResponseBase:
+        return views.workflow_runs(request._request, workflow_id)
