@@ -34,8 +34,11 @@ _CHUNK = 8192
 # Redirects (RFC 9110 section 15.4), followed only with SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS, at most this many.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
-# requests' defaults (Accept-Encoding: gzip, deflate, ...), but no keep-alive: no connection is reused.
-_DEFAULT_HEADERS = {**requests.utils.default_headers(), "Connection": "close"}
+# requests' defaults (Accept-Encoding: gzip, deflate, ..., Connection: keep-alive).
+_DEFAULT_HEADERS = dict(requests.utils.default_headers())
+# Keep connections alive in the process's shared session (network.shared_adapter). False: a new
+# connection per call, closed after it (bench/http_call.py measures the difference).
+REUSE_CONNECTIONS = True
 # Never sent on to another host, besides the workflow's own headers: requests strips only Authorization.
 CREDENTIAL_HEADERS = frozenset(
     {
@@ -245,40 +248,43 @@ def _exchange(
     """
     follow = settings.SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS
     url, method, body = call.url, call.method, data
-    for hop in range(MAX_REDIRECTS + 1):
-        request = requests.Request(method, url, data=body, headers={**_DEFAULT_HEADERS, **headers}).prepare()
-        target = _vet(request.url or "", deadline)
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise TimeoutError("deadline passed before the request was sent")
-        timeout = (min(settings.SCHEDULER_CONNECT_TIMEOUT_SECONDS, remaining), remaining)
-        adapter = network.PinnedAdapter(network.Hop(target=target, deadline=deadline))
-        try:
-            # trust_env is moot here: the adapter is used directly, so no proxy, .netrc or
-            # cookie from the environment or a session takes part.
-            with adapter.send(request, stream=True, timeout=timeout, verify=True, proxies={}) as response:
+    defaults = _DEFAULT_HEADERS if REUSE_CONNECTIONS else {**_DEFAULT_HEADERS, "Connection": "close"}
+    # The adapter is used directly, not through Session.send: no proxy, .netrc or cookie from the
+    # environment or the session takes part, and redirects are ours to follow (or not).
+    adapter = network.shared_adapter() if REUSE_CONNECTIONS else network.PinnedAdapter()
+    try:
+        for hop in range(MAX_REDIRECTS + 1):
+            request = requests.Request(method, url, data=body, headers={**defaults, **headers}).prepare()
+            target = _vet(request.url or "", deadline)
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                raise TimeoutError("deadline passed before the request was sent")
+            timeout = (min(settings.SCHEDULER_CONNECT_TIMEOUT_SECONDS, remaining), remaining)
+            pinned = network.Hop(target=target, deadline=deadline)
+            with adapter.send(request, stream=True, timeout=timeout, verify=True, hop=pinned) as response:
                 location = _location(response) if follow else None
                 if location is None:
                     return response, _read_body(response, deadline.at)
-        finally:
+            status = response.status_code
+            if hop == MAX_REDIRECTS:
+                message = f"HTTP {status} {response.reason or ''}".strip()
+                raise WorkflowRejected(f"{message} (more than {MAX_REDIRECTS} redirects)", http_status=status)
+            next_url = urljoin(request.url or "", location)
+            if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+                # As browsers and requests do: the next request is a GET without the body.
+                method, body = "GET", None
+                headers = {name: value for name, value in headers.items() if name.lower() != "content-type"}
+            if not _same_origin(request.url or "", next_url):
+                custom = {name.lower() for name in call.headers}
+                headers = {
+                    name: value
+                    for name, value in headers.items()
+                    if name.lower() not in CREDENTIAL_HEADERS and name.lower() not in custom
+                }
+            url = next_url
+    finally:
+        if not REUSE_CONNECTIONS:
             adapter.close()
-        status = response.status_code
-        if hop == MAX_REDIRECTS:
-            message = f"HTTP {status} {response.reason or ''}".strip()
-            raise WorkflowRejected(f"{message} (more than {MAX_REDIRECTS} redirects)", http_status=status)
-        next_url = urljoin(request.url or "", location)
-        if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
-            # As browsers and requests do: the next request is a GET without the body.
-            method, body = "GET", None
-            headers = {name: value for name, value in headers.items() if name.lower() != "content-type"}
-        if not _same_origin(request.url or "", next_url):
-            custom = {name.lower() for name in call.headers}
-            headers = {
-                name: value
-                for name, value in headers.items()
-                if name.lower() not in CREDENTIAL_HEADERS and name.lower() not in custom
-            }
-        url = next_url
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 

@@ -14,30 +14,45 @@ Exceptions, read from settings on every call:
   our own service (``http://web:8000`` in compose), which workflows without an endpoint call.
 
 A host with some allowed and some blocked addresses is called on the allowed ones only.
+
+Connections are kept alive in one shared session per worker process, in pools keyed by the
+vetted address set: a connection is reused only by a call whose own vetting gave the same
+addresses, and the call's deadline watches whichever connection it uses, new or reused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import heapq
 import ipaddress
+import itertools
+import logging
+import os
 import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from django.conf import settings
 from django.urls import Resolver404, resolve
+from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from .exceptions import TargetRefused
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -282,24 +297,24 @@ class Deadline:
 
     requests' read timeout bounds each wait for bytes, not the whole exchange: a server trickling
     its status line, headers or a gzip body a byte at a time would hold the worker for as long as
-    it likes. At the deadline the watchdog shuts down every socket the call opened, so whatever
-    read is blocked ends at once (for TLS too: the shutdown is on the TCP socket underneath).
+    it likes. At the deadline the watchdog shuts down every socket the call is using, new or taken
+    from the pool, so whatever read is blocked ends at once (for TLS too: the shutdown is on the
+    TCP socket underneath). A socket handed back to the pool is released first: a call's watchdog
+    never touches a connection another call is using.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
         self.expired = False
-        self._closed = False
+        self.closed = False
         self._lock = threading.Lock()
         # Duplicates of the call's sockets: they stay valid whatever urllib3 does with the
         # originals (TLS wrapping detaches them), and their numbers cannot be reused meanwhile.
         self._sockets: list[socket.socket] = []
-        self._timer = threading.Timer(max(0.0, seconds), self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> Deadline:
-        self._timer.start()
+        _watchdog.schedule(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -308,29 +323,40 @@ class Deadline:
     def remaining(self) -> float:
         return self.at - time.monotonic()
 
-    def watch(self, sock: socket.socket) -> None:
-        """Shut ``sock`` down at the deadline (at once if it has passed)."""
+    def watch(self, sock: socket.socket) -> socket.socket | None:
+        """Shut ``sock`` down at the deadline (at once if it has passed); the handle is for release()."""
         with self._lock:
-            if self._closed:
-                return
-            duplicate = sock.dup()
+            if self.closed:
+                return None
+            # fromfd duplicates the descriptor; unlike sock.dup() it works for a TLS socket too.
+            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
             self._sockets.append(duplicate)
             if self.expired:
                 _shutdown(duplicate)
+            return duplicate
+
+    def release(self, handle: socket.socket) -> bool:
+        """Stop watching a socket; False if the watchdog has already shut it down (it is then unusable)."""
+        with self._lock:
+            for index, sock in enumerate(self._sockets):
+                if sock is handle:
+                    del self._sockets[index]
+                    sock.close()
+                    break
+            return not self.expired
 
     def _expire(self) -> None:
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return
             self.expired = True
             for sock in self._sockets:
                 _shutdown(sock)
 
     def close(self) -> None:
-        """Stop the watchdog and drop the duplicates (the sockets themselves belong to urllib3)."""
-        self._timer.cancel()
+        """End the watch and drop the duplicates (the sockets themselves belong to urllib3)."""
         with self._lock:
-            self._closed = True
+            self.closed = True
             for sock in self._sockets:
                 sock.close()
             self._sockets.clear()
@@ -341,7 +367,65 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-# --- connecting to the vetted address -----------------------------------------------------------
+class _Watchdog:
+    """The one thread per process that expires deadlines, earliest first.
+
+    A threading.Timer per call cost a thread start, about 1 ms, a quarter of a call to a nearby
+    endpoint (bench/http_call.py). A closed deadline stays queued until its time comes and is then
+    skipped, so the queue holds at most the calls of the last timeout_seconds.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._queue: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, deadline: Deadline) -> None:
+        with self._condition:
+            heapq.heappush(self._queue, (deadline.at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="outbound-deadlines", daemon=True)
+                self._thread.start()
+            elif self._queue[0][2] is deadline:
+                self._condition.notify()  # earlier than what the thread is waiting for
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                due = self._take_due()
+                while not due:
+                    wait = self._queue[0][0] - time.monotonic() if self._queue else None
+                    self._condition.wait(wait)
+                    due = self._take_due()
+            for deadline in due:
+                deadline._expire()
+
+    def _take_due(self) -> list[Deadline]:
+        now = time.monotonic()
+        due = []
+        while self._queue and (self._queue[0][0] <= now or self._queue[0][2].closed):
+            deadline = heapq.heappop(self._queue)[2]
+            if not deadline.closed:
+                due.append(deadline)
+        return due
+
+
+_watchdog = _Watchdog()
+
+
+# --- connecting to the vetted address, over pooled connections ----------------------------------
+
+# At most this many pools (one per scheme, host, port, vetted address set and TLS settings) per
+# process; the least recently used is closed beyond that. A single-threaded prefork child keeps
+# at most one idle connection per pool, a thread-pool worker up to POOL_MAXSIZE.
+MAX_POOLS = 256
+POOL_MAXSIZE = 10
+# A failure on a reused connection before any answer is what a server closing an idle keep-alive
+# connection as the request arrives looks like; such a request is sent once more on a fresh
+# connection if it may be repeated (the rule of Go's net/http Transport: idempotent method, or an
+# Idempotency-Key header, which every workflow call carries).
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 @dataclass(frozen=True)
@@ -352,11 +436,44 @@ class Hop:
     deadline: Deadline
 
 
+@dataclass
+class _Send:
+    """The hop being sent in this thread (or task), and what became of its connection."""
+
+    hop: Hop
+    reused: bool = False
+    fresh_only: bool = False
+
+
+# Per-call state reaches the shared pools through a context variable, never through the pools
+# themselves: each thread (each task of an async worker) sees only its own hop.
+_sending: contextvars.ContextVar[_Send | None] = contextvars.ContextVar("workflows_network_sending", default=None)
+
+PoolKey = tuple[str, str, int, tuple[Candidate, ...], tuple[tuple[str, Any], ...]]
+
+
+def _watch(conn: Any, deadline: Deadline, sock: socket.socket) -> None:
+    _unwatch(conn)
+    handle = deadline.watch(sock)
+    conn.watched_by = None if handle is None else (deadline, handle)
+
+
+def _unwatch(conn: Any) -> bool:
+    """Release the connection from its call's watchdog; False if that watchdog has shut it down."""
+    watched = getattr(conn, "watched_by", None)
+    conn.watched_by = None
+    if watched is None:
+        return True
+    deadline, handle = watched
+    return deadline.release(handle)
+
+
 class _PinnedMixin:
     """Connects to the hop's vetted addresses instead of resolving ``host`` again.
 
     ``host`` stays the name from the URL, so the Host header, TLS SNI and the certificate's
     hostname check (urllib3 uses ``self.host`` for server_hostname) are those of the name.
+    ``vetted`` is the address set of the pool's key: whatever the hop says, nothing else is dialled.
     """
 
     host: str
@@ -365,16 +482,23 @@ class _PinnedMixin:
     socket_options: Any
     default_port: int
 
-    def __init__(self, *args: Any, hop: Hop, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, vetted: frozenset[Candidate], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._hop = hop
+        self._vetted = vetted
+        self.watched_by: tuple[Deadline, socket.socket] | None = None
 
     def _new_conn(self) -> socket.socket:
-        target, deadline = self._hop.target, self._hop.deadline
+        sending = _sending.get()
+        if sending is None:
+            raise NewConnectionError(self, "refused: no vetted target for this connection")
+        target, deadline = sending.hop.target, sending.hop.deadline
         if normal_host(self.host) != target.host or (self.port or self.default_port) != target.port:
             raise NewConnectionError(self, "refused: the connection's host differs from the vetted one")
         error: OSError | None = None
         for family, sockaddr in target.candidates:
+            if (family, sockaddr) not in self._vetted:
+                error = OSError(f"refused: {sockaddr[0]} is not among the pool's vetted addresses")
+                continue
             remaining = deadline.remaining()
             if remaining <= 0:
                 error = TimeoutError("deadline passed")
@@ -390,7 +514,7 @@ class _PinnedMixin:
                 sock.close()
                 error = exc
                 continue
-            deadline.watch(sock)
+            _watch(self, deadline, sock)
             sys.audit("http.client.connect", self, self.host, self.port)
             return sock
         if isinstance(error, TimeoutError):
@@ -406,47 +530,208 @@ class PinnedHTTPSConnection(_PinnedMixin, HTTPSConnection):
     pass
 
 
-class PinnedHTTPConnectionPool(HTTPConnectionPool):
+class _PinnedPoolMixin:
+    """Puts a connection taken from the pool under the current call's watchdog, and takes it off on return."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        if getattr(conn, "sock", None) is not None:
+            # Kept alive from an earlier request (urllib3 has just checked that it was not dropped).
+            sending = _sending.get()
+            if sending is None or sending.fresh_only:
+                conn.close()  # reconnects in _new_conn, or refuses there without a hop
+            else:
+                sending.reused = True
+                _watch(conn, sending.hop.deadline, conn.sock)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None and not _unwatch(conn):
+            # Shut down by the watchdog: closed and dropped, its place taken by a new connection later.
+            conn.close()
+            conn = None
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class PinnedHTTPConnectionPool(_PinnedPoolMixin, HTTPConnectionPool):
     ConnectionCls = PinnedHTTPConnection
 
 
-class PinnedHTTPSConnectionPool(HTTPSConnectionPool):
+class PinnedHTTPSConnectionPool(_PinnedPoolMixin, HTTPSConnectionPool):
     ConnectionCls = PinnedHTTPSConnection
 
 
 class PinnedAdapter(HTTPAdapter):
-    """A requests adapter that sends one hop over a fresh connection to its vetted address.
+    """A requests adapter whose pooled connections go only to addresses vetted for the call using them.
 
-    No connection outlives the call: the next call resolves and vets again, and a pooled
-    connection would carry an address vetted under yesterday's DNS answer or settings.
+    Every send names its Hop (send(..., hop=...)). Pools are keyed by scheme, host, port, the set
+    of vetted addresses and the TLS settings, so a kept-alive connection is reused only by a call
+    whose own resolution and vetting gave the same addresses: when DNS answers differently or the
+    allowlist changes, the key differs and a new pool connects afresh. The old pool ages out of
+    the LRU (MAX_POOLS).
     """
 
-    def __init__(self, hop: Hop) -> None:
-        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
-        self._hop = hop
-        self._pools: list[HTTPConnectionPool] = []
+    def __init__(self, *, max_pools: int | None = None, pool_maxsize: int | None = None) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize or POOL_MAXSIZE, max_retries=0)
+        self.max_pools = max_pools or MAX_POOLS
+        self._pinned_pools: OrderedDict[PoolKey, HTTPConnectionPool] = OrderedDict()
+        self._pinned_lock = threading.Lock()
+
+    def send(  # type: ignore[override]
+        self,
+        request: PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Any = None,
+        *,
+        hop: Hop | None = None,
+    ) -> Response:
+        if hop is None:
+            # Through Session.send or any other path that has not vetted the host: fail closed.
+            raise TargetRefused("refused: a request needs a vetted target (network.Hop)")
+        sending = _Send(hop)
+        token = _sending.set(sending)
+        try:
+            try:
+                return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies={})
+            except requests.exceptions.ConnectionError as exc:
+                if not (sending.reused and _may_repeat(request) and _closed_by_peer(exc)) or hop.deadline.expired:
+                    raise
+            logger.debug("kept-alive connection to %s closed by the server; sending once more", hop.target.host)
+            sending.reused, sending.fresh_only = False, True
+            return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies={})
+        finally:
+            _sending.reset(token)
 
     def get_connection_with_tls_context(
         self, request: Any, verify: Any, proxies: Any = None, cert: Any = None
     ) -> HTTPConnectionPool:
+        sending = _sending.get()
+        if sending is None:
+            raise TargetRefused("refused: a request needs a vetted target (network.Hop)")
         host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
-        if host_params["scheme"] == "https":
-            pool: HTTPConnectionPool = PinnedHTTPSConnectionPool(
-                host_params["host"], host_params["port"], hop=self._hop, **pool_kwargs
-            )
-        elif host_params["scheme"] == "http":
-            pool = PinnedHTTPConnectionPool(host_params["host"], host_params["port"], hop=self._hop)
+        scheme, host = host_params["scheme"], host_params["host"] or ""
+        if scheme not in ALLOWED_SCHEMES:
+            raise TargetRefused(f"refused: {scheme!r} is not http or https")
+        target = sending.hop.target
+        port = host_params["port"] or DEFAULT_PORTS[scheme]
+        if normal_host(host) != target.host or port != target.port:
+            raise TargetRefused("refused: the request's host differs from the vetted one")
+        if scheme == "https":
+            # cert_verify sets the CA bundle on the pool for every request: part of the key, too.
+            tls = (*sorted(pool_kwargs.items()), ("ca_bundle", requests.adapters.DEFAULT_CA_BUNDLE_PATH))
         else:
-            raise TargetRefused(f"refused: {host_params['scheme']!r} is not http or https")
-        self._pools.append(pool)
+            tls, pool_kwargs = (), {}
+        vetted = tuple(sorted(set(target.candidates)))  # a set: round-robin DNS reorders, same addresses
+        # The host as the URL spells it (lower case): it is the pool's Host header, SNI and certificate name.
+        key: PoolKey = (scheme, host, port, vetted, tls)
+        evicted: list[HTTPConnectionPool] = []
+        with self._pinned_lock:
+            pool = self._pinned_pools.get(key)
+            if pool is not None:
+                self._pinned_pools.move_to_end(key)
+                return pool
+            pool_class = PinnedHTTPSConnectionPool if scheme == "https" else PinnedHTTPConnectionPool
+            pool = pool_class(host, port, maxsize=self._pool_maxsize, vetted=frozenset(vetted), **pool_kwargs)
+            self._pinned_pools[key] = pool
+            while len(self._pinned_pools) > self.max_pools:
+                evicted.append(self._pinned_pools.popitem(last=False)[1])
+        for old in evicted:
+            old.close()  # idle connections close now; one in use closes when it is handed back
         return pool
 
     def get_connection(self, url: str, proxies: Any = None) -> HTTPConnectionPool:
         # requests before 2.32.2 calls this instead, which would connect unpinned: fail closed.
         raise TargetRefused("refused: address pinning needs requests 2.32.2 or later")
 
+    def pool_count(self) -> int:
+        return len(self._pinned_pools)
+
     def close(self) -> None:
         super().close()
-        for pool in self._pools:
+        with self._pinned_lock:
+            pools = list(self._pinned_pools.values())
+            self._pinned_pools.clear()
+        for pool in pools:
             pool.close()
-        self._pools.clear()
+
+
+def _may_repeat(request: PreparedRequest) -> bool:
+    replayable_body = request.body is None or isinstance(request.body, (bytes, str))
+    return replayable_body and (request.method in _IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers)
+
+
+def _closed_by_peer(exc: BaseException) -> bool:
+    """Whether the server reset or closed the connection (RemoteDisconnected is a ConnectionResetError)."""
+    pending: list[BaseException] = [exc]
+    for _ in range(8):
+        if not pending:
+            break
+        error = pending.pop()
+        if isinstance(error, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+            return True
+        pending.extend(arg for arg in error.args if isinstance(arg, BaseException))
+        for inner in (error.__cause__, getattr(error, "reason", None)):
+            if isinstance(inner, BaseException):
+                pending.append(inner)
+    return False
+
+
+# --- the shared session -------------------------------------------------------------------------
+
+_shared_lock = threading.Lock()
+_shared: tuple[requests.Session, PinnedAdapter] | None = None
+
+
+def shared_session() -> requests.Session:
+    """The worker process's one Session: a PinnedAdapter for http:// and https://, no environment, no cookies.
+
+    Calls go through ``shared_adapter().send(..., hop=...)``: Session.send would even with
+    allow_redirects=False read a redirect's whole body into memory (resolve_redirects), and a
+    send without a Hop is refused anyway.
+    """
+    return _shared_pair()[0]
+
+
+def shared_adapter() -> PinnedAdapter:
+    return _shared_pair()[1]
+
+
+def _shared_pair() -> tuple[requests.Session, PinnedAdapter]:
+    global _shared
+    shared = _shared
+    if shared is None:
+        with _shared_lock:
+            if _shared is None:
+                session = requests.Session()
+                session.trust_env = False  # no proxy, .netrc or CA bundle from the environment
+                session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # no cookie kept or sent
+                adapter = PinnedAdapter()
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                _shared = (session, adapter)
+            shared = _shared
+    return shared
+
+
+def close_shared_session() -> None:
+    """Close every pooled connection; the next call starts a new session."""
+    global _shared
+    with _shared_lock:
+        shared, _shared = _shared, None
+    if shared is not None:
+        shared[0].close()
+
+
+def _forget_after_fork() -> None:
+    # A forked child (celery prefork) must not talk over its parent's sockets: it starts empty,
+    # and with a watchdog of its own (the parent's thread does not exist in the child).
+    global _shared, _shared_lock, _watchdog
+    _shared = None
+    _shared_lock = threading.Lock()
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

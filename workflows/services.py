@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -29,6 +32,20 @@ _EDITABLE = frozenset(
 # Longest rotation overlap: past a week the old secret is no longer being retired, just kept.
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
 DEFAULT_OVERLAP_SECONDS = 24 * 3600
+
+
+# Where the current action comes from; the edges set it (middleware, commands), tasks leave the default.
+_audit_source: contextvars.ContextVar[str] = contextvars.ContextVar("audit_source", default="scheduler")
+
+
+@contextmanager
+def audit_source(source: str) -> Iterator[None]:
+    """Record audit events made inside the block as coming from ``source`` (admin, api, command)."""
+    token = _audit_source.set(source)
+    try:
+        yield
+    finally:
+        _audit_source.reset(token)
 
 
 # Never written to the audit trail, whatever changed.
@@ -65,6 +82,7 @@ def audit_record(
         actor=actor,
         owner=owner if owner is not None else getattr(obj, "owner", None),
         action=action,
+        source=_audit_source.get(),
         object_type=obj._meta.model_name,
         object_id=str(obj.pk),
         object_repr=str(obj)[:200],

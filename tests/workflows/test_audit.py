@@ -128,3 +128,24 @@ def test_audit_admin__lists_events_read_only(admin_client, actor):
     assert admin_client.get("/admin/workflows/auditevent/add/").status_code == 403
     assert admin_client.post(f"/admin/workflows/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_audit_source__command_api_and_scheduler_are_told_apart(actor, client):
+    """Events say where they came from: a management command, the API, or the scheduler itself."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from rest_framework.authtoken.models import Token
+
+    call_command("workflow", "create", "--owner", actor.username, "--name", "From CLI", stdout=StringIO())
+    token = Token.objects.create(user=actor)
+    response = client.post(
+        "/api/workflows/",
+        {"name": "From API"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Token {token.key}",
+    )
+    assert response.status_code == 201, response.content
+    services.workflow_create(owner=actor, name="From code")
+    sources = dict(AuditEvent.objects.filter(action="created").values_list("object_repr", "source"))
+    assert sources == {"From CLI": "command", "From API": "api", "From code": "scheduler"}

@@ -11,6 +11,7 @@ from kombu.exceptions import OperationalError
 from schedules import services
 from schedules.selectors import workflow_stats
 from workflows.management.commands._common import EMPTY, format_utc, positive_int, table, user_get, workflow_get
+from workflows.services import audit_source
 
 from ._common import errors_as_command_errors, execution_get
 
@@ -33,7 +34,8 @@ class Command(BaseCommand):
         stats.add_argument("--next", type=positive_int, default=5, metavar="N", help="Next runs to show.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        getattr(self, f"_{options['subcommand']}")(options)
+        with audit_source("command"):
+            getattr(self, f"_{options['subcommand']}")(options)
 
     def _show(self, options: dict[str, Any]) -> None:
         execution = execution_get(options["execution"])

@@ -24,6 +24,7 @@ from workflows.management.commands._common import (
     user_get,
     workflow_get,
 )
+from workflows.services import audit_source
 
 from ._common import CLEAR, errors_as_command_errors, int_or_none, non_negative_int, parse_time, trigger_get
 
@@ -214,7 +215,8 @@ class Command(BaseCommand):
         stats.add_argument("--next", type=positive_int, default=_UPCOMING, metavar="N", help="Next runs to show.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        getattr(self, f"_{options['subcommand']}")(options)
+        with audit_source("command"):
+            getattr(self, f"_{options['subcommand']}")(options)
 
     # --- create, update, preview ----------------------------------------------------------------
 

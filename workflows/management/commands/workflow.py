@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from workflows import services
 from workflows.exceptions import SecretUndecryptable
 from workflows.models import HttpMethod, Workflow
+from workflows.services import audit_source
 
 from ._common import (
     command_error,
@@ -94,7 +95,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        getattr(self, f"_{options['subcommand'].replace('-', '_')}")(options)
+        with audit_source("command"):
+            getattr(self, f"_{options['subcommand'].replace('-', '_')}")(options)
 
     def _create(self, options: dict[str, Any]) -> None:
         owner = user_get(options["owner"])
