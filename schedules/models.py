@@ -15,7 +15,14 @@ from workflows.models import Workflow
 from workflows.validators import validate_json_object
 
 from . import timing
-from .validators import validate_cron, validate_email_list, validate_execution_window, validate_timezone
+from .validators import (
+    MAX_INTERVAL_SECONDS,
+    validate_cron,
+    validate_email_list,
+    validate_execution_window,
+    validate_schedulable_time,
+    validate_timezone,
+)
 
 
 class TriggerKind(models.TextChoices):
@@ -76,11 +83,15 @@ class Trigger(models.Model):
         help_text="IANA time zone the cron expression is read in, e.g. 'America/Los_Angeles'.",
     )
     run_at = models.DateTimeField(
-        null=True, blank=True, help_text="For kind once: when to run, e.g. 2026-12-01T09:00Z."
+        null=True,
+        blank=True,
+        validators=[validate_schedulable_time],
+        help_text="For kind once: when to run, e.g. 2026-12-01T09:00Z.",
     )
     interval_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
+        validators=[MaxValueValidator(MAX_INTERVAL_SECONDS)],
         help_text="For kind interval: seconds between runs, aligned to the Unix epoch, e.g. 900.",
     )
     inputs = models.JSONField(
@@ -102,13 +113,22 @@ class Trigger(models.Model):
         help_text="What a cron trigger does with local times a DST change skips or repeats.",
     )
     anchor_at = models.DateTimeField(
-        null=True, blank=True, help_text="For kind interval: slots are anchor + k * interval. Blank: the Unix epoch."
+        null=True,
+        blank=True,
+        validators=[validate_schedulable_time],
+        help_text="For kind interval: slots are anchor + k * interval. Blank: the Unix epoch.",
     )
     start_at = models.DateTimeField(
-        null=True, blank=True, help_text="No slot before this time, e.g. 2026-12-01T00:00Z."
+        null=True,
+        blank=True,
+        validators=[validate_schedulable_time],
+        help_text="No slot before this time, e.g. 2026-12-01T00:00Z.",
     )
     end_at = models.DateTimeField(
-        null=True, blank=True, help_text="No slot after this time; then the trigger completes."
+        null=True,
+        blank=True,
+        validators=[validate_schedulable_time],
+        help_text="No slot after this time; then the trigger completes.",
     )
     max_runs = models.PositiveIntegerField(
         null=True,
@@ -137,7 +157,9 @@ class Trigger(models.Model):
         help_text="What to do with slots missed while beat or workers were down.",
     )
     catchup_window_seconds = models.PositiveIntegerField(
-        default=3600, help_text="With catch-up 'all': how far back missed slots are run, e.g. 3600."
+        default=3600,
+        validators=[MaxValueValidator(MAX_INTERVAL_SECONDS)],
+        help_text="With catch-up 'all': how far back missed slots are run, e.g. 3600.",
     )
     overlap = models.CharField(
         max_length=16,

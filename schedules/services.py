@@ -79,6 +79,8 @@ _EDITABLE = _SCHEDULE_FIELDS | _OPTIONS | frozenset({"name", "workflow", "inputs
 # Executions a person started: they skip the trigger's overlap ordering and do not count as runs.
 _PERSONAL = (ExecutionOrigin.MANUAL, ExecutionOrigin.RETRY, ExecutionOrigin.BACKFILL, ExecutionOrigin.FALLBACK)
 _ATTEMPT_LOG_LIMIT = 50
+# "In N seconds" up to ten years: past that, date arithmetic overflows long before it matters.
+MAX_DELAY_SECONDS = 10 * 365 * 86400
 
 
 # --- Triggers -----------------------------------------------------------------------------------
@@ -112,8 +114,7 @@ def trigger_validate(*, trigger: Trigger, schedule_changed: bool = True, now: da
     _check_schedule(trigger, now or timezone.now(), schedule_changed=schedule_changed)
 
 
-@transaction.atomic
-def trigger_create(
+def trigger_build(
     *,
     owner: AbstractBaseUser,
     workflow: Workflow,
@@ -131,14 +132,14 @@ def trigger_create(
     start_at: datetime | None = None,
     end_at: datetime | None = None,
     now: datetime | None = None,
-    actor: AbstractBaseUser | None = None,
     **options: Any,
 ) -> Trigger:
-    """Create a trigger and its PeriodicTask in one transaction.
+    """An unsaved, validated trigger as trigger_create would save it (also for previews).
 
     ``delay_seconds`` (once triggers) means run_at = now + delay. Retry settings left out (or
     None) come from the workflow's defaults. ``options`` are the other Trigger fields
     (max_runs, jitter_seconds, execution_window, catchup, overlap, priority, ...).
+    Raises ValidationError or ScheduleError naming the field.
     """
     from django.core.exceptions import ValidationError
 
@@ -149,8 +150,8 @@ def trigger_create(
     if delay_seconds is not None:
         if kind != TriggerKind.ONCE or run_at is not None:
             raise ValidationError({"delay_seconds": ["only for a once trigger, instead of run_at."]})
-        if not isinstance(delay_seconds, int) or delay_seconds < 1:
-            raise ValidationError({"delay_seconds": ["must be a whole number of seconds, at least 1."]})
+        if not isinstance(delay_seconds, int) or not 1 <= delay_seconds <= MAX_DELAY_SECONDS:
+            raise ValidationError({"delay_seconds": [f"must be a whole number of seconds, 1-{MAX_DELAY_SECONDS}."]})
         run_at = now + timedelta(seconds=delay_seconds)
     for name_ in _RETRY_FIELDS:
         if options.get(name_) is None:
@@ -173,9 +174,17 @@ def trigger_create(
         **{key: value for key, value in options.items() if value is not None or key in _NULLABLE_OPTIONS},
     )
     _check_schedule(trigger, now, schedule_changed=True)
+    return trigger
+
+
+@transaction.atomic
+def trigger_create(*, now: datetime | None = None, actor: AbstractBaseUser | None = None, **fields: Any) -> Trigger:
+    """Create a trigger (see trigger_build for the fields) and its PeriodicTask in one transaction."""
+    now = now or timezone.now()
+    trigger = trigger_build(now=now, **fields)
     trigger.active_since = now
     trigger.next_run_at = timing.next_slot_after(trigger.cadence, now)
-    if not enabled:
+    if not trigger.enabled:
         trigger.paused_at = now
     trigger.save()
     beat.trigger_sync(trigger, restart_at=now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.core.exceptions import ValidationError
 
 from . import timing
@@ -42,3 +44,13 @@ def validate_email_list(value: str) -> None:
                 validate_email(address)
             except ValidationError:
                 raise ValidationError(f"{address!r} is not an e-mail address.") from None
+
+
+# Ten years: longer intervals and windows overflow date arithmetic long before they matter.
+MAX_INTERVAL_SECONDS = 10 * 365 * 86400
+
+
+def validate_schedulable_time(value: datetime) -> None:
+    """A time between 1970 and 2999 (beyond that, schedule arithmetic overflows)."""
+    if value is not None and not 1970 <= value.year <= 2999:
+        raise ValidationError(f"must be between 1970 and 2999, not {value.year}.")

@@ -108,13 +108,6 @@ _SCHEDULE_FIELDS = (
     "start_at",
     "end_at",
 )
-_RETRY_FIELDS = (
-    "max_attempts",
-    "min_backoff_seconds",
-    "max_backoff_seconds",
-    "max_doublings",
-    "max_retry_duration_seconds",
-)
 _KIND_FIELDS = {TriggerKind.CRON: ("cron",), TriggerKind.ONCE: ("run_at",), TriggerKind.INTERVAL: ("interval_seconds",)}
 _UPCOMING = 5
 _ERROR_WIDTH = 60
@@ -276,8 +269,8 @@ class Command(BaseCommand):
             changed = any(getattr(trigger, name) != value for name, value in before.items())
             title = f"Trigger {trigger.pk} {trigger.name!r}" + (" with the changes given (not saved)" if fields else "")
         else:
-            trigger = _unsaved_trigger(options, now=now)
-            fields, changed = {"new": True}, True
+            trigger = _unsaved_trigger(options, now=now)  # validated as it is built
+            fields, changed = {}, True
             title = "Trigger not saved yet"
         if fields:
             with errors_as_command_errors(_OPTIONS):
@@ -642,7 +635,7 @@ def _changes(options: dict[str, Any], trigger: Trigger, *, now: datetime) -> dic
 
 
 def _unsaved_trigger(options: dict[str, Any], *, now: datetime) -> Trigger:
-    """A Trigger built from the options, as `create` would make it, without saving it."""
+    """The trigger `create` would make of the options (services.trigger_build), not saved."""
     if not options["workflow"]:
         raise CommandError(
             "--workflow: needed to preview a trigger that is not saved yet (its owner and retry defaults apply); "
@@ -655,37 +648,16 @@ def _unsaved_trigger(options: dict[str, Any], *, now: datetime) -> Trigger:
     zone_name = options["timezone"] or "UTC"
     with errors_as_command_errors(_OPTIONS):
         zone = timing.zone(zone_name)
-        schedule = _schedule(options, zone)
-    if "delay_seconds" in schedule:
-        schedule["run_at"] = now + timedelta(seconds=schedule.pop("delay_seconds"))
-    fields = _rule_fields(options, zone, owner=workflow.owner)
-    for name in _RETRY_FIELDS:
-        if fields.get(name) is None:
-            fields[name] = getattr(workflow, name)
-    return Trigger(
-        owner=workflow.owner,
-        workflow=workflow,
-        # Unique, so the (owner, name) check never trips over one of the owner's real triggers.
-        name=f"preview {uuid.uuid4().hex[:12]}",
-        timezone=zone_name,
-        **schedule,
-        **{name: value for name, value in fields.items() if value is not None or name in _NULLABLE},
-    )
-
-
-_NULLABLE = frozenset(
-    {
-        "anchor_at",
-        "start_at",
-        "end_at",
-        "max_runs",
-        "pause_after_failures",
-        "fallback_workflow",
-        "keep_succeeded",
-        "keep_failed",
-        "retention_days",
-    }
-)
+        return services.trigger_build(
+            owner=workflow.owner,
+            workflow=workflow,
+            # Unique, so the (owner, name) check never trips over one of the owner's real triggers.
+            name=f"preview {uuid.uuid4().hex[:12]}",
+            timezone_name=zone_name,
+            now=now,
+            **_schedule(options, zone),
+            **_rule_fields(options, zone, owner=workflow.owner),
+        )
 
 
 def stats_rows(figures: dict[str, Any], *, last: int) -> list[tuple[str, Any]]:
