@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks import Webhook
 
+from workflows import network
 from workflows.client import CallResult, WorkflowCall, call_workflow, parse_retry_after
 from workflows.exceptions import WorkflowRejected, WorkflowUnavailable
 from workflows.models import generate_secret
@@ -56,6 +57,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+@pytest.fixture(autouse=True)
+def fresh_session():
+    """Each test starts and ends without pooled connections."""
+    network.close_shared_session()
+    yield
+    network.close_shared_session()
 
 
 @pytest.fixture

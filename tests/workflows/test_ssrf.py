@@ -1,4 +1,4 @@
-"""The SSRF guard (workflows.network): vetted addresses, pinned connections, redirects, save-time check.
+"""The SSRF guard (workflows.network): vetted addresses, pinned and pooled connections, redirects, save-time check.
 
 Real listeners on 127.0.0.1 and ::1 only. Names are resolved by a fake getaddrinfo, and every
 socket connect in these tests is checked to go to loopback: a blocked address is refused before
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -41,12 +42,23 @@ HINT = "SCHEDULER_OUTBOUND_ALLOW_NETWORKS"
 class Listener:
     """An HTTP server on a loopback address that records requests and answers from ``answer``."""
 
-    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None, *, keep_alive: bool = False, port: int = 0
+    ) -> None:
         self.requests: list[dict] = []
+        self.peers: list[tuple] = []  # one per accepted connection
         self.answer = lambda handler: handler.reply(200, b'{"run_id": "run-1"}')
+        self.stop = threading.Event()
         listener = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 keeps the connection open after an answer with a Content-Length; 1.0 closes it.
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                listener.peers.append(self.client_address)
+
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 listener.requests.append(
@@ -55,6 +67,7 @@ class Listener:
                         "path": self.path,
                         "headers": {name.lower(): value for name, value in self.headers.items()},
                         "body": self.rfile.read(length),
+                        "peer": self.client_address,
                     }
                 )
                 with contextlib.suppress(OSError):
@@ -76,7 +89,7 @@ class Listener:
         server_class = type(
             "Server", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET}
         )
-        self.httpd = server_class((host, 0), Handler)
+        self.httpd = server_class((host, port), Handler)
         self.httpd.daemon_threads = True
         if tls is not None:
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
@@ -87,7 +100,12 @@ class Listener:
     def url(self, path: str = "/run", *, host: str = "127.0.0.1", scheme: str = "http") -> str:
         return f"{scheme}://{host}:{self.port}{path}"
 
+    @property
+    def connections(self) -> int:
+        return len(self.peers)
+
     def close(self) -> None:
+        self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -104,6 +122,14 @@ def other_listener():
     server = Listener()
     yield server
     server.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_session():
+    """Each test starts and ends without pooled connections."""
+    network.close_shared_session()
+    yield
+    network.close_shared_session()
 
 
 @pytest.fixture(autouse=True)
@@ -396,17 +422,30 @@ def _certificates(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
     return paths
 
 
-@pytest.fixture
-def tls_listener(tmp_path, monkeypatch):
-    """An HTTPS listener on 127.0.0.1 with a certificate for api.example.test, trusted by the client."""
+def _tls_listener(tmp_path: Path, monkeypatch, *, keep_alive: bool = False) -> Listener:
     ca, cert, key = _certificates(tmp_path, "api.example.test")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server_names: list[str | None] = []
+    server_names: list[str | None] = []  # one per TLS handshake
     context.sni_callback = lambda _sock, name, _context: server_names.append(name)
     monkeypatch.setattr("requests.adapters.DEFAULT_CA_BUNDLE_PATH", str(ca))
-    server = Listener(tls=context)
+    server = Listener(tls=context, keep_alive=keep_alive)
     server.server_names = server_names
+    return server
+
+
+@pytest.fixture
+def tls_listener(tmp_path, monkeypatch):
+    """An HTTPS listener on 127.0.0.1 with a certificate for api.example.test, trusted by the client."""
+    server = _tls_listener(tmp_path, monkeypatch)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def tls_keep_alive(tmp_path, monkeypatch):
+    """The same over HTTP/1.1, keeping connections open between requests."""
+    server = _tls_listener(tmp_path, monkeypatch, keep_alive=True)
     yield server
     server.close()
 
@@ -546,6 +585,287 @@ def test_call_workflow__builtin_endpoint_host_allowed_for_its_run_path_only(list
         with pytest.raises(TargetRefused):
             call_workflow(make_call(other))
     assert len(listener.requests) == 1
+
+
+# --- connection reuse ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def keep_alive():
+    server = Listener(keep_alive=True)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def keep_alive_pair():
+    """Two keep-alive listeners on one port, at 127.0.0.1 and 127.0.0.2."""
+    for _ in range(20):
+        first = Listener(keep_alive=True)
+        try:
+            second = Listener("127.0.0.2", keep_alive=True, port=first.port)
+        except OSError:
+            first.close()
+            continue
+        break
+    else:
+        pytest.skip("no port free on both 127.0.0.1 and 127.0.0.2")
+    yield first, second
+    first.close()
+    second.close()
+
+
+def trickle_status_line(listener: Listener):
+    """An answer whose status line arrives a byte every 0.2 s: only the total deadline ends it."""
+
+    def answer(handler):
+        for byte in b"HTTP/1.1 200 OK\r\n":
+            if listener.stop.wait(0.2):
+                return
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+
+    return answer
+
+
+def live_pooled_sockets() -> list[socket.socket]:
+    """The open sockets of the idle connections in the shared adapter's pools."""
+    pools = network.shared_adapter()._pinned_pools.values()
+    return [conn.sock for pool in pools for conn in list(pool.pool.queue) if conn is not None and conn.sock is not None]
+
+
+def test_call_workflow__same_endpoint_reuses_one_connection(keep_alive, dns, connects):
+    """Calls to the same endpoint share one kept-alive TCP connection, each still resolved and vetted."""
+    dns.names["hooks.example.test"] = ["127.0.0.1"]
+    url = keep_alive.url(host="hooks.example.test")
+    for _ in range(3):
+        assert call_workflow(make_call(url)).run_id == "run-1"
+    assert keep_alive.connections == 1
+    assert connects == [("127.0.0.1", keep_alive.port)]
+    assert len({request["peer"] for request in keep_alive.requests}) == 1
+    assert dns.lookups == ["hooks.example.test"] * 3
+
+
+def test_call_workflow__https_reuses_one_tls_connection(tls_keep_alive, dns, connects):
+    """Over TLS, two calls make one connection and one handshake (SNI and certificate for the name)."""
+    dns.names["api.example.test"] = ["127.0.0.1"]
+    url = tls_keep_alive.url(host="api.example.test", scheme="https")
+    assert [call_workflow(make_call(url)).run_id for _ in range(2)] == ["run-1", "run-1"]
+    assert tls_keep_alive.connections == 1
+    assert tls_keep_alive.server_names == ["api.example.test"]
+    assert connects == [("127.0.0.1", tls_keep_alive.port)]
+
+
+def test_call_workflow__pooled_connection_does_not_skip_vetting(keep_alive, dns, connects):
+    """A name now resolving to a private address is refused, though a kept-alive connection to it is open."""
+    answers = iter([["127.0.0.1"], ["10.0.0.5"]])
+    dns.names["rebind.example.test"] = lambda: next(answers)
+    url = keep_alive.url(host="rebind.example.test")
+    call_workflow(make_call(url))
+    with pytest.raises(TargetRefused, match=r"resolves to 10\.0\.0\.5 \(private\)"):
+        call_workflow(make_call(url))
+    assert len(keep_alive.requests) == 1
+    assert len(live_pooled_sockets()) == 1  # still open, and unused
+
+
+@pytest.mark.parametrize("change", ["dns answer", "allowlist"])
+def test_call_workflow__newly_vetted_addresses_get_a_new_connection(keep_alive_pair, settings, dns, connects, change):
+    """After DNS answers differently or the allowlist changes, calls connect to the newly vetted address.
+
+    The open connection to the address vetted before is never reused for them.
+    """
+    old, new = keep_alive_pair
+    settings.SCHEDULER_OUTBOUND_ALLOW_NETWORKS = ["127.0.0.0/8"]
+    name = "moving.example.test"
+    dns.names[name] = ["127.0.0.1"] if change == "dns answer" else ["127.0.0.1", "127.0.0.2"]
+    url = f"http://{name}:{old.port}/run"
+    call_workflow(make_call(url))
+    if change == "dns answer":
+        dns.names[name] = ["127.0.0.2"]
+    else:
+        settings.SCHEDULER_OUTBOUND_ALLOW_NETWORKS = ["127.0.0.2/32"]
+    call_workflow(make_call(url))
+    call_workflow(make_call(url))
+    assert (len(old.requests), len(new.requests)) == (1, 2)
+    assert (old.connections, new.connections) == (1, 1)
+    assert connects == [("127.0.0.1", old.port), ("127.0.0.2", old.port)]
+    assert {request["headers"]["host"] for request in new.requests} == {f"{name}:{old.port}"}
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_call_workflow__deadline_cuts_a_reused_connection_and_next_call_connects_afresh(
+    keep_alive, tls_keep_alive, dns, connects, scheme
+):
+    """The deadline's watchdog shuts down a reused connection too; it never returns to the pool.
+
+    The next call opens a new connection and succeeds.
+    """
+    server = keep_alive if scheme == "http" else tls_keep_alive
+    dns.names["api.example.test"] = ["127.0.0.1"]
+    url = server.url(host="api.example.test", scheme=scheme)
+    call_workflow(make_call(url))
+    server.answer = trickle_status_line(server)
+    started = time.monotonic()
+    with pytest.raises(WorkflowUnavailable, match="timed out after 1s"):
+        call_workflow(make_call(url, timeout_seconds=1))
+    assert time.monotonic() - started < 1.8
+    assert server.connections == 1  # the slow answer came over the reused connection
+    assert live_pooled_sockets() == []
+    server.answer = lambda handler: handler.reply(200, b'{"run_id": "after"}')
+    assert call_workflow(make_call(url)).run_id == "after"
+    assert server.connections == 2
+    assert server.requests[2]["peer"] != server.requests[0]["peer"]
+    assert len(connects) == 2
+
+
+def test_shared_adapter__pool_map_is_a_bounded_lru(keep_alive, dns, monkeypatch):
+    """Beyond MAX_POOLS the least recently used pool is closed and dropped."""
+    monkeypatch.setattr(network, "MAX_POOLS", 3)
+    network.close_shared_session()
+    adapter = network.shared_adapter()
+    pools = []
+    for index in range(5):
+        name = f"n{index}.example.test"
+        dns.names[name] = ["127.0.0.1"]
+        call_workflow(make_call(keep_alive.url(host=name)))
+        pools.append(next(reversed(adapter._pinned_pools.values())))
+        assert adapter.pool_count() <= 3
+    assert [pool.pool is None for pool in pools] == [True, True, False, False, False]
+    call_workflow(make_call(keep_alive.url(host="n2.example.test")))  # n2 is now the most recent
+    dns.names["n5.example.test"] = ["127.0.0.1"]
+    call_workflow(make_call(keep_alive.url(host="n5.example.test")))
+    assert [pool.pool is None for pool in pools[2:]] == [False, True, False]
+    assert adapter.pool_count() == 3
+    assert keep_alive.connections == 6
+
+
+def test_shared_adapter__threads_share_the_pools_safely(keep_alive):
+    """Eight threads calling at once all succeed, over at most eight connections."""
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        results = list(executor.map(lambda _: call_workflow(make_call(keep_alive.url())).run_id, range(200)))
+    assert results == ["run-1"] * 200
+    assert 1 <= keep_alive.connections <= 8
+
+
+def test_deadline__released_socket_is_left_alone():
+    """A socket released back to the pool is untouched when the deadline passes; one still watched is shut."""
+    kept, kept_peer = socket.socketpair()
+    cut, cut_peer = socket.socketpair()
+    with network.Deadline(0.2) as deadline:
+        handle = deadline.watch(kept)
+        late = deadline.watch(cut)
+        assert deadline.release(handle) is True
+        time.sleep(0.4)
+        assert deadline.release(late) is False
+    kept.sendall(b"x")
+    assert kept_peer.recv(1) == b"x"
+    cut_peer.settimeout(1)
+    assert cut_peer.recv(1) == b""
+    for sock in (kept, kept_peer, cut, cut_peer):
+        sock.close()
+
+
+@pytest.mark.parametrize("expired_before_return", [True, False])
+def test_pinned_pool__connection_shut_by_watchdog_is_never_pooled(keep_alive, expired_before_return):
+    """A connection handed back after its deadline shut it is closed and dropped; one handed back in time stays."""
+    address = (socket.AF_INET, ("127.0.0.1", keep_alive.port))
+    target = network.Target(host="127.0.0.1", port=keep_alive.port, candidates=(address,))
+    pool = network.PinnedHTTPConnectionPool("127.0.0.1", keep_alive.port, vetted=frozenset({address}))
+    with network.Deadline(5) as deadline:
+        token = network._sending.set(network._Send(network.Hop(target=target, deadline=deadline)))
+        try:
+            conn = pool._get_conn()
+            conn.connect()
+            if expired_before_return:
+                deadline._expire()
+            pool._put_conn(conn)
+            deadline._expire()
+        finally:
+            network._sending.reset(token)
+    pooled = [conn for conn in list(pool.pool.queue) if conn is not None]
+    if expired_before_return:
+        assert conn.sock is None and pooled == []
+    else:
+        assert pooled == [conn] and conn.is_connected
+    pool.close()
+
+
+def _read_request(stream) -> dict[str, str]:
+    headers = {}
+    stream.readline()
+    while (line := stream.readline().decode()) not in ("\r\n", ""):
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    stream.read(int(headers.get("content-length") or 0))
+    return headers
+
+
+def test_call_workflow__request_dropped_on_kept_alive_connection_is_sent_once_more(connects):
+    """A server closing a kept-alive connection as the request arrives gets it again once, on a new connection.
+
+    The repeat carries the same Idempotency-Key. A new connection closed that way is not repeated.
+    """
+    received: list[dict] = []
+    ok = b'HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\n{"run_id": "run-%d"}'
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(5)
+
+        def serve() -> None:
+            first, _ = listener.accept()
+            with first, first.makefile("rb") as stream:
+                received.append(_read_request(stream))
+                first.sendall(ok % 1)
+                received.append(_read_request(stream))  # then closed without an answer
+            second, _ = listener.accept()
+            with second, second.makefile("rb") as stream:
+                received.append(_read_request(stream))
+                second.sendall(ok % 2)
+            third, _ = listener.accept()
+            with third, third.makefile("rb") as stream:
+                received.append(_read_request(stream))  # a new connection, closed without an answer
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/run"
+        assert call_workflow(make_call(url)).run_id == "run-1"
+        assert call_workflow(make_call(url)).run_id == "run-2"
+        network.close_shared_session()
+        with pytest.raises(WorkflowUnavailable, match="connection failed"):
+            call_workflow(make_call(url))
+        thread.join(5)
+    assert len(received) == 4 and len(connects) == 3
+    assert received[1]["idempotency-key"] == received[2]["idempotency-key"]
+
+
+def test_shared_session__ignores_environment_keeps_no_cookie_and_refuses_unvetted_sends(keep_alive, monkeypatch):
+    """The process's one Session: no proxy from the environment, no cookie kept, no send without a vetted hop."""
+    monkeypatch.setenv("HTTP_PROXY", "http://10.0.0.5:3128")
+    keep_alive.answer = lambda handler: handler.reply(200, b"{}", {"Set-Cookie": "session=abc; Path=/"})
+    session = network.shared_session()
+    assert session is network.shared_session() and session.trust_env is False
+    assert session.get_adapter("http://x.test/") is session.get_adapter("https://x.test/") is network.shared_adapter()
+    call_workflow(make_call(keep_alive.url()))
+    call_workflow(make_call(keep_alive.url()))
+    assert "cookie" not in keep_alive.requests[1]["headers"]
+    assert len(session.cookies) == 0
+    with pytest.raises(TargetRefused, match="needs a vetted target"):
+        session.post(keep_alive.url(), data=b"{}")
+    assert len(keep_alive.requests) == 2
+
+
+def test_shared_session__forked_child_starts_without_the_parents_connections(keep_alive):
+    """A forked worker child (celery prefork) never talks over its parent's pooled connections."""
+    call_workflow(make_call(keep_alive.url()))
+    parent = network.shared_adapter()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        child = network.shared_adapter()
+        os._exit(0 if child is not parent and child.pool_count() == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent.pool_count() == 1
 
 
 # --- vetting rules ------------------------------------------------------------------------------
