@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError
 
-from workflows.admin import add_errors, copy_saved, pretty_json
+from workflows.admin import OwnedAdminMixin, add_errors, copy_saved, pretty_json
 
 from . import services, timing
 from .exceptions import ScheduleError
@@ -229,7 +229,7 @@ class BackfillForm(forms.Form):
 
 
 @admin.register(Trigger)
-class TriggerAdmin(admin.ModelAdmin):
+class TriggerAdmin(OwnedAdminMixin, admin.ModelAdmin):
     form = TriggerAdminForm
     list_display = [
         "name",
@@ -244,7 +244,8 @@ class TriggerAdmin(admin.ModelAdmin):
         "last_status",
         "executions_link",
     ]
-    list_filter = [StatusFilter, "kind", "priority", "timezone", "workflow"]
+    # RelatedOnly: the filter names only the workflows of the triggers listed (never other users').
+    list_filter = [StatusFilter, "kind", "priority", "timezone", ("workflow", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["workflow", "owner"]
     search_fields = ["name", "cron", "workflow__name"]
     readonly_fields = [
@@ -269,7 +270,6 @@ class TriggerAdmin(admin.ModelAdmin):
     actions = ["pause_triggers", "resume_triggers", "run_triggers_now", "backfill_triggers"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Trigger]:
-        # Per-user filtering for non-superuser staff belongs here (a later issue).
         return triggers_with_last_status(super().get_queryset(request))
 
     def render_change_form(
@@ -333,19 +333,19 @@ class TriggerAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Trigger, form: forms.ModelForm, change: bool) -> None:
         if change:
             fields = {name: form.cleaned_data[name] for name in form.changed_data if name in _FORM_FIELDS}
-            saved = services.trigger_update(trigger=obj, **fields)
+            saved = services.trigger_update(trigger=obj, actor=request.user, **fields)
         else:
             fields = {name: form.cleaned_data[name] for name in _FORM_FIELDS}
             fields["timezone_name"] = fields.pop("timezone")
-            saved = services.trigger_create(owner=obj.owner, **fields)
+            saved = services.trigger_create(owner=obj.owner, actor=request.user, **fields)
         copy_saved(obj, saved)
 
     def delete_model(self, request: HttpRequest, obj: Trigger) -> None:
-        services.trigger_delete(trigger=obj)
+        services.trigger_delete(trigger=obj, actor=request.user)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> None:
         for trigger in queryset:
-            services.trigger_delete(trigger=trigger)
+            services.trigger_delete(trigger=trigger, actor=request.user)
 
     # --- Actions ----------------------------------------------------------------------------
 
@@ -364,7 +364,7 @@ class TriggerAdmin(admin.ModelAdmin):
         _for_each(
             request,
             queryset,
-            lambda trigger: services.trigger_resume(trigger=trigger),
+            lambda trigger: services.trigger_resume(trigger=trigger, actor=request.user),
             lambda trigger, saved: f"Resumed {trigger.name}; next run {_when(saved.next_run_at, 'UTC') or 'none'}.",
         )
 
@@ -372,7 +372,7 @@ class TriggerAdmin(admin.ModelAdmin):
     def run_triggers_now(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> None:
         for trigger in queryset:
             try:
-                execution = services.trigger_run_now(trigger=trigger)
+                execution = services.trigger_run_now(trigger=trigger, actor=request.user)
             except (ScheduleError, ValidationError) as exc:
                 messages.error(request, f"{trigger.name}: {_error_text(exc)}")
             except OperationalError:
@@ -413,7 +413,7 @@ class TriggerAdmin(admin.ModelAdmin):
     def _backfill(self, request: HttpRequest, trigger: Trigger, data: dict[str, Any]) -> None:
         try:
             report = services.trigger_backfill(
-                trigger=trigger, start=data["start"], end=data["end"], overlap=data["overlap"]
+                trigger=trigger, start=data["start"], end=data["end"], overlap=data["overlap"], actor=request.user
             )
         except (ScheduleError, ValidationError) as exc:
             messages.error(request, f"{trigger.name}: {_error_text(exc)}")
@@ -536,11 +536,13 @@ def preview_table(items: list[dict[str, Any]], zone_name: str) -> str:
 
 
 @admin.register(Execution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(OwnedAdminMixin, admin.ModelAdmin):
     """Read-only history. Delete keeps Django's permission check (superusers, or staff granted
     schedules.delete_execution): deleting a trigger deletes its executions, and the admin only
     allows that to users who may delete them. Retrying needs permission to change triggers (it
-    runs the workflow, as the triggers' "run now" does)."""
+    runs the workflow, as the triggers' "run now" does). Non-superusers see their own triggers' executions."""
+
+    owner_field = "trigger__owner"
 
     list_display = [
         "scheduled_for",
@@ -625,7 +627,7 @@ class ExecutionAdmin(admin.ModelAdmin):
                 others += 1
                 continue
             try:
-                retry = services.execution_retry(execution=execution)
+                retry = services.execution_retry(execution=execution, actor=request.user)
             except (ScheduleError, ValidationError) as exc:
                 messages.error(request, f"{execution}: {_error_text(exc)}")
             except OperationalError:

@@ -8,7 +8,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.db.models import Count, Model, QuerySet
+from django.db.models import Count, ForeignKey, Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -59,6 +59,67 @@ def pretty_json(value: Any) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
 
 
+class OwnedAdminMixin:
+    """The ownership rule for the admin, in one place: superusers see and change everything; other
+    staff see, change, delete and act on only what they own (``owner_field``, a lookup such as
+    ``"trigger__owner"``), and foreign keys to owned models offer only their own rows.
+
+    Filtering ``get_queryset`` is what hides other users' rows from changelists, actions and the
+    change, delete and history pages (another user's URL gets the admin's "doesn't exist" answer);
+    the object permission checks repeat the rule for any path that is handed an object directly.
+    """
+
+    owner_field = "owner"
+
+    @staticmethod
+    def sees_everything(request: HttpRequest) -> bool:
+        return bool(request.user.is_superuser)
+
+    def owned(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        """``queryset`` narrowed to the rows the user may see."""
+        if self.sees_everything(request):
+            return queryset
+        return queryset.filter(**{self.owner_field: request.user})
+
+    def owns(self, request: HttpRequest, obj: Model | None) -> bool:
+        """Whether the user may act on ``obj`` (None: the model as a whole)."""
+        if obj is None or self.sees_everything(request):
+            return True
+        *path, last = self.owner_field.split("__")
+        for name in path:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                return False
+        return getattr(obj, f"{last}_id", None) == request.user.pk
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return self.owned(request, super().get_queryset(request))
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return super().has_view_permission(request, obj) and self.owns(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return super().has_change_permission(request, obj) and self.owns(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return super().has_delete_permission(request, obj) and self.owns(request, obj)
+
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
+        # Filtering by owner would list every user's name; a non-superuser only has their own rows.
+        filters = list(super().get_list_filter(request))
+        return filters if self.sees_everything(request) else [name for name in filters if name != self.owner_field]
+
+    def formfield_for_foreignkey(self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
+        # A foreign key to an owned model (a trigger's workflow, its fallback) offers only the user's
+        # own rows, and the form refuses any other id posted ("Select a valid choice").
+        formfield = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        site, model = self.admin_site, db_field.related_model
+        related_admin = site.get_model_admin(model) if site.is_registered(model) else None
+        if formfield is not None and isinstance(related_admin, OwnedAdminMixin):
+            formfield.queryset = related_admin.owned(request, formfield.queryset)
+        return formfield
+
+
 class WorkflowAdminForm(forms.ModelForm):
     """The model form with a write-only secret: never rendered, blank keeps the current one."""
 
@@ -104,7 +165,7 @@ class WorkflowAdminForm(forms.ModelForm):
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(admin.ModelAdmin):
+class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
     form = WorkflowAdminForm
     list_display = [
         "name",
@@ -128,8 +189,23 @@ class WorkflowAdmin(admin.ModelAdmin):
         return super().changeform_view(request, *args, **kwargs)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Workflow]:
-        # Per-user filtering for non-superuser staff belongs here (a later issue).
         return super().get_queryset(request).annotate(trigger_count=Count("triggers"))
+
+    def get_form(
+        self, request: HttpRequest, obj: Workflow | None = None, change: bool = False, **kwargs: Any
+    ) -> type[forms.ModelForm]:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is None and not self.sees_everything(request):
+            # No owner field for them: what they add is theirs, set before the form validates it.
+            owner = request.user
+
+            class OwnWorkflowForm(form):
+                def __init__(self, *args: Any, **kwargs: Any) -> None:
+                    super().__init__(*args, **kwargs)
+                    self.instance.owner = owner
+
+            return OwnWorkflowForm
+        return form
 
     def get_readonly_fields(self, request: HttpRequest, obj: Workflow | None = None) -> list[str]:
         # The owner is chosen once, on add; the services have no way to move a workflow.
@@ -142,6 +218,8 @@ class WorkflowAdmin(admin.ModelAdmin):
             ("Request", {"fields": ["endpoint_url", "http_method", "timeout_seconds", "headers", "secret"]}),
             ("Inputs", {"fields": ["default_inputs"]}),
         ]
+        if obj is None and not self.sees_everything(request):
+            fieldsets[0][1]["fields"].remove("owner")
         if obj is not None:
             fieldsets[1][1]["fields"].append("secret_overlap")
             fieldsets.append(("Timestamps", {"fields": ["created_at", "updated_at"]}))
@@ -154,10 +232,22 @@ class WorkflowAdmin(admin.ModelAdmin):
         fields = {name: form.cleaned_data[name] for name in _FORM_FIELDS if name in form.cleaned_data}
         fields["secret"] = form.cleaned_data.get("secret", "")
         if change:
-            services.workflow_update(workflow=obj, **fields)
+            # The form has already put its values on ``obj``; workflow_update diffs against the
+            # workflow it is given, so it gets the stored row, or the audit trail would see no change.
+            stored = Workflow.objects.get(pk=obj.pk)
+            copy_saved(obj, services.workflow_update(workflow=stored, actor=request.user, **fields))
         else:
-            saved = services.workflow_create(owner=form.cleaned_data["owner"], **fields)
+            owner = form.cleaned_data.get("owner", request.user)
+            saved = services.workflow_create(owner=owner, actor=request.user, **fields)
             copy_saved(obj, saved)
+
+    def delete_model(self, request: HttpRequest, obj: Workflow) -> None:
+        # The delete page has already refused a workflow with triggers (they are PROTECTed).
+        services.workflow_delete(workflow=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
+        for workflow in queryset:
+            services.workflow_delete(workflow=workflow, actor=request.user)
 
     @admin.action(description="Rotate signing secret", permissions=["change"])
     def rotate_secrets(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> HttpResponse | None:
@@ -169,7 +259,7 @@ class WorkflowAdmin(admin.ModelAdmin):
         rotated = []
         for workflow in queryset.order_by("name", "id"):
             try:
-                secret = services.workflow_rotate_secret(workflow=workflow)
+                secret = services.workflow_rotate_secret(workflow=workflow, actor=request.user)
             except ValidationError as exc:
                 messages.error(request, f"{workflow.name}: {' '.join(exc.messages)}")
                 continue
@@ -211,8 +301,10 @@ class WorkflowAdmin(admin.ModelAdmin):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
+class WorkflowRunAdmin(OwnedAdminMixin, admin.ModelAdmin):
     """Read-only: runs are recorded by the built-in endpoint, never edited."""
+
+    owner_field = "workflow__owner"
 
     list_display = ["received_at", "id", "workflow", "idempotency_key"]
     list_filter = [("workflow", admin.RelatedOnlyFieldListFilter)]
@@ -239,8 +331,11 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    """The audit trail, read-only: who did what to which workflow or trigger, and when."""
+class AuditEventAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    """The audit trail, read-only: who did what to which workflow or trigger, and when.
+
+    Non-superusers see the events of their own objects (the event's owner), whoever acted.
+    """
 
     list_display = ["at", "actor_name", "action", "object_type", "object_repr", "owner"]
     list_filter = ["action", "object_type"]

@@ -595,13 +595,16 @@ def test_trigger_admin__fallback_must_be_another_of_the_owners_workflows(admin_c
     assert not Trigger.objects.exists()
 
 
-def test_trigger_admin__change_passes_only_changed_fields_to_trigger_update(admin_client, trigger, monkeypatch):
-    """Changing max_runs and priority calls trigger_update with just those fields."""
+def test_trigger_admin__change_passes_only_changed_fields_to_trigger_update(
+    admin_client, admin_user, trigger, monkeypatch
+):
+    """Changing max_runs and priority calls trigger_update with just those fields (and the acting user)."""
     calls = []
     original = services.trigger_update
 
     def spy(**kwargs):
-        calls.append(set(kwargs) - {"trigger"})
+        assert kwargs["actor"] == admin_user
+        calls.append(set(kwargs) - {"trigger", "actor"})
         return original(**kwargs)
 
     monkeypatch.setattr(services, "trigger_update", spy)
@@ -875,3 +878,22 @@ def test_trigger_admin__preview_of_a_change_leaves_the_trigger_as_it_is(admin_cl
     assert "At 06:15 (UTC)" in response.content.decode()
     trigger.refresh_from_db()
     assert (trigger.cron, trigger.updated_at) == (before.cron, before.updated_at)
+
+
+def test_trigger_admin__writes_record_the_acting_user(admin_client, admin_user, workflow):
+    """Add, change and delete in the admin each leave an audit event naming the admin user, source admin."""
+    from workflows.models import AuditEvent
+
+    assert admin_client.post(reverse("admin:schedules_trigger_add"), _form(workflow)).status_code == 302
+    trigger = Trigger.objects.get(name="Weekday report")
+    url = reverse("admin:schedules_trigger_change", args=[trigger.pk])
+    assert admin_client.post(url, _change_form(trigger, name="Renamed")).status_code == 302
+    assert (
+        admin_client.post(reverse("admin:schedules_trigger_delete", args=[trigger.pk]), {"post": "yes"}).status_code
+        == 302
+    )
+    events = AuditEvent.objects.filter(object_type="trigger", object_id=str(trigger.pk)).order_by("at", "id")
+    assert [(e.action, e.actor, e.owner, e.source) for e in events] == [
+        (action, admin_user, workflow.owner, "admin") for action in ("created", "updated", "deleted")
+    ]
+    assert events[1].changes["name"] == ["Weekday report", "Renamed"]

@@ -181,3 +181,23 @@ def test_workflow_run_admin__changelist_and_detail_are_read_only(admin_client, w
     assert "&quot;inputs&quot;" in detail.content.decode()
     assert 'name="_save"' not in detail.content.decode()
     assert admin_client.get(reverse("admin:workflows_workflowrun_add")).status_code == 403
+
+
+def test_workflow_admin__writes_record_the_acting_user(admin_client, admin_user, user):
+    """Add, change, rotate and delete in the admin each leave an audit event naming the admin user, source admin."""
+    from workflows.models import AuditEvent
+
+    response = admin_client.post(reverse("admin:workflows_workflow_add"), _form(owner=user.pk, endpoint_url=""))
+    assert response.status_code == 302, response.content.decode()
+    workflow = Workflow.objects.get(name="Nightly export")
+    response = admin_client.post(_change_url(workflow), _form(workflow, name="Renamed"))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    admin_client.post(reverse(CHANGELIST), {"action": "rotate_secrets", "_selected_action": [workflow.pk]})
+    pk = workflow.pk
+    assert admin_client.post(reverse("admin:workflows_workflow_delete", args=[pk]), {"post": "yes"}).status_code == 302
+    assert not Workflow.objects.filter(pk=pk).exists()
+    events = AuditEvent.objects.filter(object_type="workflow", object_id=str(pk)).order_by("at", "id")
+    assert [(e.action, e.actor, e.owner, e.source) for e in events] == [
+        (action, admin_user, user, "admin") for action in ("created", "updated", "secret_rotated", "deleted")
+    ]
+    assert events[1].changes == {"name": ["Nightly export", "Renamed"]}
