@@ -10,11 +10,13 @@ from typing import Any
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, models
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django_filters import rest_framework as filters
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import extend_schema_field
 from kombu.exceptions import OperationalError
 from rest_framework import exceptions, pagination, serializers, status, throttling
 from rest_framework.permissions import SAFE_METHODS
@@ -178,6 +180,7 @@ class IdConverter:
         return str(value)
 
 
+@extend_schema_field({"type": "integer", "minimum": 0, "maximum": MAX_ID})
 class IdFilter(filters.NumberFilter):
     """An id query parameter: a whole number within the id range, else 400 (not an overflowing query)."""
 
@@ -187,6 +190,40 @@ class IdFilter(filters.NumberFilter):
         kwargs.setdefault("min_value", 0)
         kwargs.setdefault("max_value", MAX_ID)
         super().__init__(*args, **kwargs)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def refuse_nul(value: Any) -> None:
+    """Validator: no NUL character anywhere in a JSON value (PostgreSQL's jsonb cannot store one: a 500, not a 400)."""
+    if _has_nul(value):
+        raise serializers.ValidationError("must not contain NUL characters (\\u0000).")
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {}})
+class JsonObjectField(serializers.JSONField):
+    """A JSON field whose value is an object: documented as one (a bare JSONField says "any value"); no NULs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validators = [*self.validators, refuse_nul]
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    """ModelSerializer whose model JSONFields (inputs, headers, ... always objects here) are JsonObjectFields."""
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: JsonObjectField,
+    }
 
 
 class Pagination(pagination.PageNumberPagination):
@@ -239,6 +276,20 @@ class StrictFieldsMixin:
 
 # --- Schema -------------------------------------------------------------------------------------
 
+
+class StrictFieldsSchema(OpenApiSerializerExtension):
+    """Request bodies of StrictFieldsMixin serializers say so: other properties are refused (400), not ignored."""
+
+    target_class = "scheduler_project.api.StrictFieldsMixin"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if direction == "request":
+            schema["additionalProperties"] = False
+        return schema
+
+
 _ERROR_SCHEMA = {
     "type": "object",
     "properties": {
@@ -265,11 +316,16 @@ def schema_error_responses(result: dict[str, Any], generator: Any, request: Any,
                 errors["401"] = "No or a wrong token (WWW-Authenticate: Token)."
                 if method in ("post", "put", "patch", "delete"):
                     errors["429"] = "Too many writes or runs; Retry-After says when to try again."
+            paged = any(parameter.get("name") == "page" for parameter in operation.get("parameters", []))
             if "{" in path:
-                errors["404"] = "No such object among yours."
-            for code in ("409", "503"):
-                if code in responses and "content" not in responses[code]:
-                    errors[code] = responses[code].get("description") or "Conflict."
+                errors["404"] = "No such object among yours" + (", or no such page." if paged else ".")
+            elif paged:
+                # DRF's PageNumberPagination answers a page past the last one (or not a number) with 404.
+                errors["404"] = "No such page."
+            # Error answers a view documents itself (409, 503, ...) come in the same format.
+            for code, response in responses.items():
+                if code.isdigit() and int(code) >= 400 and "content" not in response:
+                    errors[code] = response.get("description") or "Error."
             for code, description in errors.items():
                 if "content" not in responses.get(code, {}):
                     responses[code] = {"description": responses.get(code, {}).get("description") or description}

@@ -6,8 +6,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from scheduler_project.api import IdConverter
-from schedules.api import ExecutionViewSet, HealthView, TriggerExecutionsView, TriggerViewSet, WorkflowStatsView
-from workflows.api import WorkflowRunsView, WorkflowViewSet
+from schedules.api import (
+    ExecutionViewSet,
+    HealthView,
+    TriggerAuditView,
+    TriggerExecutionsView,
+    TriggerViewSet,
+    WorkflowStatsView,
+)
+from workflows.api import AuditEventListView, WorkflowAuditView, WorkflowRunsView, WorkflowViewSet
 
 register_converter(IdConverter, "id")
 # Path converters (lookup_value_converter on the viewsets), so an id that is not one never reaches a query.
@@ -22,6 +29,10 @@ urlpatterns = [
     path("api/workflows/<id:workflow_id>/runs/", WorkflowRunsView.as_view(), name="workflow-runs"),
     path("api/workflows/<id:pk>/stats/", WorkflowStatsView.as_view(), name="workflow-stats"),
     path("api/triggers/<id:pk>/executions/", TriggerExecutionsView.as_view(), name="trigger-executions"),
+    # The audit trail: of all your objects, or of one workflow or trigger.
+    path("api/audit/", AuditEventListView.as_view(), name="audit-list"),
+    path("api/workflows/<id:pk>/audit/", WorkflowAuditView.as_view(), name="workflow-audit"),
+    path("api/triggers/<id:pk>/audit/", TriggerAuditView.as_view(), name="trigger-audit"),
     path("api/health/", HealthView.as_view(), name="health"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

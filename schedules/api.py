@@ -1,4 +1,4 @@
-"""The schedules API: /api/triggers/, /api/executions/, stats and /api/health/.
+"""The schedules API: /api/triggers/, /api/executions/, stats, a trigger's audit trail and /api/health/.
 
 Thin views: serializers check the shape of the input, schedules.services make every change and
 schedules.selectors do the reads; errors become answers in scheduler_project.api.
@@ -23,13 +23,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from scheduler_project.api import MAX_ID, IdFilter, StrictFieldsMixin, WriteThrottleMixin, owned
-from workflows.api import workflows_of
+from scheduler_project.api import (
+    MAX_ID,
+    IdFilter,
+    ModelSerializer,
+    StrictFieldsMixin,
+    WriteThrottleMixin,
+    owned,
+    refuse_nul,
+)
+from workflows.api import ObjectAuditView, workflows_of
 from workflows.models import Workflow
 
 from . import selectors, services, timing
 from .exceptions import ScheduleError
-from .models import Execution, ExecutionStatus, Trigger, TriggerKind, TriggerStatus
+from .models import Execution, ExecutionStatus, SkipReason, Trigger, TriggerKind, TriggerStatus
 
 PREVIEW_COUNT = 5
 # Longest delay or interval taken (ten years): far longer ones only overflow the date arithmetic.
@@ -86,13 +94,18 @@ class OwnersWorkflowField(serializers.PrimaryKeyRelatedField):
         return Workflow.objects.filter(owner=owner).defer("secret", "previous_secret")
 
 
-class TriggerSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+class TriggerSerializer(StrictFieldsMixin, ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
     workflow = OwnersWorkflowField(help_text="One of your workflows, e.g. 3.")
     fallback_workflow = OwnersWorkflowField(
         required=False, allow_null=True, help_text="Another of your workflows, run when an execution finally fails."
     )
-    paused_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    paused_by = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="Who paused it; null: not paused, or the scheduler.",
+    )
     status = serializers.ChoiceField(
         choices=TriggerStatus.choices,
         read_only=True,
@@ -224,7 +237,10 @@ class PauseSerializer(StrictFieldsMixin, serializers.Serializer):
 
 class RunNowSerializer(StrictFieldsMixin, serializers.Serializer):
     inputs = serializers.DictField(
-        required=False, allow_null=True, help_text='Merged over the trigger\'s inputs, e.g. {"report": "weekly"}.'
+        required=False,
+        allow_null=True,
+        validators=[refuse_nul],
+        help_text='Merged over the trigger\'s inputs, e.g. {"report": "weekly"}.',
     )
 
 
@@ -245,7 +261,12 @@ class BackfillReportSerializer(serializers.Serializer):
     execution_ids = serializers.ListField(child=serializers.UUIDField())
 
 
-class ExecutionSerializer(serializers.ModelSerializer):
+class ExecutionSerializer(ModelSerializer):
+    # Declared: a read-only ModelSerializer field loses allow_blank, and the schema would leave "" out of the enum.
+    skip_reason = serializers.ChoiceField(
+        choices=SkipReason.choices, allow_blank=True, read_only=True, help_text="Why it was skipped; blank: it was not."
+    )
+
     class Meta:
         model = Execution
         fields = [
@@ -555,6 +576,12 @@ class TriggerViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
         return Response(TriggerStatsSerializer(selectors.trigger_stats(self._object(), last=last)).data)
 
 
+# Either shape (an empty next_runs fits both, so anyOf, not oneOf); the components come from the nested stats views.
+_TRIGGER_OR_WORKFLOW_STATS = {
+    "anyOf": [{"$ref": "#/components/schemas/TriggerStats"}, {"$ref": "#/components/schemas/WorkflowStats"}]
+}
+
+
 def _last(request: Request) -> int:
     query = StatsLastSerializer(data=request.query_params)
     query.is_valid(raise_exception=True)
@@ -584,7 +611,12 @@ class ExecutionViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         parameters=[StatsQuerySerializer],
-        responses={200: OpenApiResponse(TriggerStatsSerializer, description="WorkflowStats with ?workflow=")},
+        responses={
+            200: OpenApiResponse(
+                _TRIGGER_OR_WORKFLOW_STATS, description="TriggerStats or, with ?workflow=, WorkflowStats."
+            ),
+            404: OpenApiResponse(description="No such trigger or workflow among yours."),
+        },
     )
     @action(detail=False, methods=["get"], filter_backends=[], pagination_class=None)
     def stats(self, request: Request) -> Response:
@@ -612,6 +644,15 @@ class TriggerExecutionsView(generics.ListAPIView):
             return Execution.objects.none()
         trigger = get_object_or_404(owned(Trigger.objects.all(), self.request.user), pk=self.kwargs["pk"])
         return Execution.objects.filter(trigger=trigger)
+
+
+class TriggerAuditView(ObjectAuditView):
+    """GET /api/triggers/<id>/audit/: the trigger's audit trail, newest first."""
+
+    object_type = "trigger"
+
+    def objects_of(self, user: Any) -> QuerySet[Trigger]:
+        return owned(Trigger.objects.all(), user)
 
 
 class WorkflowStatsView(APIView):

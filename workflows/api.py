@@ -1,4 +1,4 @@
-"""The workflows API: /api/workflows/ (CRUD, rotate-secret) and /api/workflows/<id>/runs/."""
+"""The workflows API: /api/workflows/ (CRUD, rotate-secret), /api/workflows/<id>/runs/ and the audit trail."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
-from scheduler_project.api import StrictFieldsMixin, WriteThrottleMixin, owned
+from scheduler_project.api import JsonObjectField, ModelSerializer, StrictFieldsMixin, WriteThrottleMixin, owned
 
 from . import services, views
-from .models import Workflow, WorkflowRun
+from .models import AuditEvent, Workflow, WorkflowRun
 
 # Secrets are decrypted when a row is loaded: reads that never show them don't load them.
 _SECRETS = ("secret", "previous_secret")
@@ -35,7 +35,7 @@ def workflows_of(user: Any) -> QuerySet[Workflow]:
 # --- Serializers ------------------------------------------------------------------------------
 
 
-class WorkflowSerializer(StrictFieldsMixin, serializers.ModelSerializer):
+class WorkflowSerializer(StrictFieldsMixin, ModelSerializer):
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
     secret = serializers.CharField(
         write_only=True,
@@ -101,7 +101,7 @@ class RotatedSecretSerializer(serializers.Serializer):
     )
 
 
-class WorkflowRunSerializer(serializers.ModelSerializer):
+class WorkflowRunSerializer(ModelSerializer):
     class Meta:
         model = WorkflowRun
         fields = ["id", "workflow", "idempotency_key", "inputs", "payload", "received_at"]
@@ -110,6 +110,20 @@ class WorkflowRunSerializer(serializers.ModelSerializer):
 class RunAcceptedSerializer(serializers.Serializer):
     run_id = serializers.UUIDField()
     created = serializers.BooleanField(help_text="False: a repeat of an earlier request with the same webhook-id.")
+
+
+class AuditEventSerializer(ModelSerializer):
+    actor = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True, help_text="Who did it; null: the scheduler itself."
+    )
+    changes = JsonObjectField(
+        read_only=True, help_text='Changed fields as {"field": [old, new]}, or details such as a pause reason.'
+    )
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "at", "actor", "source", "action", "object_type", "object_id", "object_repr", "changes"]
+        read_only_fields = fields
 
 
 # --- Filters ----------------------------------------------------------------------------------
@@ -129,6 +143,34 @@ class WorkflowRunFilter(filters.FilterSet):
     class Meta:
         model = WorkflowRun
         fields = ["idempotency_key", "received_at"]
+
+
+AUDIT_OBJECT_TYPES = [("workflow", "workflow"), ("trigger", "trigger"), ("execution", "execution")]
+AUDIT_SOURCES = [("admin", "admin"), ("api", "api"), ("command", "command"), ("scheduler", "scheduler")]
+
+
+class ObjectAuditEventFilter(filters.FilterSet):
+    """The filters of one object's trail."""
+
+    action = filters.CharFilter(
+        max_length=32, help_text="created, updated, paused, resumed, ran, backfilled, retried, deleted, ..."
+    )
+    source = filters.ChoiceFilter(choices=AUDIT_SOURCES)
+    actor = filters.CharFilter(field_name="actor__username", max_length=150, help_text="Username of who did it.")
+    at = filters.IsoDateTimeFromToRangeFilter(help_text="at_after / at_before, ISO 8601, both included.")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["action", "source", "actor", "at"]
+
+
+class AuditEventFilter(ObjectAuditEventFilter):
+    object_type = filters.ChoiceFilter(choices=AUDIT_OBJECT_TYPES)
+    object_id = filters.CharFilter(max_length=64, help_text="The object's id, e.g. 3 (deleted objects too).")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["object_type", "object_id", "action", "source", "actor", "at"]
 
 
 # --- Views ------------------------------------------------------------------------------------
@@ -240,3 +282,45 @@ class WorkflowRunsView(generics.ListAPIView):
     )
     def post(self, request: Request, workflow_id: int) -> HttpResponseBase:
         return views.workflow_runs(request._request, workflow_id)
+
+
+def audit_of(user: Any) -> QuerySet[AuditEvent]:
+    """The audit events of ``user``'s objects (staff: everyone's)."""
+    return owned(AuditEvent.objects.select_related("actor"), user)
+
+
+class AuditEventListView(generics.ListAPIView):
+    """GET /api/audit/: who created, changed, paused, resumed, ran or deleted your objects, and when; newest first."""
+
+    serializer_class = AuditEventSerializer
+    filterset_class = AuditEventFilter
+    ordering_fields = ["at"]
+    ordering = ["-at", "-id"]
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        return audit_of(self.request.user)
+
+
+class ObjectAuditView(AuditEventListView):
+    """The audit events of one of your objects (the one in the URL; another user's is 404), newest first."""
+
+    filterset_class = ObjectAuditEventFilter
+    object_type = ""
+
+    def objects_of(self, user: Any) -> QuerySet[Any]:
+        raise NotImplementedError
+
+    def get_queryset(self) -> QuerySet[AuditEvent]:
+        if getattr(self, "swagger_fake_view", False):
+            return AuditEvent.objects.none()
+        obj = get_object_or_404(self.objects_of(self.request.user), pk=self.kwargs["pk"])
+        return audit_of(self.request.user).filter(object_type=self.object_type, object_id=str(obj.pk))
+
+
+class WorkflowAuditView(ObjectAuditView):
+    """GET /api/workflows/<id>/audit/: the workflow's audit trail, newest first."""
+
+    object_type = "workflow"
+
+    def objects_of(self, user: Any) -> QuerySet[Workflow]:
+        return workflows_of(user)

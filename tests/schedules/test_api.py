@@ -1,4 +1,4 @@
-"""The schedules API: /api/triggers/ (CRUD, actions, preview), /api/executions/, stats and /api/health/."""
+"""The schedules API: /api/triggers/ (CRUD, actions, preview, audit), /api/executions/, stats and /api/health/."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 from schedules import selectors
 from schedules.models import Execution, ExecutionOrigin, ExecutionStatus, Trigger
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
+from workflows.models import AuditEvent
 
 
 @pytest.fixture(autouse=True)
@@ -396,9 +397,10 @@ def test_trigger_run__202_with_the_execution(api, trigger):
 
 
 def test_trigger_run__bad_inputs_is_400_and_inactive_workflow_409(api, trigger):
-    """inputs must be an object (400); an inactive workflow cannot run (409 naming workflow)."""
-    response = api.post(f"/api/triggers/{trigger.pk}/run/", {"inputs": [1, 2]})
-    assert response.status_code == 400 and "inputs" in errors(response)
+    """inputs must be an object without NULs (400); an inactive workflow cannot run (409 naming workflow)."""
+    for inputs in ([1, 2], {"region": ["e\u0000u"]}):
+        response = api.post(f"/api/triggers/{trigger.pk}/run/", {"inputs": inputs})
+        assert response.status_code == 400 and "inputs" in errors(response)
     trigger.workflow.is_active = False
     trigger.workflow.save()
     response = api.post(f"/api/triggers/{trigger.pk}/run/")
@@ -573,6 +575,62 @@ def test_stats__trigger_workflow_and_query_forms(api, trigger):
     assert api.get("/api/executions/stats/?trigger=999999").status_code == 404
 
 
+# --- Audit trail --------------------------------------------------------------------------------
+
+
+def trail(trigger_id) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(object_type="trigger", object_id=str(trigger_id)).order_by("at", "id"))
+
+
+def test_trigger_api_actions__audited_with_the_user_and_source_api(api, user, workflow):
+    """Create, update, pause, resume, run, backfill, retry and delete through the API record the user and "api"."""
+    pk = new_trigger(api, workflow, cron="0 * * * *")["id"]
+    assert api.patch(f"/api/triggers/{pk}/", {"cron": "30 * * * *"}).status_code == 200
+    assert api.post(f"/api/triggers/{pk}/pause/", {"reason": "vendor outage"}).status_code == 200
+    assert api.post(f"/api/triggers/{pk}/resume/").status_code == 200
+    assert api.post(f"/api/triggers/{pk}/run/").status_code == 202
+    end = timezone.now() - timedelta(hours=1)
+    backfill = {"start": (end - timedelta(hours=2)).isoformat(), "end": end.isoformat()}
+    assert api.post(f"/api/triggers/{pk}/backfill/", backfill).status_code == 202
+    failed = execution(Trigger.objects.get(pk=pk), status=ExecutionStatus.FAILED, hours_ago=10)
+    assert api.post(f"/api/executions/{failed.pk}/retry/").status_code == 202
+    assert api.delete(f"/api/triggers/{pk}/").status_code == 204
+    events = trail(pk)
+    actions = ["created", "updated", "paused", "resumed", "ran", "backfilled", "retried", "deleted"]
+    assert [event.action for event in events] == actions
+    assert all((event.actor, event.source, event.owner) == (user, "api", user) for event in events)
+    assert events[1].changes == {"cron": ["0 * * * *", "30 * * * *"]}
+    assert events[2].changes == {"reason": "vendor outage"}
+
+
+def test_trigger_audit__the_triggers_events_newest_first(api, user, workflow):
+    """GET /api/triggers/<id>/audit/ lists that trigger's events, newest first, with who did them."""
+    pk = new_trigger(api, workflow)["id"]
+    other = new_trigger(api, workflow, name="Other")["id"]
+    api.post(f"/api/triggers/{pk}/pause/", {"reason": "holiday"})
+    response = api.get(f"/api/triggers/{pk}/audit/")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["count"] == 2
+    paused, created = body["results"]
+    assert (paused["action"], paused["actor"], paused["source"]) == ("paused", user.username, "api")
+    assert paused["changes"] == {"reason": "holiday"}
+    assert (created["action"], created["object_type"], created["object_id"]) == ("created", "trigger", str(pk))
+    assert api.get(f"/api/triggers/{pk}/audit/?action=paused").json()["count"] == 1
+    assert api.get(f"/api/triggers/{other}/audit/").json()["count"] == 1
+    listed = api.get(f"/api/audit/?object_type=trigger&object_id={pk}").json()
+    assert [row["id"] for row in listed["results"]] == [paused["id"], created["id"]]
+
+
+def test_trigger_audit__deleted_trigger_stays_in_the_trail(api, workflow):
+    """After a delete the trigger's page is 404, but /api/audit/ still has its events, the delete last."""
+    pk = new_trigger(api, workflow)["id"]
+    assert api.delete(f"/api/triggers/{pk}/").status_code == 204
+    assert api.get(f"/api/triggers/{pk}/audit/").status_code == 404
+    rows = api.get(f"/api/audit/?object_type=trigger&object_id={pk}").json()["results"]
+    assert [row["action"] for row in rows] == ["deleted", "created"]
+
+
 # --- Ownership ----------------------------------------------------------------------------------
 
 
@@ -602,6 +660,7 @@ def _past(days: int) -> str:
         ("get", "/api/triggers/{pk}/stats/", None),
         ("get", "/api/triggers/{pk}/executions/", None),
         ("get", "/api/executions/stats/?trigger={pk}", None),
+        ("get", "/api/triggers/{pk}/audit/", None),
         ("get", "/api/executions/{execution}/", None),
         ("post", "/api/executions/{execution}/retry/", None),
     ],
@@ -627,6 +686,17 @@ def test_trigger_of_another_user__absent_from_lists(api, trigger, their_trigger)
     assert executions["count"] == 1 and executions["results"][0]["trigger"] == trigger.pk
     assert api.get(f"/api/executions/?trigger={their_trigger.pk}").json()["count"] == 0
     assert api.get(f"/api/executions/?workflow={their_trigger.workflow_id}").json()["count"] == 0
+
+
+def test_trigger_audit__another_users_events_are_invisible(api, trigger, their_trigger, other_user):
+    """Another user's trigger events are neither on its page (404) nor in your /api/audit/, whatever the filters."""
+    assert api.get(f"/api/triggers/{their_trigger.pk}/audit/").status_code == 404
+    query = f"object_type=trigger&object_id={their_trigger.pk}"
+    assert api.get(f"/api/audit/?{query}").json()["count"] == 0
+    mine = [(row["object_type"], row["object_id"]) for row in api.get("/api/audit/").json()["results"]]
+    assert mine == [("trigger", str(trigger.pk))]
+    theirs = api_for(other_user).get(f"/api/audit/?{query}").json()
+    assert theirs["count"] == 1 and theirs["results"][0]["action"] == "created"
 
 
 def test_staff__see_every_trigger_and_execution(their_trigger):

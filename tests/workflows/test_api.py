@@ -1,4 +1,4 @@
-"""The workflows API (/api/workflows/...), authentication, the error format, the schema and `manage.py token`."""
+"""The workflows API (/api/workflows/...), the audit trail, authentication, errors, the schema and `manage.py token`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
-from workflows.models import Workflow, WorkflowRun, generate_secret
+from workflows import services
+from workflows.models import AuditEvent, Workflow, WorkflowRun, generate_secret
 
 LOCAL_ENDPOINT = "http://127.0.0.1:9/run"  # test settings allow loopback past the SSRF guard
 
@@ -113,6 +114,7 @@ def test_workflow_create__all_editable_fields(api):
         ({"headers": {"Content-Type": "text/plain"}}, "headers"),
         ({"headers": ["X-Team"]}, "headers"),
         ({"default_inputs": [1, 2]}, "default_inputs"),
+        ({"default_inputs": {"region": "u\u0000s"}}, "default_inputs"),  # PostgreSQL's jsonb cannot store NUL
         ({"secret": "not-a-secret"}, "secret"),
         ({"name": ""}, "name"),
         ({"colour": "blue"}, "colour"),
@@ -381,6 +383,122 @@ def test_staff__see_every_workflow(theirs):
     assert staff.get(f"/api/workflows/{theirs.pk}/runs/").json()["count"] == 1
 
 
+# --- Audit trail --------------------------------------------------------------------------------
+
+
+def trail(object_type: str, pk) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(object_type=object_type, object_id=str(pk)).order_by("at", "id"))
+
+
+def test_workflow_api_actions__audited_with_the_user_and_source_api(api, user):
+    """Create, update, rotate-secret and delete through the API record the user as actor and "api" as source."""
+    pk = create(api)["id"]
+    assert api.patch(f"/api/workflows/{pk}/", {"timeout_seconds": 40}).status_code == 200
+    assert api.post(f"/api/workflows/{pk}/rotate-secret/", {"overlap_seconds": 0}).status_code == 200
+    assert api.delete(f"/api/workflows/{pk}/").status_code == 204
+    events = trail("workflow", pk)
+    assert [event.action for event in events] == ["created", "updated", "secret_rotated", "deleted"]
+    assert all((event.actor, event.source, event.owner) == (user, "api", user) for event in events)
+    assert events[1].changes == {"timeout_seconds": [30, 40]}
+
+
+def test_audit_list__your_events_newest_first_in_the_api_format(api, user):
+    """GET /api/audit/ lists the events of your objects, newest first, with the actor's username."""
+    pk = create(api)["id"]
+    api.patch(f"/api/workflows/{pk}/", {"is_active": False})
+    services.workflow_create(owner=user, name="From code")  # no actor: the scheduler's own
+    body = api.get("/api/audit/").json()
+    assert body["count"] == 3
+    first, second, third = body["results"]
+    assert (first["action"], first["object_repr"], first["actor"], first["source"]) == (
+        "created",
+        "From code",
+        None,
+        "scheduler",
+    )
+    assert (second["action"], second["actor"], second["source"]) == ("updated", user.username, "api")
+    assert second["changes"] == {"is_active": [True, False]}
+    assert (third["object_type"], third["object_id"]) == ("workflow", str(pk))
+    assert set(first) == {
+        "id",
+        "at",
+        "actor",
+        "source",
+        "action",
+        "object_type",
+        "object_id",
+        "object_repr",
+        "changes",
+    }
+    oldest_first = api.get("/api/audit/?ordering=at").json()["results"]
+    assert [row["id"] for row in oldest_first] == [third["id"], second["id"], first["id"]]
+
+
+def test_audit_list__filters(api, user):
+    """object_type, object_id, action, source, actor and the at range narrow the list; bad values are 400."""
+    first = create(api, name="First")["id"]
+    create(api, name="Second")
+    api.patch(f"/api/workflows/{first}/", {"timeout_seconds": 9})
+    services.workflow_create(owner=user, name="From code")
+    middle = AuditEvent.objects.get(action="updated").at
+
+    def reprs(query: str) -> list[str]:
+        response = api.get(f"/api/audit/?{query}")
+        assert response.status_code == 200, response.content
+        return [row["object_repr"] for row in response.json()["results"]]
+
+    assert reprs(f"object_type=workflow&object_id={first}") == ["First", "First"]
+    assert reprs("action=updated") == ["First"]
+    assert reprs("source=scheduler") == ["From code"]
+    assert reprs(f"actor={user.username}") == ["First", "Second", "First"]
+    assert reprs("object_type=trigger") == []
+    assert reprs(f"at_after={middle.isoformat().replace('+00:00', 'Z')}") == ["From code", "First"]
+    assert reprs(f"at_before={middle.isoformat().replace('+00:00', 'Z')}") == ["First", "Second", "First"]
+    for bad, field in (("object_type=user", "object_type"), ("source=web", "source"), ("at_after=yesterday", "at")):
+        response = api.get(f"/api/audit/?{bad}")
+        assert response.status_code == 400 and field in errors(response), bad
+
+
+def test_audit_list__another_users_events_are_invisible(api, other_api, user, other_user):
+    """Each user sees only the events of their own objects, whatever the filters; staff see everyone's."""
+    mine = create(api, name="Mine")["id"]
+    theirs = create(other_api, name="Theirs")["id"]
+    assert [row["object_repr"] for row in api.get("/api/audit/").json()["results"]] == ["Mine"]
+    assert api.get(f"/api/audit/?object_id={theirs}&object_type=workflow").json()["count"] == 0
+    assert api.get(f"/api/audit/?actor={other_user.username}").json()["count"] == 0
+    assert [row["object_repr"] for row in other_api.get("/api/audit/").json()["results"]] == ["Theirs"]
+    staff = api_for(UserFactory(is_staff=True))
+    assert {row["object_id"] for row in staff.get("/api/audit/").json()["results"]} == {str(mine), str(theirs)}
+
+
+def test_audit_list__read_only_and_needs_a_token(api, db):
+    """The trail cannot be written through the API (405), and needs authentication (401)."""
+    assert api.post("/api/audit/", {"action": "created"}).status_code == 405
+    assert api.delete("/api/audit/").status_code == 405
+    assert APIClient().get("/api/audit/").status_code == 401
+
+
+def test_workflow_audit__the_workflows_events_only(api, user):
+    """GET /api/workflows/<id>/audit/ lists that workflow's events, newest first, with the trail's filters."""
+    pk = create(api, name="Report")["id"]
+    create(api, name="Other")
+    api.patch(f"/api/workflows/{pk}/", {"timeout_seconds": 9})
+    response = api.get(f"/api/workflows/{pk}/audit/")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [row["action"] for row in body["results"]] == ["updated", "created"]
+    assert {row["object_id"] for row in body["results"]} == {str(pk)}
+    assert api.get(f"/api/workflows/{pk}/audit/?action=created").json()["count"] == 1
+
+
+def test_workflow_audit__another_users_workflow_is_404(api, other_api):
+    """Another user's workflow has no trail for you: 404, the same as a missing one."""
+    theirs = create(other_api, name="Theirs")["id"]
+    response = api.get(f"/api/workflows/{theirs}/audit/")
+    assert response.status_code == 404 and errors(response) == {"detail": ["not found."]}
+    assert api.get("/api/workflows/999999/audit/").json() == response.json()
+
+
 # --- Authentication -----------------------------------------------------------------------------
 
 
@@ -397,6 +515,9 @@ def test_staff__see_every_workflow(theirs):
         ("post", "/api/triggers/preview/"),
         ("get", "/api/executions/"),
         ("get", "/api/executions/stats/"),
+        ("get", "/api/audit/"),
+        ("get", "/api/workflows/1/audit/"),
+        ("get", "/api/triggers/1/audit/"),
     ],
 )
 def test_unauthenticated__401_with_www_authenticate(db, method, path):
@@ -498,6 +619,9 @@ def test_schema__valid_openapi_with_every_resource(client, db):
         "/api/triggers/preview/",
         "/api/executions/stats/",
         "/api/health/",
+        "/api/audit/",
+        "/api/workflows/{id}/audit/",
+        "/api/triggers/{id}/audit/",
     ):
         assert path in schema["paths"], path
     assert "security" not in schema["paths"]["/api/workflows/{workflow_id}/runs/"]["post"]
