@@ -31,6 +31,9 @@ def workflow_runs(request: HttpRequest, workflow_id: int) -> JsonResponse:
         return JsonResponse({"errors": {"signature": [str(exc)]}}, status=401)
     if not isinstance(payload, dict):
         return JsonResponse({"errors": {"body": ["must be a JSON object"]}}, status=400)
+    if b"\\u0000" in request.body.lower():
+        # PostgreSQL cannot store NUL in text or JSON: refuse it here rather than fail on save.
+        return JsonResponse({"errors": {"body": ["must not contain NUL characters (\\u0000)"]}}, status=400)
     # The signed webhook-id is the idempotency key: an unsigned header could be changed to
     # replay a captured request as new runs. Idempotency-Key, when sent, must agree with it.
     key = headers.get("webhook-id", "")

@@ -17,9 +17,7 @@ NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
 
 
 def events(obj):
-    return list(
-        AuditEvent.objects.filter(object_type=obj._meta.model_name, object_id=str(obj.pk)).order_by("at", "id")
-    )
+    return list(AuditEvent.objects.filter(object_type=obj._meta.model_name, object_id=str(obj.pk)).order_by("at", "id"))
 
 
 @pytest.fixture

@@ -198,3 +198,11 @@ def test_workflow_execution_url__blank_endpoint_is_this_view(settings, user):
     settings.SCHEDULER_PUBLIC_BASE_URL = "http://scheduler.internal:8000"
     workflow = WorkflowFactory(owner=user, endpoint_url="")
     assert workflow.execution_url == f"http://scheduler.internal:8000/api/workflows/{workflow.pk}/runs/"
+
+
+def test_workflow_runs__nul_character_in_body_is_400(client, workflow):
+    """A signed body with a NUL character (which PostgreSQL cannot store) is refused with 400, nothing recorded."""
+    response = post(client, workflow.pk, *signed(workflow.secret, {"inputs": {"note": "a\u0000b"}}))
+    assert response.status_code == 400
+    assert "body" in response.json()["errors"]
+    assert not WorkflowRun.objects.exists()
