@@ -23,20 +23,31 @@ class Stack:
         self.env_extra = env_extra
         self.processes: list[Process] = []
 
-    def env(self):
-        return child_env(**self.env_extra)
+    def env(self, **extra):
+        return child_env(**{**self.env_extra, **extra})
 
-    def start_worker(self) -> Process:
-        worker = Process("worker", WORKER_COMMAND, self.tmp_path, self.env())
-        self.processes.append(worker)
+    def start_worker(self, *, env_extra: dict[str, str] | None = None) -> Process:
+        worker = self._launch("worker", WORKER_COMMAND, env_extra)
         worker.wait_for_log("ready.", timeout=60)
         return worker
 
-    def start_beat(self) -> Process:
-        beat = Process("beat", BEAT_COMMAND, self.tmp_path, self.env())
-        self.processes.append(beat)
+    def start_beat(self, *, env_extra: dict[str, str] | None = None) -> Process:
+        beat = self._launch("beat", BEAT_COMMAND, env_extra)
         beat.wait_for_log("beat: Starting", timeout=60)
         return beat
+
+    def start_worker_and_beat(self, *, env_extra: dict[str, str] | None = None) -> tuple[Process, Process]:
+        """Both at once (start-up is the slow part); returns when both are ready."""
+        worker = self._launch("worker", WORKER_COMMAND, env_extra)
+        beat = self._launch("beat", BEAT_COMMAND, env_extra)
+        worker.wait_for_log("ready.", timeout=60)
+        beat.wait_for_log("beat: Starting", timeout=60)
+        return worker, beat
+
+    def _launch(self, name: str, command: list[str], env_extra: dict[str, str] | None) -> Process:
+        process = Process(name, command, self.tmp_path, self.env(**(env_extra or {})))
+        self.processes.append(process)
+        return process
 
     def start_web(self) -> tuple[Process, str]:
         with socket.socket() as probe:

@@ -3,6 +3,8 @@ same command lines as docker-compose.yml, plus a scripted HTTP endpoint on 127.0
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,72 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def libfaketime_path() -> Path | None:
+    """libfaketime.so.1: the copy the ``libfaketime`` package (requirements.txt) bundles, else the one
+    of Debian's ``libfaketime`` package; None if neither is installed."""
+    candidates: list[Path] = []
+    spec = importlib.util.find_spec("libfaketime")  # found, not imported: only its .so is used
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidates.append(Path(location) / "vendor" / "libfaketime" / "src" / "libfaketime.so.1")
+    candidates.extend(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1")))
+    return next((path for path in candidates if path.is_file()), None)
+
+
+class FakeClock:
+    """A wall clock for child processes, shared by all children started with ``env()``.
+
+    It runs at normal speed ``offset`` seconds ahead of the real clock (time.time, datetime.now);
+    time.monotonic stays real, so sleeps and timeouts are unchanged. ``set`` moves it while the
+    children run: libfaketime re-reads the offset from a file on every call (FAKETIME_NO_CACHE),
+    so a test can start processes at leisure and then put the clock just before the moment it
+    tests. https://github.com/wolfcw/libfaketime#readme (FAKETIME_TIMESTAMP_FILE, relative offsets)
+    """
+
+    def __init__(self, library: Path, directory: Path, *, at: datetime) -> None:
+        self.library = library
+        self.path = directory / "faketime"
+        self.offset = 0.0
+        self.set(at)
+
+    def set(self, at: datetime) -> None:
+        self.offset = at.timestamp() - time.time()
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(f"{self.offset:+.6f}\n")
+        partial.replace(self.path)  # atomic: a child never reads a half-written file
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(time.time() + self.offset, tz=UTC)
+
+    def env(self) -> dict[str, str]:
+        preload = os.environ.get("LD_PRELOAD")
+        return {
+            "LD_PRELOAD": f"{self.library}:{preload}" if preload else str(self.library),
+            "FAKETIME_TIMESTAMP_FILE": str(self.path),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "DONT_FAKE_MONOTONIC": "1",  # the name libfaketime before 0.9.10 reads
+            "NO_FAKE_STAT": "1",  # file times stay as written
+        }
+
+    def problem(self) -> str | None:
+        """None if a Python child sees this clock and a real monotonic clock, else what is wrong
+        (e.g. the library could not be preloaded on this machine)."""
+        script = "import time; a = time.monotonic(); time.sleep(0.2); print(time.time(), time.monotonic() - a)"
+        probe = subprocess.run(
+            [sys.executable, "-c", script], env={**os.environ, **self.env()}, capture_output=True, text=True, timeout=30
+        )
+        try:
+            seen, slept = (float(value) for value in probe.stdout.split())
+        except ValueError:
+            return f"probe failed (exit {probe.returncode}): {probe.stdout.strip()} {probe.stderr.strip()}"
+        expected = self.now().timestamp()
+        if abs(seen - expected) > 60:
+            return f"a child's clock read {seen:.0f}, not about {expected:.0f} ({probe.stderr.strip()})"
+        if not 0.15 < slept < 5:
+            return f"time.monotonic is faked too: a 0.2 s sleep measured {slept:.3f} s"
+        return None
+
+
 def purge_broker() -> None:
     """Start each test with an empty broker."""
     url = settings.CELERY_BROKER_URL
@@ -107,14 +176,19 @@ class Process:
             self.popen.wait(timeout=10)
 
     def stop(self) -> None:
+        """SIGTERM the main process, which stops its own children (a celery worker's warm shutdown
+        takes ~5 s; SIGTERM to the whole group kills the pool under it and the worker then hangs
+        until the 15 s limit); SIGKILL whatever of the group is left."""
         if self.popen.poll() is None:
             try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
+                os.kill(self.popen.pid, signal.SIGTERM)
                 self.popen.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
             except ProcessLookupError:
                 pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # children that outlived their parent
         self._log.close()
 
 
@@ -124,22 +198,27 @@ class Call:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    raw: bytes = b""  # the body as sent, for signature checks
+    finished_at: float | None = None  # time.monotonic() when the answer was sent
 
 
 @dataclass
 class Reply:
-    """What the endpoint answers to one call; ``hold`` blocks the answer until it is set."""
+    """What the endpoint answers to one call; ``hold`` blocks the answer until it is set, ``delay``
+    holds it that many seconds (each call its own delay)."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     hold: threading.Event | None = None
+    delay: float = 0.0
 
 
 class Endpoint:
     """A workflow execution endpoint on 127.0.0.1 that answers from a script and records calls.
 
     Like a real idempotent endpoint, it answers the same run id for a repeated Idempotency-Key.
+    ``in_flight`` counts calls not answered yet; ``max_in_flight`` is the most there ever were.
     """
 
     def __init__(self, script: list[Reply] | None = None, default: Reply | None = None) -> None:
@@ -147,6 +226,8 @@ class Endpoint:
         self.default = default or Reply()
         self.calls: list[Call] = []
         self.runs: dict[str, str] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._changed = threading.Condition()
         endpoint = self
 
@@ -155,27 +236,41 @@ class Endpoint:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 call = Call(
-                    time.monotonic(), self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw)
+                    time.monotonic(),
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    json.loads(raw),
+                    raw=raw,
                 )
                 with endpoint._changed:
                     reply = endpoint.script.pop(0) if endpoint.script else endpoint.default
                     endpoint.calls.append(call)
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
                     key = call.headers.get("idempotency-key", "")
                     run_id = endpoint.runs.setdefault(key, str(uuid.uuid4())) if reply.status < 300 else None
                     endpoint._changed.notify_all()
-                if reply.hold is not None:
-                    reply.hold.wait(timeout=60)
-                body = json.dumps(reply.body if reply.body is not None else {"run_id": run_id}).encode()
                 try:
-                    self.send_response(reply.status)
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the caller is gone (a killed worker)
+                    if reply.hold is not None:
+                        reply.hold.wait(timeout=60)
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                    body = json.dumps(reply.body if reply.body is not None else {"run_id": run_id}).encode()
+                    try:
+                        self.send_response(reply.status)
+                        for name, value in reply.headers.items():
+                            self.send_header(name, value)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                    except OSError:
+                        pass  # the caller is gone (a killed worker)
+                finally:
+                    with endpoint._changed:
+                        call.finished_at = time.monotonic()
+                        endpoint.in_flight -= 1
+                        endpoint._changed.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
