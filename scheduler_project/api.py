@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from datetime import UTC
 from typing import Any
 
 from django import forms
@@ -15,6 +16,7 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeRangeField
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from kombu.exceptions import OperationalError
@@ -331,3 +333,32 @@ def schema_error_responses(result: dict[str, Any], generator: Any, request: Any,
                     responses[code] = {"description": responses.get(code, {}).get("description") or description}
                     responses[code]["content"] = ref
     return result
+
+
+class UtcIsoDateTimeRangeField(IsoDateTimeRangeField):
+    """ISO 8601 bounds, turned into UTC and kept within 1970-2999.
+
+    PostgreSQL refuses offsets beyond +-15:59 that Python accepts, and far years overflow:
+    both would otherwise reach the database and fail there (a 500) instead of being bad input.
+    """
+
+    def compress(self, data_list: Any) -> slice | None:
+        value = super().compress(data_list)
+        if value is None:
+            return None
+        bounds = []
+        for bound in (value.start, value.stop):
+            if bound is not None:
+                if not 1970 <= bound.year <= 2999:
+                    raise forms.ValidationError("must be a time between 1970 and 2999.", code="out_of_range")
+                bound = bound.astimezone(UTC)
+                if not 1970 <= bound.year <= 2999:
+                    raise forms.ValidationError("must be a time between 1970 and 2999.", code="out_of_range")
+            bounds.append(bound)
+        return slice(*bounds)
+
+
+class UtcIsoDateTimeFromToRangeFilter(filters.IsoDateTimeFromToRangeFilter):
+    """A `<name>_after` / `<name>_before` filter whose bounds are validated and compared in UTC."""
+
+    field_class = UtcIsoDateTimeRangeField

@@ -28,6 +28,7 @@ from scheduler_project.api import (
     IdFilter,
     ModelSerializer,
     StrictFieldsMixin,
+    UtcIsoDateTimeFromToRangeFilter,
     WriteThrottleMixin,
     owned,
     refuse_nul,
@@ -375,7 +376,7 @@ class TriggerFilter(filters.FilterSet):
 class ExecutionFilter(filters.FilterSet):
     trigger = IdFilter(field_name="trigger_id", help_text="Trigger id.")
     workflow = IdFilter(field_name="workflow_id", help_text="Workflow id.")
-    scheduled_for = filters.IsoDateTimeFromToRangeFilter(
+    scheduled_for = UtcIsoDateTimeFromToRangeFilter(
         help_text="scheduled_for_after / scheduled_for_before, ISO 8601, both included."
     )
 

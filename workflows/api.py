@@ -18,7 +18,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
-from scheduler_project.api import JsonObjectField, ModelSerializer, StrictFieldsMixin, WriteThrottleMixin, owned
+from scheduler_project.api import (
+    JsonObjectField,
+    ModelSerializer,
+    StrictFieldsMixin,
+    UtcIsoDateTimeFromToRangeFilter,
+    WriteThrottleMixin,
+    owned,
+)
 
 from . import services, views
 from .models import AuditEvent, Workflow, WorkflowRun
@@ -138,7 +145,7 @@ class WorkflowFilter(filters.FilterSet):
 
 
 class WorkflowRunFilter(filters.FilterSet):
-    received_at = filters.IsoDateTimeFromToRangeFilter(help_text="received_at_after / received_at_before.")
+    received_at = UtcIsoDateTimeFromToRangeFilter(help_text="received_at_after / received_at_before.")
 
     class Meta:
         model = WorkflowRun
@@ -157,7 +164,7 @@ class ObjectAuditEventFilter(filters.FilterSet):
     )
     source = filters.ChoiceFilter(choices=AUDIT_SOURCES)
     actor = filters.CharFilter(field_name="actor__username", max_length=150, help_text="Username of who did it.")
-    at = filters.IsoDateTimeFromToRangeFilter(help_text="at_after / at_before, ISO 8601, both included.")
+    at = UtcIsoDateTimeFromToRangeFilter(help_text="at_after / at_before, ISO 8601, both included.")
 
     class Meta:
         model = AuditEvent

@@ -668,3 +668,18 @@ def test_token_command__unknown_user(db):
     with pytest.raises(CommandError, match="no user 'ghost'"):
         token_command("create", "ghost")
     assert not get_user_model().objects.exists()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "at_before=0597-11-11T16:14:15-17:49",  # PostgreSQL refuses offsets beyond +-15:59
+        "at_after=0001-01-01T00:00:00%2B14:00",  # overflows when turned into UTC
+        "at_after=9999-12-31T23:59:59-14:00",
+    ],
+)
+def test_audit_api__out_of_range_time_filter_is_400(api, query):
+    """A time filter Python parses but the database cannot compare is bad input (400 naming it), not a 500."""
+    response = api.get(f"/api/audit/?{query}")
+    assert response.status_code == 400, response.content
+    assert "at" in response.json()["errors"]
