@@ -636,8 +636,8 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
         late = (now - scheduled_for).total_seconds() > settings.SCHEDULER_MISFIRE_GRACE_SECONDS
     if _has_execution(trigger, scheduled_for):
         logger.info("slot %s of trigger %s already has its execution", scheduled_for.isoformat(), trigger_id)
-        if trigger.next_run_at is not None and trigger.next_run_at <= now:
-            trigger.next_run_at = timing.next_slot_after(cadence, now)
+        if trigger.next_run_at is not None and trigger.next_run_at <= scheduled_for:
+            trigger.next_run_at = timing.next_slot_after(cadence, scheduled_for)
             trigger.save(update_fields=["next_run_at"])
         return None
 
@@ -708,7 +708,13 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
 
     trigger.run_count += len(runnable)
     trigger.last_run_at = max(filter(None, [trigger.last_run_at, scheduled_for]))
-    trigger.next_run_at = timing.next_slot_after(cadence, max(now, scheduled_for))
+    # The next slot not yet handled: after this one, even if it is already due (a backlog). Jumping
+    # to "after now" would leave a due slot with no execution and no record if its message is lost;
+    # as next_run_at it is either fired by its own message or, once overdue, by recovery.
+    following = timing.next_slot_after(cadence, scheduled_for)
+    if trigger.next_run_at is not None and following is not None and trigger.next_run_at > following:
+        following = trigger.next_run_at
+    trigger.next_run_at = following
     update = ["run_count", "last_run_at", "next_run_at"]
     if trigger.next_run_at is None or (trigger.max_runs is not None and trigger.run_count >= trigger.max_runs):
         # A once trigger that fired, one past its end, or one out of runs: completed.

@@ -1221,3 +1221,22 @@ def test_trigger_update__end_at_in_the_past_says_so(workflow, enqueued):
         services.trigger_update(trigger=trigger, end_at=at(11), now=at(13))
     assert "end_at" in error.value.message_dict
     assert "future" in error.value.message_dict["end_at"][0]
+
+
+def test_trigger_fire__late_handling_never_jumps_over_a_due_slot(user, enqueued):
+    """A fire handled after the next slot is due (within the misfire grace) leaves that slot as next_run_at,
+    so if its own message is lost, recovery still accounts for it instead of it vanishing."""
+    workflow = WorkflowFactory(owner=user)
+    trigger = create(workflow, kind="interval", cron="", interval_seconds=30, overlap="allow")
+    first = at(13)
+    fire(trigger, first, now=first + timedelta(seconds=45))  # handled after 13:00:30 fell due
+    trigger.refresh_from_db()
+    assert trigger.next_run_at == first + timedelta(seconds=30)
+    # 13:00:30's own message is lost; once it is overdue, recovery fires the latest slot, and that fire
+    # records 13:00:30 as missed (catch-up latest) rather than leaving no trace of it.
+    later = first + timedelta(seconds=30 + 45)
+    services.executions_recover(now=later)
+    assert enqueued["fires"] == [(trigger.pk, first + timedelta(seconds=60))]
+    fire(trigger, first + timedelta(seconds=60), now=later)
+    lost = slot_of(trigger, first + timedelta(seconds=30))
+    assert (lost.status, lost.skip_reason) == (ExecutionStatus.SKIPPED, SkipReason.MISSED)
