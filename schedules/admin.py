@@ -48,17 +48,7 @@ _FIELDSETS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
 )
 _FORM_FIELDS = tuple(name for _, names in _FIELDSETS for name in names)
 # trigger_create takes these by name; the other form fields go in as its keyword options.
-_SCHEDULE_FIELDS = (
-    "kind",
-    "cron",
-    "timezone",
-    "run_at",
-    "interval_seconds",
-    "dst_policy",
-    "anchor_at",
-    "start_at",
-    "end_at",
-)
+_SCHEDULE_FIELDS = services.SCHEDULE_FIELDS
 _DATETIME_FIELDS = ("run_at", "anchor_at", "start_at", "end_at")
 _UPCOMING_COUNT = 5
 # The submit button that previews the form's values instead of saving them.

@@ -45,9 +45,19 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
-_SCHEDULE_FIELDS = frozenset(
-    {"kind", "cron", "timezone", "run_at", "interval_seconds", "dst_policy", "anchor_at", "start_at", "end_at"}
+# The fields that make up a trigger's schedule (a change restarts it from now).
+SCHEDULE_FIELDS = (
+    "kind",
+    "cron",
+    "timezone",
+    "run_at",
+    "interval_seconds",
+    "dst_policy",
+    "anchor_at",
+    "start_at",
+    "end_at",
 )
+_SCHEDULE_FIELDS = frozenset(SCHEDULE_FIELDS)
 _RETRY_FIELDS = (
     "max_attempts",
     "min_backoff_seconds",

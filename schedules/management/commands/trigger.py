@@ -95,19 +95,7 @@ _PLAIN_FIELDS = {
 }
 _TIME_FIELDS = {"anchor_at": "anchor_at", "start_at": "start_at", "end_at": "end_at"}
 _SCHEDULE_DESTS = ("cron", "preset", "run_at", "in_seconds", "every")
-# As in services: the fields that make up the schedule, and the retry settings a new trigger
-# takes from its workflow unless given.
-_SCHEDULE_FIELDS = (
-    "kind",
-    "cron",
-    "timezone",
-    "run_at",
-    "interval_seconds",
-    "dst_policy",
-    "anchor_at",
-    "start_at",
-    "end_at",
-)
+_SCHEDULE_FIELDS = services.SCHEDULE_FIELDS
 _KIND_FIELDS = {TriggerKind.CRON: ("cron",), TriggerKind.ONCE: ("run_at",), TriggerKind.INTERVAL: ("interval_seconds",)}
 _UPCOMING = 5
 _ERROR_WIDTH = 60
