@@ -208,7 +208,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_RESULT_BACKEND = "django-db"
+# django-celery-results' database backend, writing finished results in batches rather than one
+# transaction each (scheduler_project/results.py); they show up within this many seconds.
+CELERY_RESULT_BACKEND = "scheduler_project.results:BatchedDatabaseBackend"
+SCHEDULER_RESULTS_FLUSH_SECONDS = env_int("SCHEDULER_RESULTS_FLUSH_SECONDS", 1, minimum=1, maximum=60)
 CELERY_RESULT_EXTENDED = True
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
@@ -227,9 +230,24 @@ CELERY_TASK_SOFT_TIME_LIMIT = 360
 CELERY_TASK_TIME_LIMIT = 420
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
-# django-celery-beat's DatabaseScheduler, extended to fire triggers on their exact slots.
+# Dispatches triggers from the due index in the database and runs the other periodic tasks as
+# django-celery-beat's DatabaseScheduler (schedules/beat.py). Several beats may run at once.
 CELERY_BEAT_SCHEDULER = "schedules.beat:TriggerScheduler"
+# Longest sleep between two looks at the ordinary periodic tasks (recovery, retention, users' own).
 CELERY_BEAT_MAX_LOOP_INTERVAL = env_int("CELERY_BEAT_MAX_LOOP_INTERVAL", 5, minimum=1, maximum=60)
+# The lease holder writes an ordinary periodic task's last run back as soon as it sends it, so a
+# beat that takes over does not send it again (the default is every 3 minutes).
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-sync-every
+CELERY_BEAT_SYNC_EVERY = 1
+# Longest sleep between two looks at the due index: how soon an edit, a pause or a new trigger
+# due right away is seen. Beat otherwise wakes exactly when the next trigger falls due.
+SCHEDULER_BEAT_POLL_SECONDS = env_int("SCHEDULER_BEAT_POLL_SECONDS", 1, minimum=1, maximum=60)
+# How long the beat that sends the ordinary periodic tasks holds that role without renewing it
+# (it renews every second): a killed beat's role is taken over by another within this time.
+SCHEDULER_BEAT_LEASE_SECONDS = env_int("SCHEDULER_BEAT_LEASE_SECONDS", 4, minimum=2, maximum=300)
+# Lease of an execution beat committed and is publishing: if beat dies before the broker has the
+# message, another beat sends it once this runs out.
+SCHEDULER_HANDOFF_SECONDS = env_int("SCHEDULER_HANDOFF_SECONDS", 5, minimum=1, maximum=300)
 
 # --- Scheduler ------------------------------------------------------------------------------
 # Base URL of this service, used to reach the built-in execution endpoint
@@ -269,6 +287,9 @@ SCHEDULER_MAX_RESPONSE_BYTES = env_int("SCHEDULER_MAX_RESPONSE_BYTES", 1024 * 10
 SCHEDULER_RESPONSE_EXCERPT_BYTES = env_int("SCHEDULER_RESPONSE_EXCERPT_BYTES", 4096, minimum=0)
 # Longest retry backoff a trigger may ask for; must stay below the broker's visibility timeout.
 SCHEDULER_MAX_BACKOFF_CAP_SECONDS = env_int("SCHEDULER_MAX_BACKOFF_CAP_SECONDS", 1800, minimum=1)
+# How often beat has finished executions counted into ExecutionStats (schedules.fold_stats); the
+# stats readers add the ones not counted yet, so this only sets how many they add.
+SCHEDULER_STATS_FOLD_INTERVAL_SECONDS = env_int("SCHEDULER_STATS_FOLD_INTERVAL_SECONDS", 5, minimum=1)
 # beat touches this file on every tick; `manage.py healthcheck beat` reads its age.
 SCHEDULER_BEAT_HEARTBEAT_FILE = env_str("SCHEDULER_BEAT_HEARTBEAT_FILE", str(DATA_DIR / "beat-heartbeat"))
 
@@ -278,6 +299,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS),
         # On the high queue, so a backlog of normal work cannot hold recovery up.
         "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS), "queue": "high"},
+    },
+    "scheduler.fold-stats": {
+        "task": "schedules.fold_stats",
+        "schedule": float(SCHEDULER_STATS_FOLD_INTERVAL_SECONDS),
+        "options": {"expires": float(SCHEDULER_STATS_FOLD_INTERVAL_SECONDS), "queue": "high"},
     },
     "scheduler.prune-executions": {
         "task": "schedules.prune_executions",

@@ -1,11 +1,11 @@
 """Everything that touches django-celery-beat: one PeriodicTask per trigger, and the scheduler.
 
 - ``trigger_sync`` / ``trigger_unsync`` keep exactly one PeriodicTask per trigger, named
-  ``trigger:<id>``, inside the caller's transaction. Saving through the model bumps
-  ``PeriodicTasks``, so a running beat reloads within its max loop interval.
-- ``TriggerScheduler`` is django-celery-beat's DatabaseScheduler with trigger entries that fire
-  on the exact slots of ``schedules.timing`` (the same function that computes ``next_run_at``)
-  and send the slot they fire for, so a re-sent message names the same slot and is deduplicated.
+  ``trigger:<id>``, inside the caller's transaction: the record of every trigger in
+  django-celery-beat's admin, which stock DatabaseScheduler can also run (``fire_trigger``).
+- ``TriggerScheduler`` dispatches triggers from the due index in the database
+  (``schedules.dispatch``) and leaves the other periodic tasks to django-celery-beat, sent by
+  one beat at a time (a lease).
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import schedules as celery_schedules
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, close_old_connections, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 from django_celery_beat.models import (
     ClockedSchedule,
@@ -29,17 +32,15 @@ from django_celery_beat.models import (
     PeriodicTask,
     PeriodicTasks,
 )
-from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
+from django_celery_beat.schedulers import DatabaseScheduler
 
 from . import timing
-from .models import Trigger, TriggerKind
+from .models import BeatLease, Trigger, TriggerKind
 
 logger = logging.getLogger(__name__)
 
 FIRE_TASK = "schedules.fire_trigger"
 NAME_PREFIX = "trigger:"
-# Seconds beat may sleep when an entry has no future slot.
-_NEVER = 3600.0
 
 
 def periodic_task_name(trigger: Trigger) -> str:
@@ -224,136 +225,163 @@ def _snapshot(task: PeriodicTask | None) -> tuple[Any, ...] | None:
     )
 
 
+def tasks_mark_run(fired: dict[datetime, list[int]]) -> None:
+    """Record on trigger PeriodicTasks the slot beat dispatched for them (last_run_at, run count).
+
+    Our scheduler does not read these, but django-celery-beat's admin shows them, and stock
+    DatabaseScheduler, if run instead, continues from them. A queryset update: it does not make
+    beats reload (the change signal is not sent), one query per distinct slot.
+    """
+    for slot, task_ids in fired.items():
+        PeriodicTask.objects.filter(pk__in=task_ids).update(last_run_at=slot, total_run_count=F("total_run_count") + 1)
+
+
+def lease_acquire(*, name: str, holder: str, ttl_seconds: float, now: datetime | None = None) -> bool:
+    """Take or renew the lease ``name`` for ``holder``: True if it is held now.
+
+    Free, expired or already ours: it is ours for ``ttl_seconds`` more (one UPDATE). Holders
+    compare times written by each other's clocks, which NTP keeps within far less than the TTL.
+    """
+    now = now or timezone.now()
+    expires_at = now + timedelta(seconds=ttl_seconds)
+    free = Q(holder=holder) | Q(expires_at__lt=now)
+    if BeatLease.objects.filter(free, name=name).update(holder=holder, expires_at=expires_at):
+        return True
+    _, created = BeatLease.objects.get_or_create(name=name, defaults={"holder": holder, "expires_at": expires_at})
+    return created
+
+
+def lease_release(*, name: str, holder: str) -> None:
+    """Give the lease up at once (a clean shutdown), so another beat takes over without waiting."""
+    BeatLease.objects.filter(name=name, holder=holder).delete()
+
+
 # --- The scheduler run by `celery beat` ---------------------------------------------------------
 
-
-def cadence_of(task: PeriodicTask) -> timing.Cadence | None:
-    """The cadence a trigger's PeriodicTask describes (without loading the trigger)."""
-    if task.crontab_id:
-        c = task.crontab
-        cron = " ".join([c.minute, c.hour, c.day_of_month, c.month_of_year, c.day_of_week])
-        return timing.Cadence(kind=timing.CRON, cron=cron, timezone=str(c.timezone))
-    if task.interval_id:
-        seconds = int(task.interval.schedule.run_every.total_seconds())
-        return timing.Cadence(kind=timing.INTERVAL, interval_seconds=seconds)
-    if task.clocked_id:
-        run_at = task.clocked.clocked_time
-        if timezone.is_naive(run_at):
-            run_at = run_at.replace(tzinfo=UTC)
-        return timing.Cadence(kind=timing.ONCE, run_at=run_at)
-    return None
-
-
-class TriggerSchedule(celery_schedules.BaseSchedule):
-    """A celery schedule that is due exactly on a trigger's slots."""
-
-    def __init__(self, cadence: timing.Cadence, nowfun: Any = None, app: Any = None) -> None:
-        super().__init__(nowfun=nowfun, app=app)
-        self.cadence = cadence
-
-    def _now(self) -> datetime:
-        return self.now().astimezone(UTC)
-
-    def remaining_estimate(self, last_run_at: datetime) -> timedelta:
-        slot = timing.next_slot_after(self.cadence, self.maybe_make_aware(last_run_at))
-        return (slot - self._now()) if slot else timedelta(seconds=_NEVER)
-
-    def is_due(self, last_run_at: datetime) -> celery_schedules.schedstate:
-        now = self._now()
-        slot = timing.next_slot_after(self.cadence, self.maybe_make_aware(last_run_at))
-        if slot is None:
-            return celery_schedules.schedstate(False, _NEVER)
-        if slot <= now:
-            following = timing.next_slot_after(self.cadence, now)
-            wait = (following - now).total_seconds() if following else _NEVER
-            return celery_schedules.schedstate(True, max(wait, 0.0))
-        return celery_schedules.schedstate(False, (slot - now).total_seconds())
-
-    def latest_slot(self) -> datetime | None:
-        return timing.latest_slot_at_or_before(self.cadence, self._now())
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TriggerSchedule) and other.cadence == self.cadence
-
-    def __hash__(self) -> int:
-        return hash(self.cadence)
-
-    def __repr__(self) -> str:
-        return f"<TriggerSchedule: {self.cadence}>"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return self.__class__, (self.cadence, self.nowfun)
-
-
-class TriggerEntry(ModelEntry):
-    """A PeriodicTask row; for trigger tasks, scheduled by TriggerSchedule."""
-
-    fired_slot: datetime | None = None
-
-    def __init__(self, model: PeriodicTask, app: Any = None) -> None:
-        super().__init__(model, app=app)
-        if self.task == FIRE_TASK:
-            # The trigger's own cadence (DST policy, anchor, bounds) when the scheduler loaded it;
-            # else what the PeriodicTask row itself says.
-            cadence = getattr(model, "trigger_cadence", None) or cadence_of(model)
-            if cadence is not None:
-                self.schedule = TriggerSchedule(cadence, app=self.app)
-
-    def __next__(self) -> TriggerEntry:
-        if not isinstance(self.schedule, TriggerSchedule):
-            return super().__next__()
-        # Remember the slot fired, not the wall clock, so the next slot is computed from the
-        # slot itself: no drift, and after downtime only the latest missed slot fires once.
-        self.fired_slot = self.schedule.latest_slot()
-        self.model.last_run_at = self.fired_slot or self._default_now()
-        self.model.total_run_count += 1
-        self.model.no_changes = True
-        return self.__class__(self.model)
-
-
-def _with_kwargs(entry: ModelEntry, kwargs: dict[str, Any]) -> ModelEntry:
-    # ScheduleEntry.__reduce__ does not fit ModelEntry's constructor, so copy by hand.
-    clone = object.__new__(type(entry))
-    clone.__dict__.update(entry.__dict__)
-    clone.kwargs = kwargs
-    return clone
+PERIODIC_LEASE = "periodic-tasks"
+_RECOVER_EVERY_SECONDS = 1.0
+_LEASE_RENEW_SECONDS = 1.0
 
 
 class TriggerScheduler(DatabaseScheduler):
-    """DatabaseScheduler that fires triggers on their slots and names the slot in the message."""
+    """Dispatches triggers from the due index, and runs the other periodic tasks as django-celery-beat.
 
-    Entry = TriggerEntry
-    _heartbeat_at = 0.0
+    - Triggers: every tick asks the due index (``Trigger.next_run_at``) when the soonest falls
+      due and, when something is due, ``dispatch.dispatch_due`` claims, records and publishes
+      it in batches. Trigger PeriodicTasks are never loaded, so load time and memory do not
+      grow with the number of triggers, an idle tick is one indexed query, and an edit (its new
+      ``next_run_at``, committed with it) is seen at the next tick without a reload. Each beat
+      also sends again, once a second, what was committed but never published (``leases_recover``).
+    - Everything else (recovery, retention, stats, users' own PeriodicTasks) is django-celery-beat's
+      DatabaseScheduler, run only by the beat that holds the ``periodic-tasks`` lease, so two beats
+      never send them twice; when its holder dies another beat takes over within the lease TTL.
+    - While the broker refuses messages, no new slot is dispatched: the due slots wait in the
+      index and the catch-up policy decides about them when it is back.
+    """
 
-    def enabled_models(self) -> list[PeriodicTask]:
-        """django-celery-beat's enabled rows, each trigger's carrying its cadence (one extra query)."""
-        models = super().enabled_models()
-        if any(model.task == FIRE_TASK for model in models):
-            active = Trigger.objects.filter(enabled=True, completed_at=None, periodic_task__isnull=False)
-            fields = ("kind", "cron", "timezone", "run_at", "interval_seconds", "dst_policy", "anchor_at")
-            cadences = {}
-            for trigger in active.only(*fields, "start_at", "end_at", "periodic_task_id"):
-                try:
-                    cadences[trigger.periodic_task_id] = trigger.cadence
-                except timing.ScheduleError:
-                    logger.exception("trigger %s has a schedule beat cannot read", trigger.pk)
-            for model in models:
-                model.trigger_cadence = cadences.get(model.pk)
-        return models
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.leader = False
+        self._lease_checked_at = float("-inf")
+        self._recovered_at = float("-inf")
+        self._heartbeat_at = 0.0
+        self._broker_down = False
+        self._reload = False
+        super().__init__(*args, **kwargs)
 
-    def apply_async(self, entry: ModelEntry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
-        if isinstance(entry.schedule, TriggerSchedule):
-            if advance:
-                self.reserve(entry)
-                advance = False
-            slot = entry.fired_slot or entry.schedule.latest_slot()
-            if slot is not None:
-                entry = _with_kwargs(entry, {**entry.kwargs, "scheduled_for": slot.isoformat()})
-        return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+    def enabled_models_qs(self) -> Any:
+        # Trigger tasks are dispatched from the due index: only the others become beat entries.
+        # (Also what makes 1,000+ distinct crons load on SQLite, where the stock query fails.)
+        return self.Model.objects.enabled().exclude(task=FIRE_TASK)
+
+    def schedule_changed(self) -> bool:
+        changed = super().schedule_changed()
+        if self._reload:
+            # Just became the lease holder: read what the previous holder ran (last_run_at).
+            self._reload = False
+            return True
+        return changed
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         self._touch_heartbeat()
-        return super().tick(*args, **kwargs)
+        wait = self._dispatch_triggers()
+        if self._holds_lease():
+            wait = min(wait, super().tick(*args, **kwargs))
+        return max(0.0, wait)
+
+    def close(self) -> None:
+        try:
+            if self.leader:
+                lease_release(name=PERIODIC_LEASE, holder=self.holder)
+        except (DatabaseError, InterfaceError) as exc:
+            logger.warning("could not release the periodic-task lease: %s", exc)
+        super().close()
+
+    def _dispatch_triggers(self) -> float:
+        """Dispatch what is due; return how long beat may sleep before it looks again."""
+        from . import dispatch
+
+        poll = float(settings.SCHEDULER_BEAT_POLL_SECONDS)
+        try:
+            now = timezone.now()
+            if self._broker_down and not self._broker_reachable():
+                return poll
+            next_due = dispatch.next_due_at()
+            dispatched = 0
+            if next_due is not None and next_due <= now:
+                report = dispatch.dispatch_due(now=now)
+                dispatched = report.triggers
+                if report.error is not None:
+                    self._broker_down = True
+                    logger.error("broker unreachable: dispatch holds until it is back (%s)", report.error)
+                    return poll
+                if report.triggers:
+                    logger.info("dispatched %s triggers, sent %s attempts", report.triggers, report.sent)
+                next_due = dispatch.next_due_at()
+            self._broker_down = False
+            if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_SECONDS:
+                self._recovered_at = time.monotonic()
+                dispatch.leases_recover(now=now)
+        except (DatabaseError, InterfaceError) as exc:
+            logger.error("database unavailable, trigger dispatch waits (%s: %s)", type(exc).__name__, exc)
+            close_old_connections()
+            return poll
+        if next_due is None:
+            return poll
+        wait = (next_due - timezone.now()).total_seconds()
+        if wait <= 0 and not dispatched:
+            # Due, but held by another beat's transaction (SKIP LOCKED): look again very soon.
+            wait = 0.05
+        return min(poll, max(0.0, wait))
+
+    def _broker_reachable(self) -> bool:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+        logger.warning("broker reachable again: dispatch resumes")
+        return True
+
+    def _holds_lease(self) -> bool:
+        if time.monotonic() - self._lease_checked_at < _LEASE_RENEW_SECONDS:
+            return self.leader
+        self._lease_checked_at = time.monotonic()
+        try:
+            leader = lease_acquire(
+                name=PERIODIC_LEASE, holder=self.holder, ttl_seconds=settings.SCHEDULER_BEAT_LEASE_SECONDS
+            )
+        except (DatabaseError, InterfaceError) as exc:
+            logger.error("cannot renew the periodic-task lease (%s); not sending periodic tasks", exc)
+            close_old_connections()
+            leader = False
+        if leader and not self.leader:
+            logger.warning("beat %s holds the periodic-task lease: it sends the periodic tasks", self.holder)
+            self._reload = True
+        elif self.leader and not leader:
+            logger.warning("beat %s lost the periodic-task lease to another beat", self.holder)
+        self.leader = leader
+        return leader
 
     def _touch_heartbeat(self) -> None:
         now = time.time()

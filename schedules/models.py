@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -248,6 +250,15 @@ class Trigger(models.Model):
 
     class Meta:
         ordering = ["name", "id"]
+        indexes = [
+            # The due index beat dispatches from: only triggers that can fire are in it, so finding
+            # what is due costs O(due), however many paused or completed triggers there are.
+            models.Index(
+                fields=["next_run_at"],
+                condition=Q(enabled=True, completed_at__isnull=True, next_run_at__isnull=False),
+                name="trigger_due",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["owner", "name"], name="trigger_unique_name_per_owner"),
             models.CheckConstraint(
@@ -403,11 +414,18 @@ class Execution(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # Whoever works on the execution holds it until then; past it, recovery takes it over.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When the message for its next attempt was handed to the broker; empty while it is held in the
+    # database (a wait, or a publish that never happened). Recovery sends unsent ones when their
+    # lease runs out, and holds back re-sending sent ones while the broker still has a backlog.
+    sent_at = models.DateTimeField(null=True, blank=True, editable=False)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     run_id = models.CharField(max_length=255, blank=True, help_text="The run id the endpoint answered with.")
     duration_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Duration of the last call.")
     metadata = models.JSONField(default=dict, blank=True, help_text="Attempt log and other details.")
+    # Finished executions are added to ExecutionStats in batches (services.stats_fold), not one by
+    # one on the worker's path; until then readers add them in themselves.
+    counted = models.BooleanField(default=False, editable=False)
 
     class Meta:
         ordering = ["-scheduled_for"]
@@ -426,6 +444,12 @@ class Execution(models.Model):
             models.Index(fields=["workflow", "status"], name="execution_workflow_status"),
             # Retention keeps the newest N per (trigger, status): a range scan on this index.
             models.Index(fields=["trigger", "status", "scheduled_for"], name="execution_trigger_status_slot"),
+            # The finished executions not yet folded into ExecutionStats: a small, moving set.
+            models.Index(
+                fields=["trigger"],
+                condition=Q(counted=False, status__in=["succeeded", "failed", "skipped"]),
+                name="execution_uncounted",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -472,6 +496,46 @@ def histogram_quantile(histogram: dict[str, int], quantile: float, *, max_ms: in
     return lower
 
 
+@dataclass
+class StatsDelta:
+    """Counts to add to one ExecutionStats row, with the same names (so a reader can add up saved
+    rows and not yet folded executions alike)."""
+
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    duration_count: int = 0
+    duration_sum_ms: int = 0
+    duration_max_ms: int = 0
+    duration_histogram: dict[str, int] = field(default_factory=dict)
+
+    def add(self, status: str, duration_ms: int | None) -> None:
+        """Count one finished execution; durations only of calls that were made."""
+        self.total += 1
+        counter = {ExecutionStatus.SUCCEEDED: "succeeded", ExecutionStatus.FAILED: "failed"}.get(status, "skipped")
+        setattr(self, counter, getattr(self, counter) + 1)
+        if duration_ms is not None and status != ExecutionStatus.SKIPPED:
+            self.duration_count += 1
+            self.duration_sum_ms += duration_ms
+            self.duration_max_ms = max(self.duration_max_ms, duration_ms)
+            key = duration_bucket(duration_ms)
+            self.duration_histogram[key] = self.duration_histogram.get(key, 0) + 1
+
+
+def stats_deltas(rows: Iterable[tuple[int, int, str, str, int | None]]) -> dict[tuple[int, int], StatsDelta]:
+    """Group finished executions, given as (trigger_id, workflow_id, status, origin, duration_ms),
+    into one StatsDelta per (trigger, workflow). Fallback executions are left out: their slot
+    already counted as failed, and counting the fallback too would make a trigger's total exceed
+    its slots."""
+    deltas: dict[tuple[int, int], StatsDelta] = {}
+    for trigger_id, workflow_id, status, origin, duration_ms in rows:
+        if origin == ExecutionOrigin.FALLBACK:
+            continue
+        deltas.setdefault((trigger_id, workflow_id), StatsDelta()).add(status, duration_ms)
+    return deltas
+
+
 class ExecutionStats(models.Model):
     """Running counts of a trigger's finished executions, per workflow it called; pruning never lowers them.
 
@@ -504,3 +568,19 @@ class ExecutionStats(models.Model):
 
     def __str__(self) -> str:
         return f"stats of trigger {self.trigger_id} / workflow {self.workflow_id}"
+
+
+class BeatLease(models.Model):
+    """Which beat process runs the ordinary periodic tasks (recovery, retention, users' own).
+
+    Every beat dispatches triggers (their due rows are claimed with SKIP LOCKED, so each slot is
+    dispatched once however many beats run), but a plain PeriodicTask has no such claim: only the
+    beat holding this lease sends those, and when it dies another takes over once it expires.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=255, help_text="host:pid of the beat holding it.")
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder} until {self.expires_at:%H:%M:%S}"

@@ -21,6 +21,7 @@ from workflows.models import Workflow
 from . import timing
 from .exceptions import ScheduleError
 from .models import (
+    FINISHED_STATUSES,
     CatchupPolicy,
     DstPolicy,
     Execution,
@@ -29,10 +30,12 @@ from .models import (
     OverlapPolicy,
     Priority,
     SkipReason,
+    StatsDelta,
     Trigger,
     TriggerKind,
     TriggerStatus,
     histogram_quantile,
+    stats_deltas,
 )
 
 BEAT_STALE_SECONDS = 60
@@ -110,8 +113,9 @@ def workers_check(*, timeout: float = WORKER_PING_TIMEOUT_SECONDS) -> str:
 _COUNTERS = ("total", "succeeded", "failed", "skipped", "duration_count", "duration_sum_ms")
 
 
-def _summarize(rows: Iterable[ExecutionStats]) -> dict[str, Any]:
-    """Add up ExecutionStats rows into the figures a page shows (counts survive pruning)."""
+def _summarize(rows: Iterable[ExecutionStats | StatsDelta]) -> dict[str, Any]:
+    """Add up ExecutionStats rows (and executions not counted yet) into the figures a page shows
+    (counts survive pruning)."""
     sums = dict.fromkeys(_COUNTERS, 0)
     histogram: dict[str, int] = {}
     longest = 0
@@ -132,6 +136,12 @@ def _summarize(rows: Iterable[ExecutionStats]) -> dict[str, Any]:
         "avg_duration_ms": sums["duration_sum_ms"] / timed if timed else None,
         "p95_duration_ms": histogram_quantile(histogram, 0.95, max_ms=longest) if timed else None,
     }
+
+
+def _uncounted(executions: QuerySet[Execution]) -> list[StatsDelta]:
+    """The finished executions stats_fold has not counted yet, as deltas to add to the saved rows."""
+    rows = executions.filter(counted=False, status__in=FINISHED_STATUSES).order_by()
+    return list(stats_deltas(rows.values_list("trigger_id", "workflow_id", "status", "origin", "duration_ms")).values())
 
 
 def _last_statuses(executions: QuerySet[Execution], last: int) -> list[str]:
@@ -161,7 +171,9 @@ def trigger_stats(
     executions still kept; next_runs lists the next slots. Fallback executions are left out.
     """
     now = now or timezone.now()
-    figures = _summarize(ExecutionStats.objects.filter(trigger=trigger))
+    figures = _summarize(
+        [*ExecutionStats.objects.filter(trigger=trigger), *_uncounted(Execution.objects.filter(trigger=trigger))]
+    )
     figures["last_statuses"] = _last_statuses(Execution.objects.filter(trigger=trigger), last)
     figures["next_runs"] = _upcoming(trigger, now, next_count)
     return figures
@@ -176,7 +188,9 @@ def workflow_stats(
     {"at": datetime, "trigger_id": int, "trigger": name}.
     """
     now = now or timezone.now()
-    figures = _summarize(ExecutionStats.objects.filter(workflow=workflow))
+    figures = _summarize(
+        [*ExecutionStats.objects.filter(workflow=workflow), *_uncounted(Execution.objects.filter(workflow=workflow))]
+    )
     figures["last_statuses"] = _last_statuses(Execution.objects.filter(workflow=workflow), last)
     upcoming = [
         {"at": at, "trigger_id": trigger.pk, "trigger": trigger.name}

@@ -1,4 +1,5 @@
-"""Celery tasks: thin wrappers that take ids, call one service and return a short summary.
+"""Celery tasks: thin wrappers that take ids, call the services or the dispatch path, and return a
+short summary.
 
 Task names are explicit because PeriodicTask rows store them as strings.
 """
@@ -9,7 +10,7 @@ from datetime import datetime
 
 from celery import shared_task
 
-from . import services
+from . import dispatch, services
 
 # A killed worker's message goes back to the queue (acks_late + reject_on_worker_lost); the
 # claim in the services keeps the redelivery from calling a second time.
@@ -20,28 +21,28 @@ _RELIABLE = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": 
 def fire_trigger(trigger_id: int, scheduled_for: str | None = None) -> dict[str, object]:
     """Sent by beat when a trigger's slot falls due: claim the slot and make the first call."""
     slot = datetime.fromisoformat(scheduled_for) if scheduled_for else None
-    execution = services.trigger_fire(trigger_id=trigger_id, scheduled_for=slot)
+    execution = dispatch.trigger_fire(trigger_id=trigger_id, scheduled_for=slot)
     if execution is None:
         return {"trigger_id": trigger_id, "scheduled_for": scheduled_for, "status": "nothing to do"}
-    outcome = services.execution_perform(execution=execution)
+    outcome = dispatch.execution_perform(execution=execution)
     return {"execution_id": str(execution.pk), "attempt": 1, "status": outcome.status}
 
 
 @shared_task(name="schedules.run_execution", **_RELIABLE)
 def run_execution(execution_id: str, attempt: int) -> dict[str, object]:
     """Run one attempt of an execution (manual runs, retries and recovered executions)."""
-    execution = services.execution_claim(execution_id=execution_id, attempt=attempt)
+    execution = dispatch.execution_claim(execution_id=execution_id, attempt=attempt)
     if execution is None:
         return {"execution_id": execution_id, "attempt": attempt, "status": "nothing to do"}
-    outcome = services.execution_perform(execution=execution)
+    outcome = dispatch.execution_perform(execution=execution)
     return {"execution_id": execution_id, "attempt": execution.attempts, "status": outcome.status}
 
 
 @shared_task(name="schedules.recover_executions", ignore_result=True)
 def recover_executions() -> dict[str, int]:
-    """Periodic (beat): re-queue executions whose worker died and slots whose message was lost."""
-    report = services.executions_recover()
-    return {"executions": report.executions, "slots": report.slots}
+    """Periodic (beat): send again what was lost (see dispatch.executions_recover)."""
+    report = dispatch.executions_recover()
+    return {"executions": report.executions, "slots": report.slots, "deferred": report.deferred}
 
 
 @shared_task(name="schedules.notify_trigger_event", ignore_result=True)
@@ -57,6 +58,12 @@ def notify_trigger_event(
         return {"trigger_id": trigger_id, "status": "trigger gone"}
     execution = Execution.objects.filter(pk=execution_id).first() if execution_id else None
     return notifications.send(trigger, event, execution, detail or {})
+
+
+@shared_task(name="schedules.fold_stats", ignore_result=True)
+def fold_stats() -> dict[str, int]:
+    """Periodic (beat): count finished executions in ExecutionStats, a few thousand per transaction."""
+    return {"counted": services.stats_fold()}
 
 
 @shared_task(name="schedules.prune_executions", ignore_result=True)

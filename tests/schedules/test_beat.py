@@ -1,4 +1,4 @@
-"""schedules.beat: TriggerSchedule, TriggerEntry, TriggerScheduler.apply_async and rebuild()."""
+"""schedules.beat: TriggerScheduler (dispatch from the due index, the periodic-task lease), rebuild()."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery import schedules as celery_schedules
+from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
+from django_celery_beat.schedulers import ModelEntry
 
 from scheduler_project.celery import app as celery_app
-from schedules import beat, services, timing
+from schedules import beat, dispatch, services
 from schedules import tasks as _tasks  # noqa: F401 - registers the tasks with the app
-from schedules.beat import FIRE_TASK, TriggerEntry, TriggerSchedule, TriggerScheduler
-from schedules.models import Trigger
+from schedules.beat import FIRE_TASK, TriggerScheduler
+from schedules.models import BeatLease, Execution, ExecutionOrigin, ExecutionStatus, Trigger
 
 LA = "America/Los_Angeles"
 NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
@@ -28,11 +30,6 @@ def clock(at: datetime):
     return lambda: at
 
 
-def cron_schedule(expression: str, tz: str = "UTC", *, now: datetime) -> TriggerSchedule:
-    cadence = timing.Cadence(kind=timing.CRON, cron=timing.normalize_cron(expression), timezone=tz)
-    return TriggerSchedule(cadence, nowfun=clock(now), app=celery_app)
-
-
 def create(workflow, **overrides) -> Trigger:
     fields = {"owner": workflow.owner, "workflow": workflow, "name": "Morning", "kind": "cron", "cron": "0 9 * * *"}
     fields.update(overrides)
@@ -40,191 +37,173 @@ def create(workflow, **overrides) -> Trigger:
     return services.trigger_create(**fields)
 
 
-def entry_for(trigger: Trigger, *, now: datetime) -> TriggerEntry:
-    entry = TriggerEntry(PeriodicTask.objects.get(pk=trigger.periodic_task_id), app=celery_app)
-    entry.schedule.nowfun = clock(now)
-    return entry
-
-
-# --- TriggerSchedule.is_due ---------------------------------------------------------------------
-
-
-def test_trigger_schedule__cron_not_due_before_slot():
-    """Before the next slot the entry is not due and beat sleeps exactly until it."""
-    schedule = cron_schedule("0 9 * * *", now=utc(2027, 3, 11, 8, 59, 50))
-    assert schedule.is_due(utc(2027, 3, 10, 9)) == (False, 10.0)
-
-
-def test_trigger_schedule__cron_due_at_slot_then_waits_for_following():
-    """At the slot the entry is due, and the next check is at the following slot."""
-    now = utc(2027, 3, 11, 9, 0, 5)
-    due, wait = cron_schedule("0 9 * * *", now=now).is_due(utc(2027, 3, 10, 9))
-    assert due
-    assert wait == (utc(2027, 3, 12, 9) - now).total_seconds()
-
-
-def test_trigger_schedule__cron_in_zone_due_at_gap_end():
-    """A 02:30 Los Angeles job is due at 10:00Z on the spring-forward day, not before."""
-    last = utc(2027, 3, 13, 10, 30)
-    assert cron_schedule("30 2 * * *", LA, now=utc(2027, 3, 14, 9, 59, 59)).is_due(last) == (False, 1.0)
-    assert cron_schedule("30 2 * * *", LA, now=utc(2027, 3, 14, 10)).is_due(last).is_due
-
-
-def test_trigger_schedule__cron_not_due_again_in_repeated_hour():
-    """After the first 01:30 of the autumn fold, the second 01:30 (09:30Z) is not due."""
-    now = utc(2027, 11, 7, 9, 30, 5)
-    due, wait = cron_schedule("30 1 * * *", LA, now=now).is_due(utc(2027, 11, 7, 8, 30))
-    assert not due
-    assert wait == (utc(2027, 11, 8, 9, 30) - now).total_seconds()
-
-
-def test_trigger_schedule__interval_due_on_aligned_slots():
-    """An interval entry is due on each epoch-aligned slot after last_run_at."""
-    cadence = timing.Cadence(kind=timing.INTERVAL, interval_seconds=900)
-    last = utc(2027, 3, 10, 12)
-    assert TriggerSchedule(cadence, nowfun=clock(utc(2027, 3, 10, 12, 14)), app=celery_app).is_due(last) == (
-        False,
-        60.0,
-    )
-    assert TriggerSchedule(cadence, nowfun=clock(utc(2027, 3, 10, 12, 15)), app=celery_app).is_due(last) == (
-        True,
-        900.0,
-    )
-
-
-def test_trigger_schedule__interval_after_downtime_due_once_then_aligned():
-    """After missed slots the entry is due, and the next check is at the next aligned slot."""
-    cadence = timing.Cadence(kind=timing.INTERVAL, interval_seconds=900)
-    schedule = TriggerSchedule(cadence, nowfun=clock(utc(2027, 3, 10, 12, 47)), app=celery_app)
-    assert schedule.is_due(utc(2027, 3, 10, 12)) == (True, 780.0)
-    assert schedule.latest_slot() == utc(2027, 3, 10, 12, 45)
-
-
-def test_trigger_schedule__once_due_only_at_run_at():
-    """A once entry is due from run_at until it has run, then never again."""
-    cadence = timing.Cadence(kind=timing.ONCE, run_at=utc(2027, 3, 10, 12, 30))
-    before = TriggerSchedule(cadence, nowfun=clock(utc(2027, 3, 10, 12, 29)), app=celery_app)
-    after = TriggerSchedule(cadence, nowfun=clock(utc(2027, 3, 10, 12, 31)), app=celery_app)
-    assert before.is_due(utc(2027, 3, 10, 12)) == (False, 60.0)
-    assert after.is_due(utc(2027, 3, 10, 12)).is_due
-    assert not after.is_due(utc(2027, 3, 10, 12, 30)).is_due
-
-
-def test_trigger_schedule__remaining_estimate_to_next_slot():
-    """remaining_estimate is the time from now to the next slot after last_run_at."""
-    schedule = cron_schedule("0 9 * * *", now=utc(2027, 3, 11, 8))
-    assert schedule.remaining_estimate(utc(2027, 3, 10, 9)) == timedelta(hours=1)
-
-
-# --- TriggerEntry -------------------------------------------------------------------------------
-
-
-def test_trigger_entry__trigger_task_scheduled_by_trigger_schedule(workflow):
-    """A trigger's PeriodicTask is scheduled by a TriggerSchedule with the trigger's cadence."""
-    trigger = create(workflow, cron="0 9 * * MON-FRI", timezone_name=LA)
-    entry = entry_for(trigger, now=NOW)
-    assert isinstance(entry.schedule, TriggerSchedule)
-    assert entry.schedule.cadence == trigger.cadence
-
-
-def test_trigger_entry__other_task_keeps_celery_schedule(db):
-    """A PeriodicTask that is not a trigger's keeps django-celery-beat's own schedule."""
-    interval = IntervalSchedule.objects.create(every=2, period=IntervalSchedule.SECONDS)
-    model = PeriodicTask.objects.create(name="recover", task="schedules.recover_executions", interval=interval)
-    entry = TriggerEntry(model, app=celery_app)
-    assert isinstance(entry.schedule, celery_schedules.schedule)
-    assert not isinstance(entry.schedule, TriggerSchedule)
-
-
-def test_trigger_entry__due_at_first_slot_after_create(workflow):
-    """The entry of a new trigger is due at its first slot, not before."""
-    trigger = create(workflow)
-    assert not entry_for(trigger, now=utc(2027, 3, 11, 8, 59)).is_due().is_due
-    assert entry_for(trigger, now=utc(2027, 3, 11, 9, 0, 1)).is_due().is_due
-
-
-def test_trigger_entry__next_stores_fired_slot_not_wall_clock(workflow):
-    """Advancing the entry records the slot fired (09:00:00), not the time beat got to it."""
-    trigger = create(workflow)
-    entry = entry_for(trigger, now=utc(2027, 3, 11, 9, 0, 7))
-    following = next(entry)
-    assert entry.fired_slot == utc(2027, 3, 11, 9)
-    assert entry.model.last_run_at == utc(2027, 3, 11, 9)
-    assert following.last_run_at == utc(2027, 3, 11, 9)
-    assert following.model.total_run_count == 1
-    assert isinstance(following, TriggerEntry) and isinstance(following.schedule, TriggerSchedule)
-    following.schedule.nowfun = clock(utc(2027, 3, 11, 9, 0, 30))
-    assert not following.is_due().is_due
-
-
-def test_trigger_entry__after_downtime_records_latest_missed_slot(workflow):
-    """After beat was down for days, the entry fires once and records the latest slot."""
-    trigger = create(workflow)
-    entry = entry_for(trigger, now=utc(2027, 3, 14, 11))
-    assert entry.is_due().is_due
-    following = next(entry)
-    assert following.last_run_at == utc(2027, 3, 14, 9)
-    following.schedule.nowfun = clock(utc(2027, 3, 14, 11, 0, 1))
-    assert not following.is_due().is_due
-
-
-# --- TriggerScheduler.apply_async ---------------------------------------------------------------
+# --- TriggerScheduler ---------------------------------------------------------------------------
 
 
 @pytest.fixture
-def scheduler():
-    instance = TriggerScheduler(app=celery_app, lazy=True, Producer=lambda *args, **kwargs: None)
-    instance._last_sync = time.monotonic()  # no write-back to the database during the test
-    yield instance
-    instance._finalize.cancel()
+def published(monkeypatch):
+    """What the dispatch path hands to the broker (attempts), with a switch to refuse them."""
+    state = {"attempts": [], "refuse": False}
+
+    def publish(attempts, *, producer=None):
+        if state["refuse"]:
+            return 0, ConnectionRefusedError("broker down")
+        state["attempts"].extend(attempts)
+        return len(attempts), None
+
+    monkeypatch.setattr(dispatch, "publish", publish)
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: 0)
+    return state
 
 
 @pytest.fixture
-def sent(monkeypatch):
-    """Messages the scheduler publishes, by task name: (args, kwargs, options)."""
-    messages: dict[str, list] = {}
-    for name in (FIRE_TASK, "schedules.recover_executions"):
-        task = celery_app.tasks[name]
+def make_scheduler(monkeypatch):
+    made = []
 
-        def record(args=None, kwargs=None, *, _name=name, **options):
-            messages.setdefault(_name, []).append((args, kwargs, options))
+    def make():
+        instance = TriggerScheduler(app=celery_app, lazy=True)
+        instance._last_sync = time.monotonic()  # no write-back to the database during the test
+        # The ordinary periodic tasks are django-celery-beat's business: not sent in these tests.
+        monkeypatch.setattr(instance, "apply_async", lambda entry, *args, **kwargs: None)
+        made.append(instance)
+        return instance
 
-        monkeypatch.setattr(task, "apply_async", record)
-    return messages
-
-
-def test_trigger_scheduler_apply_async__adds_scheduled_for(workflow, scheduler, sent):
-    """The message for a trigger names the slot it fires for; the stored kwargs stay as they were."""
-    trigger = create(workflow)
-    entry = entry_for(trigger, now=utc(2027, 3, 11, 9, 0, 7))
-    scheduler.apply_async(entry, producer=object())
-    ((args, kwargs, _),) = sent[FIRE_TASK]
-    assert kwargs == {"trigger_id": trigger.pk, "scheduled_for": "2027-03-11T09:00:00+00:00"}
-    assert entry.kwargs == {"trigger_id": trigger.pk}
-    assert json.loads(entry.model.kwargs) == {"trigger_id": trigger.pk}
-    assert entry.model.last_run_at == utc(2027, 3, 11, 9)
+    yield make
+    for instance in made:
+        instance._finalize.cancel()
 
 
-def test_trigger_scheduler_apply_async__names_reserved_slot_even_if_clock_moved(workflow, scheduler, sent):
-    """As in beat's tick (reserve, then send): the message names the slot reserved, not a later one."""
-    trigger = create(workflow)
-    entry = entry_for(trigger, now=utc(2027, 3, 11, 9, 0, 7))
-    scheduler.reserve(entry)
-    entry.schedule.nowfun = clock(utc(2027, 3, 12, 9, 0, 3))  # a slow publish, past the next slot
-    scheduler.apply_async(entry, producer=object(), advance=False)
-    ((_, kwargs, _),) = sent[FIRE_TASK]
-    assert kwargs["scheduled_for"] == "2027-03-11T09:00:00+00:00"
-
-
-def test_trigger_scheduler_apply_async__other_tasks_unchanged(db, scheduler, sent):
-    """Entries that are not triggers are sent with their own kwargs only."""
-    interval = IntervalSchedule.objects.create(every=2, period=IntervalSchedule.SECONDS)
-    model = PeriodicTask.objects.create(
-        name="recover", task="schedules.recover_executions", interval=interval, kwargs="{}"
+def every_second(workflow, name="Every second", **overrides) -> Trigger:
+    """An interval trigger created a few seconds ago: its next slot is already due."""
+    return services.trigger_create(
+        owner=workflow.owner,
+        workflow=workflow,
+        name=name,
+        kind="interval",
+        interval_seconds=1,
+        now=timezone.now() - timedelta(seconds=5),
+        **overrides,
     )
-    scheduler.apply_async(TriggerEntry(model, app=celery_app), producer=object())
-    ((_, kwargs, _),) = sent["schedules.recover_executions"]
-    assert kwargs == {}
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler__loads_only_the_ordinary_periodic_tasks(workflow, make_scheduler):
+    """Trigger PeriodicTasks stay in the database (the record) but never become beat entries."""
+    for index in range(3):
+        create(workflow, name=f"t{index}")
+    interval = IntervalSchedule.objects.create(every=30, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="users-own", task="celery.backend_cleanup", interval=interval)
+    scheduler = make_scheduler()
+    names = set(scheduler.schedule)
+    assert "users-own" in names
+    assert not any(name.startswith(beat.NAME_PREFIX) for name in names)
+    assert PeriodicTask.objects.filter(task=FIRE_TASK).count() == 3
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler_tick__dispatches_due_trigger_once(workflow, make_scheduler, published):
+    """A due trigger gets its slot's execution and one published attempt; the next tick sends nothing more."""
+    trigger = every_second(workflow)
+    due_slot = Trigger.objects.get(pk=trigger.pk).next_run_at
+    scheduler = make_scheduler()
+    scheduler.tick()
+    execution = Execution.objects.get(trigger=trigger, origin=ExecutionOrigin.SCHEDULE)
+    assert execution.scheduled_for >= due_slot
+    assert execution.status == ExecutionStatus.QUEUED and execution.sent_at is not None
+    assert [(a.execution_id, a.attempt) for a in published["attempts"]] == [(str(execution.pk), 1)]
+    trigger.refresh_from_db()
+    assert trigger.next_run_at > execution.scheduled_for
+    count = len(published["attempts"])
+    Trigger.objects.filter(pk=trigger.pk).update(next_run_at=timezone.now() + timedelta(hours=1))
+    scheduler.tick()
+    assert len(published["attempts"]) == count
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler_tick__sleeps_until_next_due_within_poll(workflow, make_scheduler, published, settings):
+    """Nothing due: beat sleeps until the soonest trigger falls due, at most the poll interval."""
+    settings.SCHEDULER_BEAT_POLL_SECONDS = 1
+    trigger = create(workflow)
+    soon = timezone.now() + timedelta(milliseconds=400)
+    Trigger.objects.filter(pk=trigger.pk).update(next_run_at=soon)
+    scheduler = make_scheduler()
+    wait = scheduler.tick()
+    assert 0 < wait <= 0.45
+    Trigger.objects.filter(pk=trigger.pk).update(next_run_at=timezone.now() + timedelta(hours=1))
+    assert scheduler.tick() == pytest.approx(1.0, abs=0.01)
+    assert published["attempts"] == []
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler_tick__sees_an_edit_without_reload(workflow, make_scheduler, published):
+    """A trigger made due by an edit is dispatched at the next tick; beat never reloads trigger tasks."""
+    trigger = create(workflow)
+    scheduler = make_scheduler()
+    scheduler.tick()
+    assert published["attempts"] == []
+    # As if edited a moment ago: its first slot under the new schedule is due now.
+    services.trigger_update(
+        trigger=trigger, kind="interval", cron="", interval_seconds=1, now=timezone.now() - timedelta(seconds=2)
+    )
+    scheduler.tick()
+    assert Execution.objects.filter(trigger=trigger, origin=ExecutionOrigin.SCHEDULE).count() == 1
+    assert len(published["attempts"]) == 1
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler_tick__broker_down_holds_dispatch(workflow, make_scheduler, published, monkeypatch):
+    """A refused publish leaves its execution in the ledger, and no further slot is dispatched until
+    the broker answers again; then the waiting slots are handled by their catch-up policy."""
+    first = every_second(workflow, name="first")
+    scheduler = make_scheduler()
+    published["refuse"] = True
+    scheduler.tick()
+    ledgered = Execution.objects.get(trigger=first, origin=ExecutionOrigin.SCHEDULE)
+    assert ledgered.sent_at is None and ledgered.status == ExecutionStatus.QUEUED
+    second = every_second(workflow, name="second")
+    monkeypatch.setattr(scheduler, "_broker_reachable", lambda: False)
+    scheduler.tick()
+    assert not Execution.objects.filter(trigger=second).exists()
+    published["refuse"] = False
+    monkeypatch.setattr(scheduler, "_broker_reachable", lambda: True)
+    scheduler.tick()
+    assert Execution.objects.filter(trigger=second, status=ExecutionStatus.QUEUED).count() == 1
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler__one_lease_holder_sends_periodic_tasks(db, make_scheduler):
+    """Of two beats only one holds the periodic-task lease; when it closes, the other takes over."""
+    first, second = make_scheduler(), make_scheduler()
+    assert first._holds_lease() is True
+    assert second._holds_lease() is False
+    first.close()
+    second._lease_checked_at = float("-inf")
+    assert second._holds_lease() is True
+
+
+def test_lease_acquire__expired_lease_is_taken_over(db):
+    """A holder that stopped renewing loses the lease once it expires, not before."""
+    now = timezone.now()
+    assert beat.lease_acquire(name="x", holder="a", ttl_seconds=4, now=now)
+    assert not beat.lease_acquire(name="x", holder="b", ttl_seconds=4, now=now + timedelta(seconds=3))
+    assert beat.lease_acquire(name="x", holder="a", ttl_seconds=4, now=now + timedelta(seconds=3))
+    assert beat.lease_acquire(name="x", holder="b", ttl_seconds=4, now=now + timedelta(seconds=8))
+    assert BeatLease.objects.get(name="x").holder == "b"
+
+
+def test_tasks_mark_run__records_slot_on_periodic_tasks(workflow):
+    """Dispatch writes each trigger task's last slot and run count (what stock beat would continue from)."""
+    trigger = create(workflow)
+    slot = utc(2027, 3, 11, 9)
+    beat.tasks_mark_run({slot: [trigger.periodic_task_id]})
+    task = PeriodicTask.objects.get(pk=trigger.periodic_task_id)
+    assert (task.last_run_at, task.total_run_count) == (slot, 1)
 
 
 # --- rebuild ------------------------------------------------------------------------------------
@@ -313,9 +292,9 @@ def test_rebuild__tells_beat_the_schedule_changed(workflow):
 
 
 @pytest.mark.parametrize("cron", ["0 12 * * 5-7", "0 12 * * 1/2", "0 12 * * 0-7"])
-def test_trigger_entry__sunday_as_7_in_range_loads(workflow, cron):
-    """A day-of-week range ending in 7 (Sunday) loads into beat (celery's crontab rejects 7 > 6)."""
+def test_trigger_task__sunday_as_7_in_range_loads_in_stock_scheduler(workflow, cron):
+    """A day-of-week range ending in 7 (Sunday) is stored so stock DatabaseScheduler can load it
+    (celery's crontab rejects 7 > 6)."""
     trigger = create(workflow, cron=cron)
-    entry = entry_for(trigger, now=NOW)
-    assert isinstance(entry.schedule, TriggerSchedule)
-    assert trigger.periodic_task.crontab.schedule is not None
+    entry = ModelEntry(PeriodicTask.objects.get(pk=trigger.periodic_task_id), app=celery_app)
+    assert isinstance(entry.schedule, celery_schedules.crontab)

@@ -18,7 +18,7 @@ from django_celery_beat.models import PeriodicTask
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from schedules import notifications, services, tasks
+from schedules import dispatch, notifications, services, tasks
 from schedules.exceptions import TriggerStateError
 from schedules.models import Execution, ExecutionOrigin, ExecutionStatus, SkipReason, Trigger, TriggerStatus
 from tests.factories import UserFactory, WorkflowFactory
@@ -56,11 +56,11 @@ def create(workflow, **overrides) -> Trigger:
 
 
 def fire(trigger: Trigger, slot: datetime, now: datetime | None = None) -> Execution | None:
-    return services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=now or slot)
+    return dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=now or slot)
 
 
 def claim(execution: Execution, now: datetime, attempt: int = 1) -> Execution | None:
-    return services.execution_claim(execution_id=execution.pk, attempt=attempt, now=now)
+    return dispatch.execution_claim(execution_id=execution.pk, attempt=attempt, now=now)
 
 
 def slot_of(trigger: Trigger, slot: datetime) -> Execution:
@@ -92,17 +92,21 @@ class Message(NamedTuple):
 
 @pytest.fixture
 def enqueued(monkeypatch):
-    """Records what the services would send to the broker after commit: attempts and fires."""
-    sent: dict[str, list] = {"attempts": [], "fires": []}
+    """Records what the services would send to the broker after commit (attempts)."""
+    sent: dict[str, list] = {"attempts": []}
 
     def attempt(execution_id, attempt, *, queue="normal", countdown=None, robust=True):
         sent["attempts"].append(Message(str(execution_id), attempt, countdown, queue))
 
-    def fire_slot(trigger, slot):
-        sent["fires"].append((trigger.pk, slot))
+    def publish(attempts, *, producer=None):
+        sent["attempts"].extend(
+            Message(message.execution_id, message.attempt, message.countdown, message.queue) for message in attempts
+        )
+        return len(attempts), None
 
-    monkeypatch.setattr(services, "_enqueue_attempt", attempt)
-    monkeypatch.setattr(services, "_enqueue_fire", fire_slot)
+    monkeypatch.setattr(dispatch, "_enqueue_attempt", attempt)
+    monkeypatch.setattr(dispatch, "publish", publish)
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: 0)
     return sent
 
 
@@ -111,7 +115,7 @@ def messages_for(enqueued, execution: Execution) -> list[Message]:
 
 
 class Clock:
-    """What timezone.now() returns inside schedules.services."""
+    """What timezone.now() returns inside schedules.dispatch."""
 
     def __init__(self, now: datetime) -> None:
         self.at = now
@@ -124,7 +128,7 @@ class Clock:
 def clock(monkeypatch):
     """Time travel for the services that take no now= (execution_perform and the attempt it records)."""
     fake = Clock(NOW)
-    monkeypatch.setattr(services, "timezone", fake)
+    monkeypatch.setattr(dispatch, "timezone", fake)
     return fake
 
 
@@ -145,7 +149,7 @@ def perform(clock, monkeypatch):
     """Runs one claimed attempt at a given time; the endpoint answers ``answer`` (a result or an error)."""
     calls = []
 
-    def run(execution: Execution, answer, *, now: datetime) -> services.AttemptOutcome:
+    def run(execution: Execution, answer, *, now: datetime) -> dispatch.AttemptOutcome:
         def endpoint(call):
             calls.append(call)
             if isinstance(answer, Exception):
@@ -153,8 +157,8 @@ def perform(clock, monkeypatch):
             return answer
 
         clock.at = now
-        monkeypatch.setattr(services, "call_workflow", endpoint)
-        return services.execution_perform(execution=Execution.objects.get(pk=execution.pk))
+        monkeypatch.setattr(dispatch, "call_workflow", endpoint)
+        return dispatch.execution_perform(execution=Execution.objects.get(pk=execution.pk))
 
     run.calls = calls
     return run
@@ -218,13 +222,13 @@ def test_trigger_pause__once_before_run_at_never_runs(workflow, enqueued):
     services.trigger_pause(trigger=trigger, now=NOW + timedelta(minutes=5))
     assert not fire_task(trigger).enabled
     assert fire(trigger, run_at) is None
-    assert services.executions_recover(now=run_at + timedelta(minutes=5)).slots == 0
+    assert dispatch.executions_recover(now=run_at + timedelta(minutes=5)).slots == 0
     resumed = services.trigger_resume(trigger=trigger, now=run_at + timedelta(minutes=10))
     assert resumed.next_run_at is None
     assert not fire_task(trigger).enabled
     assert fire(trigger, run_at, now=run_at + timedelta(minutes=11)) is None
     assert not Execution.objects.exists()
-    assert enqueued["fires"] == []
+    assert enqueued["attempts"] == []
 
 
 # --- interval -----------------------------------------------------------------------------------
@@ -333,7 +337,7 @@ def test_trigger_fire__jitter_delays_due_at_and_keeps_slot(workflow, enqueued, m
         drawn.append((low, high))
         return 42.5
 
-    monkeypatch.setattr(services.random, "uniform", uniform)
+    monkeypatch.setattr(dispatch.random, "uniform", uniform)
     trigger = create(workflow, jitter_seconds=60)
     assert fire(trigger, at(13)) is None
     execution = slot_of(trigger, at(13))
@@ -505,12 +509,11 @@ def test_trigger_resume__slots_of_the_pause_never_run(workflow, enqueued, catchu
     trigger = create(workflow, catchup=catchup, catchup_window_seconds=86400)
     services.trigger_pause(trigger=trigger, now=at(12, 30))
     services.trigger_resume(trigger=trigger, now=at(16, 30))
-    assert services.executions_recover(now=at(16, 31)).slots == 0
+    assert dispatch.executions_recover(now=at(16, 31)).slots == 0
     assert fire(trigger, at(15), now=at(16, 32)) is None  # a paused slot's message, delivered late
     fire(trigger, at(19), now=at(19, 0, 5))  # beat was down after the resume too
     slots = sorted(trigger.executions.values_list("scheduled_for", flat=True))
     assert slots == [at(17), at(18), at(19)]
-    assert enqueued["fires"] == []
 
 
 def test_trigger_update__reenabling_never_runs_slots_of_the_pause(workflow, enqueued):
@@ -660,7 +663,7 @@ def test_trigger_create__retry_policy_defaults_copied_from_workflow(user):
 def test_backoff_interval__matches_cloud_scheduler_example():
     """min 10 s, max 300 s, 3 doublings: 10, 20, 40, 80, 160, 240, 300, 300 (Cloud Scheduler's RetryConfig)."""
     intervals = [
-        services.backoff_interval(retry=n, min_backoff=10, max_backoff=300, max_doublings=3) for n in range(1, 9)
+        dispatch.backoff_interval(retry=n, min_backoff=10, max_backoff=300, max_doublings=3) for n in range(1, 9)
     ]
     assert intervals == [10, 20, 40, 80, 160, 240, 300, 300]
 
@@ -678,14 +681,14 @@ class _Edge:
 def test_backoff_seconds__full_jitter_bands_never_shrink():
     """Attempt n waits within [interval n, interval n+1]: each band starts where the previous one ends."""
     policy = {"min_backoff": 10, "max_backoff": 300, "max_doublings": 3}
-    lows = [services.backoff_seconds(attempt=n, rng=_Edge(False), **policy) for n in range(1, 10)]
-    highs = [services.backoff_seconds(attempt=n, rng=_Edge(True), **policy) for n in range(1, 10)]
+    lows = [dispatch.backoff_seconds(attempt=n, rng=_Edge(False), **policy) for n in range(1, 10)]
+    highs = [dispatch.backoff_seconds(attempt=n, rng=_Edge(True), **policy) for n in range(1, 10)]
     assert lows == [10, 20, 40, 80, 160, 240, 300, 300, 300]
     assert highs == [20, 40, 80, 160, 240, 300, 300, 300, 300]
     assert all(lows[n + 1] >= highs[n] for n in range(8))
     rng = random.Random(3)
     for _ in range(20):
-        waits = [services.backoff_seconds(attempt=n, rng=rng, **policy) for n in range(1, 10)]
+        waits = [dispatch.backoff_seconds(attempt=n, rng=rng, **policy) for n in range(1, 10)]
         assert waits == sorted(waits)
         assert all(low <= wait <= high for low, wait, high in zip(lows, waits, highs, strict=True))
 
@@ -730,9 +733,9 @@ def test_execution_perform__long_wait_held_in_database_until_recovery(workflow, 
     assert due == at(13, 0, 1) + timedelta(seconds=outcome.retry_in_seconds)
     assert execution.lease_expires_at == due
     assert enqueued["attempts"] == []
-    assert services.executions_recover(now=due - timedelta(seconds=1)).executions == 0
+    assert dispatch.executions_recover(now=due - timedelta(seconds=1)).executions == 0
     assert enqueued["attempts"] == []
-    assert services.executions_recover(now=due).executions == 1
+    assert dispatch.executions_recover(now=due).executions == 1
     assert enqueued["attempts"] == [Message(str(execution.pk), 2, None, "normal")]
     assert claim(execution, due, attempt=2).attempts == 2
 
@@ -944,18 +947,19 @@ def test_execution_perform__failed_fallback_spawns_nothing_and_is_not_counted(us
 def test_trigger_priority__messages_and_periodic_task_use_its_queue(
     workflow, priority, monkeypatch, django_capture_on_commit_callbacks
 ):
-    """Beat's PeriodicTask, run_execution and fire_trigger messages all go to the trigger's priority queue."""
+    """Beat's PeriodicTask and every run_execution message (run now, a fire, recovery's re-sends and the
+    slots it dispatches) go to the trigger's priority queue."""
     sent = []
-    monkeypatch.setattr(tasks.run_execution, "apply_async", lambda **kw: sent.append(("run", kw["queue"])))
-    monkeypatch.setattr(tasks.fire_trigger, "apply_async", lambda **kw: sent.append(("fire", kw["queue"])))
-    trigger = create(workflow, priority=priority, jitter_seconds=30)
+    monkeypatch.setattr(tasks.run_execution, "apply_async", lambda **kw: sent.append(kw["queue"]))
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: 0)
+    trigger = create(workflow, priority=priority, jitter_seconds=30, overlap="allow")
     assert fire_task(trigger).queue == priority
     with django_capture_on_commit_callbacks(execute=True):
         services.trigger_run_now(trigger=trigger, now=at(12, 5))
         fire(trigger, at(13))  # jittered: sent with a countdown
-        services.executions_recover(now=at(16))  # re-sends both, and fires 16:00 (next_run_at 14:00 overdue)
-    assert {kind for kind, _ in sent} == {"run", "fire"}
-    assert {queue for _, queue in sent} == {priority}
+        report = dispatch.executions_recover(now=at(16))  # re-sends both, and dispatches 16:00 (14:00 overdue)
+    assert (report.executions, report.slots) == (2, 1)
+    assert len(sent) == 5 and set(sent) == {priority}
 
 
 def test_trigger_update__priority_change_moves_periodic_task_queue(workflow):
@@ -1137,8 +1141,8 @@ def test_executions_recover__expired_running_becomes_retrying_and_resent(workflo
     trigger = create(workflow, priority="high")
     execution = fire(trigger, at(13))
     assert execution.lease_expires_at == at(13) + TIMEOUT + GRACE
-    assert services.executions_recover(now=at(13, 0, 7)).executions == 0
-    assert services.executions_recover(now=at(13, 0, 8)).executions == 1
+    assert dispatch.executions_recover(now=at(13, 0, 7)).executions == 0
+    assert dispatch.executions_recover(now=at(13, 0, 8)).executions == 1
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.RETRYING
     assert execution.error == "worker lost during attempt 1"
@@ -1155,10 +1159,10 @@ def test_executions_recover__waiting_execution_with_lost_wakeup_resent(workflow,
     Execution.objects.filter(pk=current.pk).update(lease_expires_at=at(15))  # its worker is alive
     assert claim(waiting, at(14, 0, 1)) is None  # held until 14:00:04
     enqueued["attempts"].clear()
-    assert services.executions_recover(now=at(14, 0, 2)).executions == 0
+    assert dispatch.executions_recover(now=at(14, 0, 2)).executions == 0
     perform(current, ok(), now=at(14, 0, 10))
     enqueued["attempts"].clear()  # the wake-up message is lost
-    assert services.executions_recover(now=at(14, 0, 11)).executions == 1
+    assert dispatch.executions_recover(now=at(14, 0, 11)).executions == 1
     assert enqueued["attempts"] == [Message(str(waiting.pk), 1, None, "normal")]
     assert claim(waiting, at(14, 0, 12)).status == ExecutionStatus.RUNNING
 
@@ -1167,12 +1171,14 @@ def test_executions_recover__overdue_trigger_gets_latest_slot_fired(workflow, en
     """A trigger whose next_run_at is overdue past SCHEDULER_MISSED_SLOT_GRACE_SECONDS gets its latest slot fired."""
     settings.SCHEDULER_MISSED_SLOT_GRACE_SECONDS = 90
     trigger = create(workflow)
-    assert services.executions_recover(now=at(13, 1, 29)).slots == 0
-    assert enqueued["fires"] == []
-    assert services.executions_recover(now=at(15, 10)).slots == 1
-    assert enqueued["fires"] == [(trigger.pk, at(15))]
-    assert fire(trigger, at(15), now=at(15, 10)) is not None
-    assert by_status(trigger) == {"skipped:missed": [at(13), at(14)], "running": [at(15)]}
+    assert dispatch.executions_recover(now=at(13, 1, 29)).slots == 0
+    assert enqueued["attempts"] == []
+    assert dispatch.executions_recover(now=at(15, 10)).slots == 1
+    assert by_status(trigger) == {"skipped:missed": [at(13), at(14)], "queued": [at(15)]}
+    assert enqueued["attempts"] == [Message(str(slot_of(trigger, at(15)).pk), 1, None, "normal")]
+    # The slot is dispatched: a later fire message for it (stock beat's, say) changes nothing.
+    assert fire(trigger, at(15), now=at(15, 10)) is None
+    assert dispatch.executions_recover(now=at(15, 11)).slots == 0
 
 
 def test_execution_claim__concurrency_is_first_come_first_served(user, enqueued, perform):
@@ -1232,11 +1238,10 @@ def test_trigger_fire__late_handling_never_jumps_over_a_due_slot(user, enqueued)
     fire(trigger, first, now=first + timedelta(seconds=45))  # handled after 13:00:30 fell due
     trigger.refresh_from_db()
     assert trigger.next_run_at == first + timedelta(seconds=30)
-    # 13:00:30's own message is lost; once it is overdue, recovery fires the latest slot, and that fire
+    # 13:00:30's own message is lost; once it is overdue, recovery dispatches the latest slot, which
     # records 13:00:30 as missed (catch-up latest) rather than leaving no trace of it.
     later = first + timedelta(seconds=30 + 45)
-    services.executions_recover(now=later)
-    assert enqueued["fires"] == [(trigger.pk, first + timedelta(seconds=60))]
-    fire(trigger, first + timedelta(seconds=60), now=later)
+    assert dispatch.executions_recover(now=later).slots == 1
+    assert slot_of(trigger, first + timedelta(seconds=60)).status == ExecutionStatus.QUEUED
     lost = slot_of(trigger, first + timedelta(seconds=30))
     assert (lost.status, lost.skip_reason) == (ExecutionStatus.SKIPPED, SkipReason.MISSED)

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, IntervalSchedule, PeriodicTask
 
-from schedules import services
+from schedules import dispatch, services
 from schedules.beat import FIRE_TASK
 from schedules.exceptions import InvalidCron, TriggerStateError
 from schedules.models import Execution, ExecutionStatus, Trigger
@@ -50,16 +50,18 @@ def fire_tasks() -> PeriodicTask:
 @pytest.fixture
 def enqueued(monkeypatch):
     """Records what the services would send to the broker after commit."""
-    sent: dict[str, list] = {"attempts": [], "fires": []}
+    sent: dict[str, list] = {"attempts": []}
 
     def attempt(execution_id, attempt, *, countdown=None, **options):
         sent["attempts"].append((str(execution_id), attempt, countdown))
 
-    def fire(trigger, slot):
-        sent["fires"].append((trigger.pk, slot))
+    def publish(attempts, *, producer=None):
+        sent["attempts"].extend((message.execution_id, message.attempt, message.countdown) for message in attempts)
+        return len(attempts), None
 
-    monkeypatch.setattr(services, "_enqueue_attempt", attempt)
-    monkeypatch.setattr(services, "_enqueue_fire", fire)
+    monkeypatch.setattr(dispatch, "_enqueue_attempt", attempt)
+    monkeypatch.setattr(dispatch, "publish", publish)
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: 0)
     return sent
 
 
@@ -86,7 +88,7 @@ def ok(run_id="run-1") -> CallResult:
 def endpoint(monkeypatch):
     def install(*answers):
         fake = FakeEndpoint(*answers)
-        monkeypatch.setattr(services, "call_workflow", fake)
+        monkeypatch.setattr(dispatch, "call_workflow", fake)
         return fake
 
     return install
@@ -304,8 +306,9 @@ def test_trigger_resume__paused_slots_not_recovered(workflow, enqueued):
     services.trigger_pause(trigger=trigger, now=NOW)
     resume_at = utc(2027, 3, 14, 10)
     services.trigger_resume(trigger=trigger, now=resume_at)
-    report = services.executions_recover(now=resume_at + timedelta(minutes=5))
-    assert report.slots == 0 and enqueued["fires"] == []
+    report = dispatch.executions_recover(now=resume_at + timedelta(minutes=5))
+    assert report.slots == 0 and enqueued["attempts"] == []
+    assert not Execution.objects.filter(trigger=trigger).exists()
 
 
 def test_trigger_delete__removes_periodic_task(workflow):
@@ -333,7 +336,7 @@ def test_trigger_fire__creates_running_execution_with_merged_inputs(user):
     workflow = WorkflowFactory(owner=user, default_inputs={"region": "us", "report": "daily"})
     trigger = create(workflow, inputs={"report": "weekly"})
     slot, now = utc(2027, 3, 11, 9), utc(2027, 3, 11, 9, 0, 2)
-    execution = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=now)
+    execution = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=now)
     assert execution is not None
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.RUNNING
@@ -352,8 +355,8 @@ def test_trigger_fire__second_delivery_calls_nothing(workflow):
     """A second fire of the same slot returns None and creates nothing."""
     trigger = create(workflow)
     slot = utc(2027, 3, 11, 9)
-    first = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot + timedelta(seconds=1))
-    second = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot + timedelta(seconds=2))
+    first = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot + timedelta(seconds=1))
+    second = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot + timedelta(seconds=2))
     assert first is not None
     assert second is None
     assert Execution.objects.count() == 1
@@ -363,7 +366,7 @@ def test_trigger_fire__second_delivery_calls_nothing(workflow):
 def test_trigger_fire__slot_not_of_this_trigger_ignored(workflow):
     """A slot that is not one of the trigger's slots (e.g. from before an edit) is ignored."""
     trigger = create(workflow, cron="0 9 * * *")
-    assert services.trigger_fire(trigger_id=trigger.pk, scheduled_for=utc(2027, 3, 11, 9, 30), now=NOW) is None
+    assert dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=utc(2027, 3, 11, 9, 30), now=NOW) is None
     assert not Execution.objects.exists()
 
 
@@ -372,7 +375,7 @@ def test_trigger_fire__paused_trigger_fires_nothing(workflow):
     trigger = create(workflow)
     services.trigger_pause(trigger=trigger, now=NOW)
     slot = utc(2027, 3, 11, 9)
-    assert services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot) is None
+    assert dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot) is None
     assert not Execution.objects.exists()
 
 
@@ -380,7 +383,7 @@ def test_trigger_fire__deleted_trigger_fires_nothing(workflow):
     """A message for a trigger that no longer exists does nothing."""
     trigger = create(workflow)
     services.trigger_delete(trigger=trigger)
-    assert services.trigger_fire(trigger_id=trigger.pk, scheduled_for=utc(2027, 3, 11, 9), now=NOW) is None
+    assert dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=utc(2027, 3, 11, 9), now=NOW) is None
     assert not Execution.objects.exists()
 
 
@@ -388,7 +391,7 @@ def test_trigger_fire__once_trigger_goes_quiet_after_firing(workflow):
     """After its slot fires, a once trigger has no next run and its PeriodicTask is disabled."""
     run_at = NOW + timedelta(hours=1)
     trigger = create(workflow, kind="once", cron="", run_at=run_at)
-    execution = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=run_at, now=run_at + timedelta(seconds=1))
+    execution = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=run_at, now=run_at + timedelta(seconds=1))
     assert execution is not None
     trigger.refresh_from_db()
     assert trigger.next_run_at is None
@@ -398,7 +401,7 @@ def test_trigger_fire__once_trigger_goes_quiet_after_firing(workflow):
 def test_trigger_fire__without_slot_picks_latest_slot(workflow):
     """scheduled_for=None fires the latest slot at or before now."""
     trigger = create(workflow, cron="*/15 * * * *")
-    execution = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=None, now=utc(2027, 3, 10, 13, 7, 30))
+    execution = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=None, now=utc(2027, 3, 10, 13, 7, 30))
     assert execution.scheduled_for == utc(2027, 3, 10, 13, 0)
 
 
@@ -408,7 +411,7 @@ def test_trigger_fire__inactive_workflow_records_skipped(workflow):
     workflow.is_active = False
     workflow.save()
     slot = utc(2027, 3, 11, 9)
-    assert services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot) is None
+    assert dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot) is None
     execution = Execution.objects.get()
     assert execution.status == ExecutionStatus.SKIPPED
     assert execution.attempts == 0
@@ -431,7 +434,7 @@ def test_execution_claim__queued_first_attempt_starts(trigger, enqueued):
     """The first attempt of a queued execution is claimed: running, attempt 1, lease armed."""
     execution = queued_execution(trigger)
     at = NOW + timedelta(seconds=1)
-    claimed = services.execution_claim(execution_id=execution.pk, attempt=1, now=at)
+    claimed = dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at)
     assert claimed is not None
     assert claimed.status == ExecutionStatus.RUNNING
     assert claimed.attempts == 1
@@ -442,22 +445,22 @@ def test_execution_claim__queued_first_attempt_starts(trigger, enqueued):
 def test_execution_claim__duplicate_while_lease_held_returns_none(trigger, enqueued):
     """A second delivery of the same attempt finds the lease held and gets nothing."""
     execution = queued_execution(trigger)
-    services.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=1))
-    assert services.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=2)) is None
+    dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=1))
+    assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=2)) is None
     assert Execution.objects.get(pk=execution.pk).attempts == 1
 
 
 def test_execution_claim__queued_wrong_attempt_returns_none(trigger, enqueued):
     """A queued execution only accepts attempt 1 while its lease runs."""
     execution = queued_execution(trigger)
-    assert services.execution_claim(execution_id=execution.pk, attempt=2, now=NOW + timedelta(seconds=1)) is None
+    assert dispatch.execution_claim(execution_id=execution.pk, attempt=2, now=NOW + timedelta(seconds=1)) is None
 
 
 def test_execution_claim__retrying_next_attempt_starts(trigger, enqueued):
     """A retrying execution accepts attempt attempts+1 even before its lease ends."""
     execution = queued_execution(trigger)
     set_state(execution, status=ExecutionStatus.RETRYING, attempts=1, lease_expires_at=NOW + timedelta(minutes=5))
-    claimed = services.execution_claim(execution_id=execution.pk, attempt=2, now=NOW + timedelta(seconds=10))
+    claimed = dispatch.execution_claim(execution_id=execution.pk, attempt=2, now=NOW + timedelta(seconds=10))
     assert claimed is not None
     assert (claimed.status, claimed.attempts) == (ExecutionStatus.RUNNING, 2)
 
@@ -467,7 +470,7 @@ def test_execution_claim__retrying_wrong_attempt_returns_none(trigger, enqueued,
     """A retrying execution refuses any attempt but attempts+1 while its lease runs."""
     execution = queued_execution(trigger)
     set_state(execution, status=ExecutionStatus.RETRYING, attempts=1, lease_expires_at=NOW + timedelta(minutes=5))
-    assert services.execution_claim(execution_id=execution.pk, attempt=attempt, now=NOW + timedelta(seconds=10)) is None
+    assert dispatch.execution_claim(execution_id=execution.pk, attempt=attempt, now=NOW + timedelta(seconds=10)) is None
     assert Execution.objects.get(pk=execution.pk).status == ExecutionStatus.RETRYING
 
 
@@ -476,7 +479,7 @@ def test_execution_claim__expired_lease_is_taken_over(trigger, enqueued):
     execution = queued_execution(trigger)
     set_state(execution, status=ExecutionStatus.RUNNING, attempts=1, lease_expires_at=NOW + timedelta(seconds=8))
     at = NOW + timedelta(minutes=1)
-    claimed = services.execution_claim(execution_id=execution.pk, attempt=2, now=at)
+    claimed = dispatch.execution_claim(execution_id=execution.pk, attempt=2, now=at)
     assert claimed is not None
     assert (claimed.status, claimed.attempts) == (ExecutionStatus.RUNNING, 2)
     assert claimed.lease_expires_at == at + TIMEOUT + GRACE
@@ -487,7 +490,7 @@ def test_execution_claim__finished_returns_none(trigger, enqueued, status):
     """A finished execution is never claimed again, whatever its lease."""
     execution = queued_execution(trigger)
     set_state(execution, status=status, attempts=1, lease_expires_at=NOW - timedelta(hours=1))
-    assert services.execution_claim(execution_id=execution.pk, attempt=2, now=NOW) is None
+    assert dispatch.execution_claim(execution_id=execution.pk, attempt=2, now=NOW) is None
     assert Execution.objects.get(pk=execution.pk).status == status
 
 
@@ -501,7 +504,7 @@ def test_execution_claim__lease_expired_on_last_attempt_fails(trigger, enqueued)
         lease_expires_at=NOW + timedelta(seconds=8),
     )
     at = NOW + timedelta(minutes=1)
-    assert services.execution_claim(execution_id=execution.pk, attempt=trigger.max_attempts + 1, now=at) is None
+    assert dispatch.execution_claim(execution_id=execution.pk, attempt=trigger.max_attempts + 1, now=at) is None
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.FAILED
     assert execution.finished_at == at
@@ -514,7 +517,7 @@ def test_execution_claim__inactive_workflow_fails(trigger, enqueued):
     execution = queued_execution(trigger)
     trigger.workflow.is_active = False
     trigger.workflow.save()
-    assert services.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=1)) is None
+    assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=1)) is None
     assert Execution.objects.get(pk=execution.pk).status == ExecutionStatus.FAILED
 
 
@@ -524,7 +527,7 @@ def test_execution_claim__inactive_workflow_fails(trigger, enqueued):
 def claimed_execution(trigger) -> Execution:
     """A manual run claimed for its first attempt, on the real clock (perform uses it)."""
     execution = services.trigger_run_now(trigger=trigger)
-    return services.execution_claim(execution_id=execution.pk, attempt=1)
+    return dispatch.execution_claim(execution_id=execution.pk, attempt=1)
 
 
 def test_execution_perform__success_records_run_id(user, enqueued, endpoint):
@@ -533,7 +536,7 @@ def test_execution_perform__success_records_run_id(user, enqueued, endpoint):
     trigger = create(workflow, inputs={"report": "weekly"}, now=None)
     execution = claimed_execution(trigger)
     fake = endpoint(ok("run-42"))
-    outcome = services.execution_perform(execution=execution)
+    outcome = dispatch.execution_perform(execution=execution)
     assert outcome.status == ExecutionStatus.SUCCEEDED
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.SUCCEEDED
@@ -559,7 +562,7 @@ def test_execution_perform__unavailable_schedules_retry(trigger, enqueued, endpo
     enqueued["attempts"].clear()
     endpoint(WorkflowUnavailable("HTTP 503 Service Unavailable", http_status=503))
     before = timezone.now()
-    outcome = services.execution_perform(execution=execution)
+    outcome = dispatch.execution_perform(execution=execution)
     after = timezone.now()
     assert outcome.status == ExecutionStatus.RETRYING
     assert outcome.next_attempt == 2
@@ -582,7 +585,7 @@ def test_execution_perform__retry_after_is_honoured(trigger, enqueued, endpoint)
     """A Retry-After longer than the backoff (and under the cap) sets the wait."""
     execution = claimed_execution(trigger)
     endpoint(WorkflowUnavailable("HTTP 429", http_status=429, retry_after_seconds=120))
-    outcome = services.execution_perform(execution=execution)
+    outcome = dispatch.execution_perform(execution=execution)
     assert outcome.retry_in_seconds == 120
 
 
@@ -597,17 +600,17 @@ def test_execution_perform__retry_message_sent_after_commit(
     with django_capture_on_commit_callbacks() as callbacks:
         execution = claimed_execution(trigger)
         endpoint(WorkflowUnavailable("HTTP 502", http_status=502))
-        outcome = services.execution_perform(execution=execution)
+        outcome = dispatch.execution_perform(execution=execution)
     assert sent == []
     for callback in callbacks:
         callback()
-    assert sent == [
-        {"kwargs": {"execution_id": str(execution.pk), "attempt": 1}, "countdown": None, "queue": "normal"},
-        {
-            "kwargs": {"execution_id": str(execution.pk), "attempt": 2},
-            "countdown": pytest.approx(outcome.retry_in_seconds, abs=0.5),
-            "queue": "normal",
-        },
+    assert [(message["kwargs"], message["countdown"], message["queue"]) for message in sent] == [
+        ({"execution_id": str(execution.pk), "attempt": 1}, None, "normal"),
+        (
+            {"execution_id": str(execution.pk), "attempt": 2},
+            pytest.approx(outcome.retry_in_seconds, abs=0.5),
+            "normal",
+        ),
     ]
 
 
@@ -616,7 +619,7 @@ def test_execution_perform__rejected_fails_at_once(trigger, enqueued, endpoint):
     execution = claimed_execution(trigger)
     enqueued["attempts"].clear()
     endpoint(WorkflowRejected("HTTP 404 Not Found", http_status=404, body_excerpt="no such hook"))
-    outcome = services.execution_perform(execution=execution)
+    outcome = dispatch.execution_perform(execution=execution)
     assert outcome.status == ExecutionStatus.FAILED
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.FAILED
@@ -637,11 +640,11 @@ def test_execution_perform__retries_exhausted_fails_with_last_error(user, enqueu
         WorkflowUnavailable("HTTP 503 Service Unavailable", http_status=503),
         WorkflowUnavailable("HTTP 502 Bad Gateway", http_status=502),
     )
-    assert services.execution_perform(execution=execution).status == ExecutionStatus.RETRYING
+    assert dispatch.execution_perform(execution=execution).status == ExecutionStatus.RETRYING
     execution.refresh_from_db()
-    second = services.execution_claim(execution_id=execution.pk, attempt=2, now=execution.next_attempt_at)
+    second = dispatch.execution_claim(execution_id=execution.pk, attempt=2, now=execution.next_attempt_at)
     assert second is not None
-    outcome = services.execution_perform(execution=second)
+    outcome = dispatch.execution_perform(execution=second)
     assert outcome.status == ExecutionStatus.FAILED
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.FAILED
@@ -656,7 +659,7 @@ def test_execution_perform__unexpected_error_is_retried(trigger, enqueued, endpo
     """An unexpected exception in the call is recorded and retried, never lost."""
     execution = claimed_execution(trigger)
     endpoint(RuntimeError("boom"))
-    outcome = services.execution_perform(execution=execution)
+    outcome = dispatch.execution_perform(execution=execution)
     assert outcome.status == ExecutionStatus.RETRYING
     execution.refresh_from_db()
     assert execution.error == "internal error: RuntimeError"
@@ -669,11 +672,11 @@ def test_execution_perform__result_after_takeover_is_ignored(trigger, enqueued, 
     def slow_call(call):
         # While this call hangs, the lease runs out and another worker takes over.
         later = timezone.now() + timedelta(hours=1)
-        assert services.execution_claim(execution_id=execution.pk, attempt=2, now=later) is not None
+        assert dispatch.execution_claim(execution_id=execution.pk, attempt=2, now=later) is not None
         return ok("late")
 
-    monkeypatch.setattr(services, "call_workflow", slow_call)
-    services.execution_perform(execution=execution)
+    monkeypatch.setattr(dispatch, "call_workflow", slow_call)
+    dispatch.execution_perform(execution=execution)
     execution.refresh_from_db()
     assert (execution.status, execution.attempts) == (ExecutionStatus.RUNNING, 2)
     assert execution.run_id == ""
@@ -687,7 +690,7 @@ def test_backoff_seconds__each_wait_within_its_band(seed):
     """Attempt n waits between min*2^(n-1) and min*2^n, capped at max."""
     rng = random.Random(seed)
     for attempt in range(1, 12):
-        wait = services.backoff_seconds(attempt=attempt, min_backoff=5, max_backoff=300, rng=rng)
+        wait = dispatch.backoff_seconds(attempt=attempt, min_backoff=5, max_backoff=300, rng=rng)
         low, high = min(300, 5 * 2 ** (attempt - 1)), min(300, 5 * 2**attempt)
         assert low <= wait <= high, (attempt, wait)
 
@@ -696,7 +699,7 @@ def test_backoff_seconds__each_wait_within_its_band(seed):
 def test_backoff_seconds__waits_never_shrink(seed):
     """Successive waits of one execution never get shorter and end at the cap."""
     rng = random.Random(seed)
-    waits = [services.backoff_seconds(attempt=n, min_backoff=2, max_backoff=100, rng=rng) for n in range(1, 15)]
+    waits = [dispatch.backoff_seconds(attempt=n, min_backoff=2, max_backoff=100, rng=rng) for n in range(1, 15)]
     assert waits == sorted(waits)
     assert waits[-1] == 100
 
@@ -704,21 +707,21 @@ def test_backoff_seconds__waits_never_shrink(seed):
 def test_backoff_seconds__retry_after_honoured_up_to_max():
     """A longer Retry-After sets the wait, but never beyond max; a shorter one changes nothing."""
     assert (
-        services.backoff_seconds(attempt=1, min_backoff=5, max_backoff=300, retry_after=120, rng=random.Random(1))
+        dispatch.backoff_seconds(attempt=1, min_backoff=5, max_backoff=300, retry_after=120, rng=random.Random(1))
         == 120
     )
     assert (
-        services.backoff_seconds(attempt=1, min_backoff=5, max_backoff=300, retry_after=5000, rng=random.Random(1))
+        dispatch.backoff_seconds(attempt=1, min_backoff=5, max_backoff=300, retry_after=5000, rng=random.Random(1))
         == 300
     )
-    short = services.backoff_seconds(attempt=1, min_backoff=5, max_backoff=300, retry_after=1, rng=random.Random(1))
+    short = dispatch.backoff_seconds(attempt=1, min_backoff=5, max_backoff=300, retry_after=1, rng=random.Random(1))
     assert 5 <= short <= 10
 
 
 def test_backoff_seconds__spreads_out():
     """Jitter: waits for the same attempt differ between executions."""
     rng = random.Random(7)
-    waits = {services.backoff_seconds(attempt=3, min_backoff=5, max_backoff=300, rng=rng) for _ in range(20)}
+    waits = {dispatch.backoff_seconds(attempt=3, min_backoff=5, max_backoff=300, rng=rng) for _ in range(20)}
     assert len(waits) > 10
 
 
@@ -729,13 +732,13 @@ def test_executions_recover__requeues_stale_running_once(workflow, enqueued):
     """A running execution whose lease ran out is re-queued once; its lease is re-armed."""
     trigger = create(workflow)
     slot = utc(2027, 3, 11, 9)
-    execution = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
+    execution = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
     at = slot + timedelta(minutes=1)
-    report = services.executions_recover(now=at)
+    report = dispatch.executions_recover(now=at)
     assert (report.executions, report.slots) == (1, 0)
     assert enqueued["attempts"] == [(str(execution.pk), 2, None)]
     assert Execution.objects.get(pk=execution.pk).lease_expires_at == at + GRACE
-    again = services.executions_recover(now=at + timedelta(seconds=1))
+    again = dispatch.executions_recover(now=at + timedelta(seconds=1))
     assert again.executions == 0
     assert len(enqueued["attempts"]) == 1
 
@@ -744,11 +747,11 @@ def test_executions_recover__requeued_attempt_can_be_claimed(workflow, enqueued)
     """The attempt recovery re-queues for a dead worker's execution is claimed and run (attempt 2)."""
     trigger = create(workflow)
     slot = utc(2027, 3, 11, 9)
-    execution = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
+    execution = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
     at = slot + timedelta(minutes=1)
-    services.executions_recover(now=at)
+    dispatch.executions_recover(now=at)
     ((execution_id, attempt, _),) = enqueued["attempts"]
-    claimed = services.execution_claim(execution_id=execution_id, attempt=attempt, now=at + timedelta(seconds=1))
+    claimed = dispatch.execution_claim(execution_id=execution_id, attempt=attempt, now=at + timedelta(seconds=1))
     assert claimed is not None
     assert (claimed.status, claimed.attempts) == (ExecutionStatus.RUNNING, 2)
     assert claimed.pk == execution.pk
@@ -759,11 +762,11 @@ def test_executions_recover__requeued_last_attempt_fails_on_claim(user, enqueued
     workflow = WorkflowFactory(owner=user)
     trigger = create(workflow, max_attempts=1)
     slot = utc(2027, 3, 11, 9)
-    execution = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
+    execution = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
     at = slot + timedelta(minutes=1)
-    services.executions_recover(now=at)
+    dispatch.executions_recover(now=at)
     ((execution_id, attempt, _),) = enqueued["attempts"]
-    assert services.execution_claim(execution_id=execution_id, attempt=attempt, now=at + timedelta(seconds=1)) is None
+    assert dispatch.execution_claim(execution_id=execution_id, attempt=attempt, now=at + timedelta(seconds=1)) is None
     assert Execution.objects.get(pk=execution.pk).status == ExecutionStatus.FAILED
 
 
@@ -771,55 +774,61 @@ def test_executions_recover__lost_manual_run_requeued(trigger, enqueued):
     """A queued manual run whose message never arrived is re-queued as attempt 1 and can be claimed."""
     execution = services.trigger_run_now(trigger=trigger, now=NOW)
     enqueued["attempts"].clear()
-    report = services.executions_recover(now=NOW + timedelta(seconds=10))
+    report = dispatch.executions_recover(now=NOW + timedelta(seconds=10))
     assert report.executions == 1
     assert enqueued["attempts"] == [(str(execution.pk), 1, None)]
-    assert services.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=11)) is not None
+    assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=NOW + timedelta(seconds=11)) is not None
 
 
 def test_executions_recover__held_and_finished_executions_left_alone(workflow, enqueued, endpoint):
     """Executions whose lease still runs, and finished ones, are not re-queued."""
     trigger = create(workflow, overlap="allow")
     slot = utc(2027, 3, 11, 9)
-    services.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
+    dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=slot, now=slot)
     next_day = slot + timedelta(days=1)
-    finished = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=next_day, now=next_day)
+    finished = dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=next_day, now=next_day)
     set_state(finished, status=ExecutionStatus.SUCCEEDED, lease_expires_at=None)
-    assert services.executions_recover(now=slot + timedelta(seconds=5)).executions == 0
+    assert dispatch.executions_recover(now=slot + timedelta(seconds=5)).executions == 0
     assert enqueued["attempts"] == []
 
 
-def test_executions_recover__missed_slot_is_fired(workflow, enqueued):
-    """A slot no fire claimed within the grace is fired by recovery, and that fire creates the execution."""
+def test_executions_recover__missed_slot_is_dispatched(workflow, enqueued):
+    """A due slot nobody dispatched within the grace is dispatched by recovery itself: its execution is
+    written and its first attempt sent, and a later fire for the slot changes nothing."""
     trigger = create(workflow, cron="0 9 * * *")
     at = utc(2027, 3, 11, 9, 5)
-    report = services.executions_recover(now=at)
+    report = dispatch.executions_recover(now=at)
     assert report.slots == 1
-    assert enqueued["fires"] == [(trigger.pk, utc(2027, 3, 11, 9))]
-    execution = services.trigger_fire(trigger_id=trigger.pk, scheduled_for=utc(2027, 3, 11, 9), now=at)
-    assert execution is not None
+    execution = Execution.objects.get(trigger=trigger)
+    assert (execution.scheduled_for, execution.status) == (utc(2027, 3, 11, 9), ExecutionStatus.QUEUED)
+    assert enqueued["attempts"] == [(str(execution.pk), 1, None)]
+    assert dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=utc(2027, 3, 11, 9), now=at) is None
+    assert dispatch.executions_recover(now=at + timedelta(seconds=10)).slots == 0
 
 
-def test_executions_recover__long_outage_fires_only_latest_slot(workflow, enqueued):
-    """After days without beat, recovery fires only the latest missed slot, once."""
-    create(workflow, cron="0 9 * * *")
-    services.executions_recover(now=utc(2027, 3, 14, 10))
-    assert [slot for _, slot in enqueued["fires"]] == [utc(2027, 3, 14, 9)]
+def test_executions_recover__long_outage_dispatches_only_latest_slot(workflow, enqueued):
+    """After days without beat, recovery runs only the latest missed slot (catch-up latest), once."""
+    trigger = create(workflow, cron="0 9 * * *")
+    dispatch.executions_recover(now=utc(2027, 3, 14, 10))
+    runs = Execution.objects.filter(trigger=trigger, status=ExecutionStatus.QUEUED)
+    assert [execution.scheduled_for for execution in runs] == [utc(2027, 3, 14, 9)]
+    assert Execution.objects.filter(trigger=trigger, skip_reason="missed").count() == 3
+    assert len(enqueued["attempts"]) == 1
 
 
 def test_executions_recover__slot_within_grace_left_to_beat(workflow, enqueued):
-    """A slot only seconds overdue is still beat's to fire."""
+    """A slot only seconds overdue is still beat's to dispatch."""
     create(workflow, cron="0 9 * * *")
-    assert services.executions_recover(now=utc(2027, 3, 11, 9, 0, 10)).slots == 0
-    assert enqueued["fires"] == []
+    assert dispatch.executions_recover(now=utc(2027, 3, 11, 9, 0, 10)).slots == 0
+    assert not Execution.objects.exists() and enqueued["attempts"] == []
 
 
 def test_executions_recover__paused_trigger_ignored(workflow, enqueued):
-    """A paused trigger's missed slots are not fired."""
+    """A paused trigger's missed slots are not dispatched."""
     trigger = create(workflow, cron="0 9 * * *")
     services.trigger_pause(trigger=trigger, now=NOW)
-    assert services.executions_recover(now=utc(2027, 3, 11, 9, 5)).slots == 0
-    assert enqueued["fires"] == []
+    assert dispatch.executions_recover(now=utc(2027, 3, 11, 9, 5)).slots == 0
+    assert not Execution.objects.exists() and enqueued["attempts"] == []
 
 
 def test_trigger_create__cron_beat_cannot_load_is_refused(workflow):
@@ -840,12 +849,12 @@ def test_trigger_fire__slot_from_before_resume_calls_nothing(workflow):
     services.trigger_resume(trigger=trigger, now=created + timedelta(minutes=5, seconds=30))
     paused_slot = created + timedelta(minutes=3)
     assert (
-        services.trigger_fire(trigger_id=trigger.pk, scheduled_for=paused_slot, now=created + timedelta(minutes=6))
+        dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=paused_slot, now=created + timedelta(minutes=6))
         is None
     )
     assert not Execution.objects.exists()
     later_slot = created + timedelta(minutes=6)
-    assert services.trigger_fire(trigger_id=trigger.pk, scheduled_for=later_slot, now=later_slot) is not None
+    assert dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=later_slot, now=later_slot) is not None
 
 
 def test_trigger_pause__keeps_beats_run_bookkeeping(workflow):

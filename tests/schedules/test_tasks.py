@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from schedules import services, tasks, timing
+from schedules import dispatch, services, tasks, timing
 from schedules.models import Execution, ExecutionStatus, Trigger
 from workflows.client import CallResult
 from workflows.exceptions import WorkflowRejected, WorkflowUnavailable
@@ -25,7 +25,7 @@ def calls(monkeypatch):
             raise answer
         return answer
 
-    monkeypatch.setattr(services, "call_workflow", fake)
+    monkeypatch.setattr(dispatch, "call_workflow", fake)
     return state
 
 
@@ -33,9 +33,15 @@ def calls(monkeypatch):
 def enqueued(monkeypatch):
     sent = []
     monkeypatch.setattr(
-        services, "_enqueue_attempt", lambda *args, countdown=None, **options: sent.append((args, countdown))
+        dispatch, "_enqueue_attempt", lambda *args, countdown=None, **options: sent.append((args, countdown))
     )
-    monkeypatch.setattr(services, "_enqueue_fire", lambda *args: sent.append((args, None)))
+
+    def publish(attempts, *, producer=None):
+        sent.extend(((message.execution_id, message.attempt), message.countdown) for message in attempts)
+        return len(attempts), None
+
+    monkeypatch.setattr(dispatch, "publish", publish)
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: 0)
     return sent
 
 
@@ -144,7 +150,7 @@ def test_recover_executions__reports_counts(trigger, enqueued):
     execution = services.trigger_run_now(trigger=trigger)
     Execution.objects.filter(pk=execution.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     enqueued.clear()
-    assert tasks.recover_executions() == {"executions": 1, "slots": 0}
+    assert tasks.recover_executions() == {"executions": 1, "slots": 0, "deferred": 0}
     assert len(enqueued) == 1
 
 

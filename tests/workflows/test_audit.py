@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from schedules import dispatch
 from schedules import services as schedule_services
 from schedules.models import ExecutionStatus
 from tests.factories import UserFactory, WorkflowFactory
@@ -109,7 +110,7 @@ def test_trigger_auto_pause__recorded_without_actor(actor, monkeypatch):
     trigger = make_trigger(workflow, actor, pause_after_failures=1)
     execution = schedule_services.trigger_run_now(trigger=trigger, now=NOW)
     execution.status = ExecutionStatus.FAILED
-    schedule_services._count_outcome(trigger, execution, NOW)
+    dispatch._count_failure(execution, NOW)
     paused = [event for event in events(trigger) if event.action == "paused"]
     assert len(paused) == 1
     assert paused[0].actor is None

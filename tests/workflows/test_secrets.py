@@ -514,16 +514,17 @@ def test_sign__previous_secret_adds_a_signature_first_is_current():
 
 def test_execution_perform__passes_previous_secret_only_during_overlap(monkeypatch, trigger):
     """The worker builds its call with the previous secret during the overlap, and without it after."""
+    from schedules import dispatch
     from schedules import services as schedule_services
 
     calls: list[WorkflowCall] = []
 
     def fake_call(call: WorkflowCall):
         calls.append(call)
-        raise schedule_services.WorkflowCallError("stop here")
+        raise dispatch.WorkflowCallError("stop here")
 
-    monkeypatch.setattr(schedule_services, "call_workflow", fake_call)
-    monkeypatch.setattr(schedule_services, "_enqueue_attempt", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dispatch, "call_workflow", fake_call)
+    monkeypatch.setattr(dispatch, "_enqueue_attempt", lambda *args, **kwargs: None)
     workflow = trigger.workflow
     old = workflow.secret
     new = services.workflow_rotate_secret(workflow=workflow)
@@ -531,8 +532,8 @@ def test_execution_perform__passes_previous_secret_only_during_overlap(monkeypat
         if expired:
             expire_overlap(workflow)
         execution = schedule_services.trigger_run_now(trigger=trigger)
-        execution = schedule_services.execution_claim(execution_id=execution.pk, attempt=1)
-        schedule_services.execution_perform(execution=execution)
+        execution = dispatch.execution_claim(execution_id=execution.pk, attempt=1)
+        dispatch.execution_perform(execution=execution)
     during, after = calls
     assert (during.secret, during.previous_secret) == (new, old)
     assert (after.secret, after.previous_secret) == (new, None)

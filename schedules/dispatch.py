@@ -1,0 +1,1210 @@
+"""The dispatch path, top to bottom: a slot falls due (fire), a worker claims it, calls the
+workflow (perform), records the outcome (record), and whatever got lost on the way is sent again
+(recover).
+
+At least once in, exactly once recorded:
+- **fire**: beat (``dispatch_due``) claims due triggers from the due index in batches
+  (``SELECT ... FOR UPDATE SKIP LOCKED``, so several beats never take the same one), inserts
+  each slot's Execution and advances ``next_run_at`` in one transaction, then publishes the
+  batch's first attempts on one connection. The Execution row, committed before the publish,
+  is the ledger: ``sent_at`` stays empty until the broker has the message. ``trigger_fire``
+  does the same for one trigger, for the ``fire_trigger`` message stock DatabaseScheduler sends.
+- **claim**: a worker starts an attempt with one conditional UPDATE (status and attempt number
+  as it read them), so a second delivery of the same message calls nothing; it then holds the
+  execution's lease (the call's deadline plus a grace) while it calls.
+- **perform / record**: the outcome of a successful call is one UPDATE of the execution's own
+  row, committed before anything else happens, so no lock or deadlock elsewhere can lose it.
+  Failures take the trigger's lock (failure count, auto-pause, fallback) in one order:
+  execution, then trigger. A deadlock victim is retried.
+- **recover**: executions whose lease ran out are sent again: never sent (a publish that
+  failed, a beat killed after its commit, a wait held in the database), held by a worker that
+  died, or lost by the broker; a message that is probably only waiting in a backlog is not
+  re-sent while the backlog lasts, so recovery never multiplies load when the system is behind.
+
+Every repeat of a call carries the same Idempotency-Key (the execution id).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Exists, F
+from django.utils import timezone
+
+from workflows.client import WorkflowCall, call_workflow
+from workflows.exceptions import WorkflowCallError
+from workflows.models import Workflow
+from workflows.services import audit_record
+
+from . import beat, timing
+from .models import (
+    FINISHED_STATUSES,
+    UNFINISHED_STATUSES,
+    CatchupPolicy,
+    Execution,
+    ExecutionOrigin,
+    ExecutionStatus,
+    OverlapPolicy,
+    SkipReason,
+    Trigger,
+)
+
+logger = logging.getLogger(__name__)
+
+# Executions a person started: they skip the trigger's overlap ordering and do not count as runs.
+PERSONAL_ORIGINS = (
+    ExecutionOrigin.MANUAL,
+    ExecutionOrigin.RETRY,
+    ExecutionOrigin.BACKFILL,
+    ExecutionOrigin.FALLBACK,
+)
+_ATTEMPT_LOG_LIMIT = 50
+# Triggers one dispatch transaction claims: large enough that a burst costs few round trips,
+# small enough that the locks are held for a fraction of a second.
+DISPATCH_BATCH_SIZE = 500
+# Redis commands kombu pipelines in one round trip (a message is one, two with its task-sent event).
+_PUBLISH_BATCH = 1000
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+# --- Deadlocks ----------------------------------------------------------------------------------
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction was rolled back and
+# may simply be run again. https://www.postgresql.org/docs/15/errcodes-appendix.html
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+_DEADLOCK_ATTEMPTS = 5
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def retry_on_deadlock(func: _F) -> _F:
+    """Run ``func`` (a transaction of its own) again if the database chose it as a deadlock victim.
+
+    Only outside an enclosing transaction: inside one, the whole outer transaction was rolled
+    back, so the error goes up to whoever owns it.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                return func(*args, **kwargs)
+            except DatabaseError as exc:
+                if not _is_retryable(exc) or connection.in_atomic_block or attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "%s: deadlock victim (attempt %s of %s); retrying", func.__name__, attempt, _DEADLOCK_ATTEMPTS
+                )
+                time.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- Sending attempts to the broker -------------------------------------------------------------
+
+
+def _grace() -> timedelta:
+    return timedelta(seconds=settings.SCHEDULER_LEASE_GRACE_SECONDS)
+
+
+def _handoff() -> timedelta:
+    return timedelta(seconds=settings.SCHEDULER_HANDOFF_SECONDS)
+
+
+def _lease(workflow: Workflow, now: datetime) -> datetime:
+    return now + timedelta(seconds=workflow.timeout_seconds) + _grace()
+
+
+def _queue(execution: Execution) -> str:
+    """The broker queue for a trigger's priority ('high', 'normal', 'low')."""
+    return str(execution.trigger.priority)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One message for the workers: run attempt ``attempt`` of an execution."""
+
+    execution_id: str
+    attempt: int
+    queue: str = "normal"
+    countdown: float | None = None
+
+
+def publish(attempts: list[Attempt], *, producer: Any = None) -> tuple[int, BaseException | None]:
+    """Hand ``attempts`` to the broker in order, on one connection, in pipelined batches, without
+    retrying.
+
+    Returns how many surely arrived (all or none) and the error if not (None if all went). The
+    caller decides what a failure means: the executions are still in the database.
+    """
+    from .tasks import run_execution
+
+    if not attempts:
+        return 0, None
+    try:
+        # kombu pipelines a batch into few round trips on Redis (one per _PUBLISH_BATCH commands);
+        # other transports publish one by one. A failed batch's delivery is uncertain: all of it
+        # counts as unsent, and a message that did arrive is only sent again once its hand-off
+        # lease runs out (the claim then calls nothing).
+        with (
+            run_execution.app.producer_or_acquire(producer) as channel_producer,
+            channel_producer.batch(max_size=_PUBLISH_BATCH),
+        ):
+            for attempt in attempts:
+                run_execution.apply_async(
+                    kwargs={"execution_id": attempt.execution_id, "attempt": attempt.attempt},
+                    queue=attempt.queue,
+                    countdown=attempt.countdown,
+                    producer=channel_producer,
+                    retry=False,
+                )
+    except Exception as exc:  # noqa: BLE001 - any broker failure leaves them to recovery
+        return 0, exc
+    return len(attempts), None
+
+
+def _mark_sent(attempts: list[Attempt], now: datetime) -> None:
+    """Record that the broker has these messages: their lease grows from the hand-off to the grace."""
+    if not attempts:
+        return
+    Execution.objects.filter(
+        pk__in=[attempt.execution_id for attempt in attempts],
+        status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING],
+        sent_at__isnull=True,
+    ).update(sent_at=now, lease_expires_at=F("lease_expires_at") + (_grace() - _handoff()))
+
+
+def send_ledgered(attempts: list[Attempt], *, now: datetime, producer: Any = None) -> tuple[int, BaseException | None]:
+    """Publish attempts whose executions are committed with ``sent_at`` empty and a hand-off
+    lease, then mark the ones the broker took. If this process dies in between, the hand-off
+    lease runs out within SCHEDULER_HANDOFF_SECONDS and recovery sends them."""
+    sent, error = publish(attempts, producer=producer)
+    if error is not None:
+        logger.error(
+            "broker refused %s of %s attempts (%s: %s); they stay in the database for recovery",
+            len(attempts) - sent,
+            len(attempts),
+            type(error).__name__,
+            error,
+        )
+    _mark_sent(attempts[:sent], now)
+    return sent, error
+
+
+def _enqueue_attempt(
+    execution_id: Any, attempt: int, *, queue: str = "normal", countdown: float | None = None, robust: bool = True
+) -> None:
+    """Send the attempt once the transaction commits (the caller has set ``sent_at``).
+
+    A broker outage never undoes what was committed: ``sent_at`` is cleared again, so recovery
+    sends it once the lease runs out. ``robust=False`` lets the caller see the outage (after the
+    commit), so a person who asked for a run can be told it is delayed.
+    """
+    message = Attempt(str(execution_id), attempt, queue, countdown)
+
+    def send() -> None:
+        _, error = publish([message])
+        if error is not None:
+            Execution.objects.filter(pk=execution_id, attempts=attempt - 1).update(sent_at=None)
+            if not robust:
+                raise error
+            logger.error("could not send attempt %s of execution %s: %s", attempt, execution_id, error)
+
+    transaction.on_commit(send, robust=robust)
+
+
+def _dispatch(execution: Execution, *, now: datetime, robust: bool = True) -> None:
+    """Send the execution's next attempt when it falls due (saves its lease and ``sent_at``).
+
+    A short wait rides in the broker as a countdown; a long one (past
+    SCHEDULER_COUNTDOWN_MAX_SECONDS) stays in the database only: its lease expires when it is
+    due and recovery sends it then. Redis would re-deliver long ETAs after its visibility
+    timeout, a known source of double runs.
+    """
+    due = execution.due_at or now
+    wait = max(0.0, (due - now).total_seconds())
+    if wait > settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+        execution.lease_expires_at, execution.sent_at = due, None
+        Execution.objects.filter(pk=execution.pk).update(lease_expires_at=due, sent_at=None)
+        return
+    execution.lease_expires_at, execution.sent_at = due + _grace(), now
+    Execution.objects.filter(pk=execution.pk).update(lease_expires_at=execution.lease_expires_at, sent_at=now)
+    _enqueue_attempt(
+        execution.pk, execution.attempts + 1, queue=_queue(execution), countdown=wait or None, robust=robust
+    )
+
+
+# --- Fire: a due slot becomes executions --------------------------------------------------------
+
+
+def _unfinished(trigger: Trigger) -> Any:
+    return Execution.objects.filter(trigger=trigger, status__in=UNFINISHED_STATUSES, fallback_of=None)
+
+
+def new_execution(trigger: Trigger, slot: datetime, origin: str, now: datetime) -> Execution:
+    """An unsaved execution of ``trigger`` for ``slot`` with the inputs it will send."""
+    workflow = trigger.workflow
+    return Execution(
+        trigger=trigger,
+        workflow=workflow,
+        scheduled_for=slot,
+        origin=origin,
+        inputs={**workflow.default_inputs, **trigger.inputs},
+        status=ExecutionStatus.QUEUED,
+        created_at=now,
+        due_at=max(slot, now) if origin == ExecutionOrigin.BACKFILL else slot,
+        lease_expires_at=now + _grace(),
+    )
+
+
+def mark_skipped(execution: Execution, reason: str, now: datetime) -> None:
+    execution.status = ExecutionStatus.SKIPPED
+    execution.skip_reason = reason
+    execution.finished_at = now
+    execution.lease_expires_at = None
+    execution.due_at = None
+
+
+def _missed_slots(trigger: Trigger, slot: datetime) -> tuple[list[datetime], bool]:
+    """Slots after the last one handled and before ``slot`` that never fired (newest cap only).
+
+    Returns them oldest first, and whether older ones were left out by the cap.
+    """
+    expected = trigger.next_run_at
+    if expected is None or expected >= slot:
+        return [], False
+    cap = settings.SCHEDULER_CATCHUP_MAX_SLOTS
+    cadence = trigger.cadence
+    found: list[datetime] = []
+    cursor = slot - timedelta(microseconds=1)
+    while len(found) <= cap:
+        previous = timing.latest_slot_at_or_before(cadence, cursor)
+        if previous is None or previous < expected:
+            break
+        found.append(previous)
+        cursor = previous - timedelta(microseconds=1)
+    more = len(found) > cap
+    return list(reversed(found[:cap])), more
+
+
+@dataclass(frozen=True)
+class _TriggerFacts:
+    """What the database says about a trigger's executions when one of its slots fires."""
+
+    taken: frozenset[datetime]  # slots that have an execution already (e.g. backfilled)
+    busy: bool  # an execution of the trigger is unfinished
+    queued_behind: bool  # one of those is still queued
+
+
+_TRIGGER_FIRE_FIELDS = ["run_count", "last_run_at", "next_run_at", "completed_at"]
+
+
+def _plan_fire(trigger: Trigger, slot: datetime, now: datetime, facts: _TriggerFacts) -> list[Execution]:
+    """Apply catch-up, max_runs, window, overlap and jitter to a due slot of ``trigger``.
+
+    Returns the executions to insert for it and the missed slots before it, oldest first
+    (skipped ones already finished, the others queued; ``wait_reason`` says which wait behind
+    another), and moves the trigger's run_count, last_run_at, next_run_at and completed_at on
+    (unsaved: fields ``_TRIGGER_FIRE_FIELDS``). Nothing is read from the database: the caller
+    passes ``facts``.
+    """
+    late = (now - slot).total_seconds() > settings.SCHEDULER_MISFIRE_GRACE_SECONDS
+    cadence = trigger.cadence
+    missed, more_missed = _missed_slots(trigger, slot)
+    missed = [
+        missed_slot
+        for missed_slot in missed
+        if not (trigger.active_since and missed_slot < trigger.active_since) and missed_slot not in facts.taken
+    ]
+    to_skip: list[datetime] = []
+    to_run: list[datetime] = []
+    if trigger.catchup == CatchupPolicy.SKIP:
+        to_skip = [*missed, slot] if late else missed
+        to_run = [] if late else [slot]
+    elif trigger.catchup == CatchupPolicy.LATEST:
+        to_skip, to_run = missed, [slot]
+    else:
+        horizon = now - timedelta(seconds=trigger.catchup_window_seconds)
+        to_skip = [missed_slot for missed_slot in missed if missed_slot < horizon]
+        to_run = [missed_slot for missed_slot in missed if missed_slot >= horizon] + [slot]
+        cap = settings.SCHEDULER_CATCHUP_MAX_SLOTS
+        if len(to_run) > cap:
+            to_skip, to_run = sorted(to_skip + to_run[:-cap]), to_run[-cap:]
+    if trigger.max_runs is not None:
+        room = max(0, trigger.max_runs - trigger.run_count)
+        kept = to_run[len(to_run) - room :] if room else []
+        # Catch-up slots left out for max_runs are recorded missed, like those past the catch-up cap.
+        dropped = [missed_slot for missed_slot in to_run if missed_slot not in kept and missed_slot != slot]
+        to_skip, to_run = sorted(to_skip + dropped), kept
+
+    window = timing.parse_window(trigger.execution_window)
+    workflow = trigger.workflow
+    rows: list[Execution] = []
+    runnable: list[Execution] = []
+    for missed_slot in to_skip:
+        execution = new_execution(trigger, missed_slot, ExecutionOrigin.CATCHUP, now)
+        mark_skipped(execution, SkipReason.MISSED, now)
+        rows.append(execution)
+    if more_missed and rows:
+        rows[0].metadata = {"older_missed_slots_not_recorded": True}
+    for index, run_slot in enumerate(to_run):
+        origin = ExecutionOrigin.SCHEDULE if run_slot == slot else ExecutionOrigin.CATCHUP
+        execution = new_execution(trigger, run_slot, origin, now)
+        if window is not None and not window.contains(run_slot, cadence.zone):
+            mark_skipped(execution, SkipReason.OUTSIDE_WINDOW, now)
+        elif not workflow.is_active:
+            mark_skipped(execution, SkipReason.WORKFLOW_INACTIVE, now)
+            execution.error = "workflow is not active"
+        elif facts.busy and trigger.overlap == OverlapPolicy.SKIP:
+            mark_skipped(execution, SkipReason.OVERLAP, now)
+        elif (
+            facts.busy
+            and trigger.overlap == OverlapPolicy.BUFFER_ONE
+            and (facts.queued_behind or index < len(to_run) - 1 or runnable)
+        ):
+            # At most one waiting: keep the newest slot, skip the rest.
+            mark_skipped(execution, SkipReason.OVERLAP, now)
+        else:
+            if (facts.busy or runnable) and trigger.overlap != OverlapPolicy.ALLOW:
+                execution.wait_reason = "previous"
+            if trigger.jitter_seconds:
+                execution.jitter_seconds = round(random.uniform(0, trigger.jitter_seconds), 3)
+                execution.due_at = run_slot + timedelta(seconds=execution.jitter_seconds)
+            runnable.append(execution)
+        rows.append(execution)
+
+    trigger.run_count += len(runnable)
+    trigger.last_run_at = max(filter(None, [trigger.last_run_at, slot]))
+    # The next slot not yet handled: after this one, even if it is already due (a backlog). Jumping
+    # to "after now" would leave a due slot with no execution and no record if its message is lost;
+    # as next_run_at it is either fired by its own message or, once overdue, by recovery.
+    following = timing.next_slot_after(cadence, slot)
+    if trigger.next_run_at is not None and following is not None and trigger.next_run_at > following:
+        following = trigger.next_run_at
+    trigger.next_run_at = following
+    if trigger.next_run_at is None or (trigger.max_runs is not None and trigger.run_count >= trigger.max_runs):
+        # A once trigger that fired, one past its end, or one out of runs: completed.
+        trigger.next_run_at = None
+        trigger.completed_at = now
+    return rows
+
+
+def _skip_handled_slot(trigger: Trigger, slot: datetime) -> bool:
+    """A slot that has its execution already: move next_run_at past it. True if it moved."""
+    if trigger.next_run_at is not None and trigger.next_run_at <= slot:
+        trigger.next_run_at = timing.next_slot_after(trigger.cadence, slot)
+        return True
+    return False
+
+
+@retry_on_deadlock
+@transaction.atomic
+def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: datetime | None = None) -> Execution | None:
+    """Handle one fire of a trigger (stock DatabaseScheduler's ``fire_trigger`` message).
+
+    ``scheduled_for`` is the slot the message names (None: the latest due slot). Applies the
+    rules of ``_plan_fire`` and returns the execution to call right away (its first attempt
+    started), or None: the trigger is gone, paused or completed, the slot is not one of its
+    slots or is from before it was resumed or changed, the slot already has its execution, or
+    the rules made it skip or wait.
+    """
+    now = now or timezone.now()
+    trigger = Trigger.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=trigger_id).first()
+    if trigger is None:
+        logger.info("fire for trigger %s ignored: it no longer exists", trigger_id)
+        return None
+    if not trigger.enabled or trigger.completed_at is not None:
+        logger.info("fire for trigger %s ignored: it is %s", trigger_id, trigger.status)
+        return None
+    cadence = trigger.cadence
+    if scheduled_for is None:
+        scheduled_for = timing.latest_slot_at_or_before(cadence, now)
+        if scheduled_for is None:
+            return None
+    elif timing.latest_slot_at_or_before(cadence, scheduled_for) != scheduled_for:
+        logger.info("fire for trigger %s ignored: %s is not one of its slots", trigger_id, scheduled_for.isoformat())
+        return None
+    if trigger.active_since is not None and scheduled_for < trigger.active_since:
+        logger.info(
+            "fire for trigger %s ignored: slot %s is from before it was resumed or changed",
+            trigger_id,
+            scheduled_for.isoformat(),
+        )
+        return None
+
+    def has_execution(slot: datetime) -> bool:
+        return Execution.objects.filter(trigger=trigger, scheduled_for=slot, fallback_of=None).exists()
+
+    late = (now - scheduled_for).total_seconds() > settings.SCHEDULER_MISFIRE_GRACE_SECONDS
+    newest = timing.latest_slot_at_or_before(cadence, now) if late else None
+    if newest is not None and newest > scheduled_for and not has_execution(scheduled_for):
+        # A late message while newer slots are already due (workers were down, beat kept sending):
+        # handle it as the newest slot's fire, so the catch-up policy sees every missed slot at once.
+        logger.info(
+            "fire for trigger %s at slot %s is late; handling the newest due slot %s",
+            trigger_id,
+            scheduled_for.isoformat(),
+            newest.isoformat(),
+        )
+        scheduled_for = newest
+    if has_execution(scheduled_for):
+        logger.info("slot %s of trigger %s already has its execution", scheduled_for.isoformat(), trigger_id)
+        if _skip_handled_slot(trigger, scheduled_for):
+            trigger.save(update_fields=["next_run_at"])
+        return None
+
+    missed, _ = _missed_slots(trigger, scheduled_for)
+    statuses = set(_unfinished(trigger).values_list("status", flat=True).distinct())
+    facts = _TriggerFacts(
+        taken=frozenset(
+            Execution.objects.filter(trigger=trigger, scheduled_for__in=missed, fallback_of=None).values_list(
+                "scheduled_for", flat=True
+            )
+        )
+        if missed
+        else frozenset(),
+        busy=bool(statuses),
+        queued_behind=ExecutionStatus.QUEUED in statuses,
+    )
+    rows = _plan_fire(trigger, scheduled_for, now, facts)
+    for execution in rows:
+        execution.save(force_insert=True)
+    trigger.save(update_fields=_TRIGGER_FIRE_FIELDS)
+    if trigger.completed_at is not None:
+        beat.trigger_sync(trigger)
+
+    started: Execution | None = None
+    for execution in rows:
+        if execution.status != ExecutionStatus.QUEUED:
+            continue
+        if started is None and _try_start(execution, now):
+            execution.save()
+            started = execution
+        else:
+            execution.save()
+            _dispatch(execution, now=now)
+    return started
+
+
+@dataclass
+class DispatchReport:
+    """What one ``dispatch_due`` call did."""
+
+    triggers: int = 0  # triggers whose due slot was handled
+    executions: int = 0  # executions written (skipped ones included)
+    sent: int = 0  # first attempts the broker took
+    unsent: int = 0  # left in the database for recovery (the broker refused them)
+    error: BaseException | None = None  # why the broker refused
+    batches: int = 0
+
+
+@dataclass
+class _Batch:
+    triggers: int = 0
+    executions: int = 0
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def dispatch_due(
+    *,
+    now: datetime | None = None,
+    overdue_seconds: float = 0,
+    batch_size: int = DISPATCH_BATCH_SIZE,
+    producer: Any = None,
+    max_batches: int | None = None,
+) -> DispatchReport:
+    """Dispatch every trigger whose next slot is due (``next_run_at <= now - overdue_seconds``).
+
+    Batch by batch: claim up to ``batch_size`` due triggers that nobody else holds, write their
+    executions and advance them in one transaction, then publish the batch's first attempts on
+    one connection. Stops when nothing is left that this process can claim, or at the first
+    broker failure (the rest waits in the due index, so the catch-up policy applies when the
+    broker is back). Beat calls it on every tick; recovery calls it with a grace, for triggers
+    nobody dispatched (stock DatabaseScheduler, or no beat at all).
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=overdue_seconds)
+    report = DispatchReport()
+    while max_batches is None or report.batches < max_batches:
+        batch = _dispatch_batch(now=now, cutoff=cutoff, limit=batch_size)
+        report.batches += 1
+        report.triggers += batch.triggers
+        report.executions += batch.executions
+        sent, error = send_ledgered(batch.attempts, now=now, producer=producer)
+        report.sent += sent
+        report.unsent += len(batch.attempts) - sent
+        if error is not None:
+            report.error = error
+            break
+        if batch.triggers < batch_size:
+            break
+    return report
+
+
+@retry_on_deadlock
+@transaction.atomic
+def _dispatch_batch(*, now: datetime, cutoff: datetime, limit: int) -> _Batch:
+    triggers = list(
+        Trigger.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(enabled=True, completed_at__isnull=True, next_run_at__isnull=False, next_run_at__lte=cutoff)
+        .order_by("next_run_at")[:limit]
+    )
+    batch = _Batch(triggers=len(triggers))
+    if not triggers:
+        return batch
+    workflows = Workflow.objects.in_bulk({trigger.workflow_id for trigger in triggers})
+    due: list[tuple[Trigger, datetime | None]] = []
+    run_counts = {trigger.pk: trigger.run_count for trigger in triggers}
+    for trigger in triggers:
+        trigger.workflow = workflows[trigger.workflow_id]
+        try:
+            slot = timing.latest_slot_at_or_before(trigger.cadence, now)
+        except timing.ScheduleError:
+            logger.exception("trigger %s has a schedule that cannot be read; pausing it", trigger.pk)
+            trigger.enabled, trigger.paused_at, trigger.pause_reason = False, now, "schedule cannot be read"
+            trigger.save(update_fields=["enabled", "paused_at", "pause_reason"])
+            beat.trigger_sync(trigger)
+            continue
+        if slot is None or slot < trigger.next_run_at or (trigger.active_since and slot < trigger.active_since):
+            # next_run_at is not one of its slots (set behind the services' back): start again from now.
+            logger.warning("trigger %s: next_run_at %s is not a due slot; recomputed", trigger.pk, trigger.next_run_at)
+            trigger.next_run_at = timing.next_slot_after(trigger.cadence, now)
+            if trigger.next_run_at is None:
+                trigger.completed_at = now
+            due.append((trigger, None))
+            continue
+        due.append((trigger, slot))
+
+    ids = [trigger.pk for trigger, _ in due]
+    slots = [slot for _, slot in due if slot is not None]
+    taken: dict[int, set[datetime]] = {}
+    statuses: dict[int, set[str]] = {}
+    if slots:
+        since = min(trigger.next_run_at for trigger, slot in due if slot is not None)
+        existing = Execution.objects.filter(
+            trigger_id__in=ids, scheduled_for__gte=since, scheduled_for__lte=max(slots), fallback_of=None
+        )
+        for trigger_id, slot in existing.values_list("trigger_id", "scheduled_for"):
+            taken.setdefault(trigger_id, set()).add(slot)
+        unfinished = Execution.objects.filter(trigger_id__in=ids, status__in=UNFINISHED_STATUSES, fallback_of=None)
+        for trigger_id, status in unfinished.values_list("trigger_id", "status").distinct():
+            statuses.setdefault(trigger_id, set()).add(status)
+
+    rows: list[Execution] = []
+    fired: dict[datetime, list[int]] = {}
+    for trigger, slot in due:
+        if slot is None:
+            continue
+        trigger_taken = taken.get(trigger.pk, set())
+        if slot in trigger_taken:
+            # Fired already (a fire_trigger message, a backfill): just move past it.
+            _skip_handled_slot(trigger, slot)
+            continue
+        trigger_statuses = statuses.get(trigger.pk, set())
+        facts = _TriggerFacts(
+            taken=frozenset(trigger_taken),
+            busy=bool(trigger_statuses),
+            queued_behind=ExecutionStatus.QUEUED in trigger_statuses,
+        )
+        for execution in _plan_fire(trigger, slot, now, facts):
+            if execution.status == ExecutionStatus.QUEUED:
+                _hand_off(execution, now, batch.attempts)
+            rows.append(execution)
+        if trigger.periodic_task_id:
+            fired.setdefault(slot, []).append(trigger.periodic_task_id)
+
+    Execution.objects.bulk_create(rows)
+    _save_fired([trigger for trigger, _ in due], run_counts)
+    for trigger, _ in due:
+        if trigger.completed_at is not None:
+            beat.trigger_sync(trigger)
+    beat.tasks_mark_run(fired)
+    batch.executions = len(rows)
+    return batch
+
+
+def _save_fired(triggers: list[Trigger], run_counts: dict[int, int]) -> None:
+    """Write the fired triggers' counters and next slots: one UPDATE per distinct change (a burst
+    of triggers due at the same slot with the same schedule is one statement; Django's
+    bulk_update builds a CASE per row and field, which costs seconds at a few thousand rows)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for trigger in triggers:
+        change = (trigger.run_count - run_counts[trigger.pk], trigger.last_run_at, trigger.next_run_at)
+        groups.setdefault((*change, trigger.completed_at), []).append(trigger.pk)
+    for (runs, last_run_at, next_run_at, completed_at), ids in groups.items():
+        Trigger.objects.filter(pk__in=ids).update(
+            run_count=F("run_count") + runs,
+            last_run_at=last_run_at,
+            next_run_at=next_run_at,
+            completed_at=completed_at,
+        )
+
+
+def _hand_off(execution: Execution, now: datetime, attempts: list[Attempt]) -> None:
+    """Set a new queued execution's lease for beat's publish, and add its first attempt if it can
+    start (one waiting behind another is woken when that finishes; a far wait is held here)."""
+    due = max(execution.due_at or now, now)
+    wait = (due - now).total_seconds()
+    if execution.wait_reason and _serial(execution):
+        # Woken by the execution it waits for; the lease is only the backstop.
+        execution.lease_expires_at = now + _grace()
+    elif wait > settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+        execution.lease_expires_at = due  # recovery sends it when due
+    else:
+        execution.lease_expires_at = due + _handoff()
+        queue = str(execution.trigger.priority)
+        attempts.append(Attempt(str(execution.pk), 1, queue, round(wait, 3) if wait > 0 else None))
+
+
+def next_due_at() -> datetime | None:
+    """When the soonest trigger falls due (one row from the due index), or None."""
+    return (
+        Trigger.objects.filter(enabled=True, completed_at__isnull=True, next_run_at__isnull=False)
+        .order_by("next_run_at")
+        .values_list("next_run_at", flat=True)
+        .first()
+    )
+
+
+# --- Claim: a worker starts an attempt ----------------------------------------------------------
+
+
+def _expected(execution: Execution, attempt: int) -> bool:
+    """The attempt its message is for: the first of a queued execution, the next of a retrying one."""
+    return (execution.status == ExecutionStatus.QUEUED and attempt == 1 and execution.attempts == 0) or (
+        execution.status == ExecutionStatus.RETRYING and attempt == execution.attempts + 1
+    )
+
+
+def _serial(execution: Execution) -> bool:
+    """Whether the execution waits for the trigger's older unfinished ones (its overlap order)."""
+    if execution.origin == ExecutionOrigin.BACKFILL:
+        # A backfill runs by the overlap chosen for it (trigger_backfill), whatever the trigger's own.
+        return execution.metadata.get("overlap", "serial") != "allow"
+    return execution.origin not in PERSONAL_ORIGINS and execution.trigger.overlap != OverlapPolicy.ALLOW
+
+
+def _ahead(execution: Execution) -> Any:
+    """The trigger's older unfinished executions this one waits for (a queued manual run does not
+    hold the line: it waits only for capacity)."""
+    return (
+        Execution.objects.filter(
+            trigger_id=execution.trigger_id,
+            status__in=UNFINISHED_STATUSES,
+            fallback_of=None,
+            scheduled_for__lt=execution.scheduled_for,
+        )
+        .exclude(pk=execution.pk)
+        .exclude(status=ExecutionStatus.QUEUED, origin__in=[ExecutionOrigin.MANUAL, ExecutionOrigin.RETRY])
+    )
+
+
+def _try_start(execution: Execution, now: datetime) -> bool:
+    """Start the next attempt if it is due, first in line and within concurrency limits.
+
+    Otherwise record why it waits; it is sent again when the thing it waits for finishes (or,
+    as a backstop, when its lease runs out). Call with the execution locked.
+    """
+    if execution.due_at is not None and execution.due_at > now:
+        execution.wait_reason = execution.wait_reason or ("jitter" if execution.jitter_seconds else "retry")
+        return False
+    trigger = execution.trigger
+    if _serial(execution) and _ahead(execution).exists():
+        execution.wait_reason = "previous"
+        return False
+    workflow = execution.workflow
+    if workflow.max_concurrency:
+        Workflow.objects.select_for_update().filter(pk=workflow.pk).first()
+        running = Execution.objects.filter(workflow=workflow, status=ExecutionStatus.RUNNING).count()
+        # First come, first served: an older execution already waiting for this workflow goes first.
+        waiting_ahead = (
+            Execution.objects.filter(
+                workflow=workflow,
+                status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING],
+                wait_reason="concurrency",
+                created_at__lt=execution.created_at,
+            )
+            .exclude(pk=execution.pk)
+            .exists()
+        )
+        if running >= workflow.max_concurrency or waiting_ahead:
+            execution.wait_reason = "concurrency"
+            return False
+    owner_limit = settings.SCHEDULER_OWNER_MAX_CONCURRENCY
+    if owner_limit:
+        owner_model = type(trigger.owner)
+        owner_model.objects.select_for_update().filter(pk=trigger.owner_id).first()
+        running = Execution.objects.filter(trigger__owner_id=trigger.owner_id, status=ExecutionStatus.RUNNING).count()
+        if running >= owner_limit:
+            execution.wait_reason = "owner_concurrency"
+            return False
+    _start(execution, now)
+    return True
+
+
+def _start(execution: Execution, now: datetime) -> None:
+    execution.status = ExecutionStatus.RUNNING
+    execution.attempts += 1
+    execution.started_at = execution.started_at or now
+    execution.next_attempt_at = None
+    execution.wait_reason = ""
+    execution.lease_expires_at = _lease(execution.workflow, now)
+
+
+_START_FIELDS = ["status", "attempts", "started_at", "next_attempt_at", "wait_reason", "lease_expires_at"]
+
+
+def execution_claim(*, execution_id: Any, attempt: int, now: datetime | None = None) -> Execution | None:
+    """Start attempt ``attempt`` of an execution, or None if it must not run now.
+
+    Allowed: the first attempt of a queued execution, the next attempt of a retrying one, or
+    any unfinished execution whose lease has expired (its holder died; the crash counts as an
+    attempt), and then only if it is due, first in line and within concurrency limits. A
+    message delivered twice finds the attempt started and calls nothing.
+
+    The common case (the attempt its message is for, due, nothing ahead, no concurrency limit)
+    is one read and one conditional UPDATE, no transaction held; the rest takes the row lock.
+    """
+    now = now or timezone.now()
+    execution = Execution.objects.select_related("workflow", "trigger").filter(pk=execution_id).first()
+    if execution is None or execution.status in FINISHED_STATUSES:
+        return None
+    if _startable_without_lock(execution, attempt, now):
+        claim = Execution.objects.filter(pk=execution.pk, status=execution.status, attempts=execution.attempts)
+        if _serial(execution):
+            claim = claim.filter(~Exists(_ahead(execution)))
+        _start(execution, now)
+        if claim.update(**{name: getattr(execution, name) for name in _START_FIELDS}):
+            return execution
+        # Someone else moved it since the read: decide under the lock.
+    return _claim_locked(execution_id=execution_id, attempt=attempt, now=now)
+
+
+def _startable_without_lock(execution: Execution, attempt: int, now: datetime) -> bool:
+    workflow = execution.workflow
+    return (
+        _expected(execution, attempt)
+        and execution.attempts < execution.trigger.max_attempts
+        and workflow.is_active
+        and not workflow.max_concurrency
+        and not settings.SCHEDULER_OWNER_MAX_CONCURRENCY
+        and (execution.due_at is None or execution.due_at <= now)
+    )
+
+
+@retry_on_deadlock
+@transaction.atomic
+def _claim_locked(*, execution_id: Any, attempt: int, now: datetime) -> Execution | None:
+    execution = (
+        Execution.objects.select_for_update(of=("self",))
+        .select_related("workflow", "trigger", "trigger__owner")
+        .filter(pk=execution_id)
+        .first()
+    )
+    if execution is None or execution.status in FINISHED_STATUSES:
+        return None
+    expired = execution.lease_expires_at is None or execution.lease_expires_at <= now
+    if not (_expected(execution, attempt) or expired) or execution.status == ExecutionStatus.RUNNING and not expired:
+        return None
+    if execution.attempts >= execution.trigger.max_attempts:
+        # The previous holder died during the last allowed attempt.
+        _finish(execution, now, ExecutionStatus.FAILED, error=execution.error or "worker lost during the last attempt")
+        return None
+    if not execution.workflow.is_active:
+        _finish(execution, now, ExecutionStatus.FAILED, error="workflow is not active")
+        return None
+    if not _try_start(execution, now):
+        # Waits for what wait_reason names; re-sent when that finishes, or by recovery.
+        execution.lease_expires_at = max(execution.due_at or now, now) + _grace()
+        execution.sent_at = None
+        execution.save(update_fields=["wait_reason", "lease_expires_at", "sent_at"])
+        return None
+    execution.save(update_fields=_START_FIELDS)
+    return execution
+
+
+# --- Perform and record -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    status: str
+    retry_in_seconds: float | None = None
+    next_attempt: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def backoff_interval(*, retry: int, min_backoff: float, max_backoff: float, max_doublings: int = 30) -> float:
+    """Cloud Scheduler's n-th retry interval: min, doubling ``max_doublings`` times, then growing
+    linearly by min*2^max_doublings, capped at max (10 s, 300 s, 3 doublings: 10, 20, 40, 80,
+    160, 240, 300, 300...)."""
+    if retry - 1 <= max_doublings:
+        interval = min_backoff * 2 ** (retry - 1)
+    else:
+        interval = min_backoff * 2**max_doublings * (retry - max_doublings)
+    return min(max_backoff, interval)
+
+
+def backoff_seconds(
+    *,
+    attempt: int,
+    min_backoff: float,
+    max_backoff: float,
+    max_doublings: int = 30,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Wait after failed attempt ``attempt`` (1-based): growing intervals with full jitter, capped.
+
+    Attempt n waits a random time between the n-th and the (n+1)-th interval of
+    backoff_interval, so waits spread out yet never shrink; a Retry-After longer than that is
+    honoured up to max.
+    """
+    rng = rng or random
+    low = backoff_interval(retry=attempt, min_backoff=min_backoff, max_backoff=max_backoff, max_doublings=max_doublings)
+    high = backoff_interval(
+        retry=attempt + 1, min_backoff=min_backoff, max_backoff=max_backoff, max_doublings=max_doublings
+    )
+    delay = rng.uniform(low, high)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, max_backoff))
+    return round(delay, 3)
+
+
+def execution_perform(*, execution: Execution) -> AttemptOutcome:
+    """Call the workflow for a claimed execution and record the outcome."""
+    workflow, trigger = execution.workflow, execution.trigger
+    attempt = execution.attempts
+    call = WorkflowCall(
+        url=workflow.execution_url,
+        method=workflow.http_method,
+        secret=workflow.secret,
+        previous_secret=workflow.valid_previous_secret(),
+        timeout_seconds=workflow.timeout_seconds,
+        idempotency_key=str(execution.pk),
+        headers=dict(workflow.headers),
+        payload={
+            "workflow_id": workflow.pk,
+            "trigger_id": trigger.pk,
+            "execution_id": str(execution.pk),
+            "scheduled_for": execution.scheduled_for.isoformat(),
+            "attempt": attempt,
+            "manual": execution.manual,
+            "inputs": execution.inputs,
+        },
+    )
+    started = timezone.now()
+    try:
+        result = call_workflow(call)
+    except WorkflowCallError as exc:
+        return _record_failure(execution.pk, attempt, started, exc)
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure is recorded and retried, never lost
+        logger.exception("unexpected error calling workflow %s for execution %s", workflow.pk, execution.pk)
+        error = WorkflowCallError(f"internal error: {type(exc).__name__}")
+        error.retryable = True
+        return _record_failure(execution.pk, attempt, started, error)
+    return _record_success(execution, attempt, started, result)
+
+
+def _log_attempt(metadata: dict[str, Any], entry: dict[str, Any]) -> None:
+    log = metadata.setdefault("attempts", [])
+    log.append(entry)
+    del log[:-_ATTEMPT_LOG_LIMIT]
+
+
+def _record_success(execution: Execution, attempt: int, started: datetime, result: Any) -> AttemptOutcome:
+    """The outcome first, in one UPDATE of the execution's own row (no other lock, so nothing can
+    make it a deadlock victim after the far side has done the work); then what follows from it."""
+    now = timezone.now()
+    metadata = dict(execution.metadata)
+    metadata["response_excerpt"] = result.body_excerpt
+    _log_attempt(
+        metadata,
+        {
+            "attempt": attempt,
+            "started_at": started.isoformat(),
+            "finished_at": now.isoformat(),
+            "http_status": result.http_status,
+            "duration_ms": result.duration_ms,
+        },
+    )
+    outcome = {
+        "status": ExecutionStatus.SUCCEEDED,
+        "finished_at": now,
+        "http_status": result.http_status,
+        "run_id": result.run_id,
+        "duration_ms": result.duration_ms,
+        "error": "",
+        "metadata": metadata,
+        "lease_expires_at": None,
+        "next_attempt_at": None,
+        "due_at": None,
+        "wait_reason": "",
+    }
+    held = Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING, attempts=attempt)
+    if not held.update(**outcome):
+        # Someone took over after our lease ran out; their outcome stands.
+        logger.warning("attempt %s of execution %s finished after it was taken over", attempt, execution.pk)
+        current = Execution.objects.filter(pk=execution.pk).values_list("status", flat=True).first()
+        return AttemptOutcome(status=current or ExecutionStatus.SUCCEEDED)
+    for name, value in outcome.items():
+        setattr(execution, name, value)
+    if execution.trigger.consecutive_failures and execution.origin != ExecutionOrigin.FALLBACK:
+        _count_success(execution, now)
+    _wake_waiting(execution, now)
+    return AttemptOutcome(status=ExecutionStatus.SUCCEEDED)
+
+
+@retry_on_deadlock
+@transaction.atomic
+def _count_success(execution: Execution, now: datetime) -> None:
+    trigger = Trigger.objects.select_for_update(of=("self",)).get(pk=execution.trigger_id)
+    if trigger.consecutive_failures:
+        failures = trigger.consecutive_failures
+        trigger.consecutive_failures = 0
+        trigger.save(update_fields=["consecutive_failures"])
+        _notify(trigger, "recovered", execution, detail={"after_failures": failures})
+
+
+@retry_on_deadlock
+@transaction.atomic
+def _record_failure(execution_id: Any, attempt: int, started: datetime, error: WorkflowCallError) -> AttemptOutcome:
+    """A failed attempt: schedule the retry, or fail the execution (then the trigger's failure
+    count, notifications, fallback and auto-pause). Locks the execution, then its trigger."""
+    now = timezone.now()
+    execution = (
+        Execution.objects.select_for_update(of=("self",)).select_related("trigger", "workflow").get(pk=execution_id)
+    )
+    if execution.status in FINISHED_STATUSES or execution.attempts != attempt:
+        # Someone took over after our lease ran out; their outcome stands.
+        logger.warning("attempt %s of execution %s finished after it was taken over", attempt, execution_id)
+        return AttemptOutcome(status=execution.status)
+    entry: dict[str, Any] = {"attempt": attempt, "started_at": started.isoformat(), "finished_at": now.isoformat()}
+    execution.http_status = error.http_status if isinstance(error, WorkflowCallError) else None
+    execution.error = str(error)[:2000]
+    execution.duration_ms = int((now - started).total_seconds() * 1000)
+    if getattr(error, "body_excerpt", ""):
+        execution.metadata["response_excerpt"] = error.body_excerpt
+    entry.update(http_status=execution.http_status, error=execution.error)
+    trigger = execution.trigger
+    delay = backoff_seconds(
+        attempt=attempt,
+        min_backoff=trigger.min_backoff_seconds,
+        max_backoff=trigger.max_backoff_seconds,
+        max_doublings=trigger.max_doublings,
+        retry_after=getattr(error, "retry_after_seconds", None),
+    )
+    limit = trigger.max_retry_duration_seconds
+    out_of_time = bool(limit) and (now + timedelta(seconds=delay) - execution.started_at).total_seconds() > limit
+    if error.retryable and attempt < trigger.max_attempts and not out_of_time:
+        entry["retry_in_seconds"] = delay
+        _log_attempt(execution.metadata, entry)
+        execution.status = ExecutionStatus.RETRYING
+        execution.next_attempt_at = execution.due_at = now + timedelta(seconds=delay)
+        execution.save()
+        _dispatch(execution, now=now)
+        return AttemptOutcome(status=ExecutionStatus.RETRYING, retry_in_seconds=delay, next_attempt=attempt + 1)
+    if error.retryable and out_of_time:
+        entry["error"] = execution.error = f"{execution.error} (retries stopped: max_retry_duration_seconds={limit})"
+    _log_attempt(execution.metadata, entry)
+    _finish(execution, now, ExecutionStatus.FAILED)
+    return AttemptOutcome(status=ExecutionStatus.FAILED)
+
+
+def _finish(execution: Execution, now: datetime, status: str, *, error: str = "") -> None:
+    """End an execution that was unfinished (call inside a transaction, execution locked)."""
+    execution.status = status
+    execution.finished_at = now
+    execution.lease_expires_at = None
+    execution.next_attempt_at = None
+    execution.due_at = None
+    execution.wait_reason = ""
+    if error:
+        execution.error = error
+    execution.save()
+    # Locks in one order, executions before their trigger: the waiter, then the failure count.
+    _wake_waiting(execution, now)
+    if execution.origin != ExecutionOrigin.FALLBACK and status == ExecutionStatus.FAILED:
+        _count_failure(execution, now)
+
+
+def _count_failure(execution: Execution, now: datetime) -> None:
+    trigger = Trigger.objects.select_for_update(of=("self",)).get(pk=execution.trigger_id)
+    trigger.consecutive_failures += 1
+    trigger.save(update_fields=["consecutive_failures"])
+    _notify(trigger, "failed", execution)
+    if trigger.fallback_workflow_id and trigger.fallback_workflow.is_active:
+        fallback = Execution.objects.create(
+            trigger=trigger,
+            workflow=trigger.fallback_workflow,
+            scheduled_for=execution.scheduled_for,
+            origin=ExecutionOrigin.FALLBACK,
+            fallback_of=execution,
+            inputs=execution.inputs,
+            status=ExecutionStatus.QUEUED,
+            created_at=now,
+            due_at=now,
+            lease_expires_at=now + _grace(),
+        )
+        _dispatch(fallback, now=now)
+    limit = trigger.pause_after_failures
+    if limit and trigger.enabled and trigger.consecutive_failures >= limit:
+        trigger.enabled = False
+        trigger.paused_at = now
+        trigger.paused_by = None
+        trigger.pause_reason = f"paused automatically after {trigger.consecutive_failures} failed executions in a row"
+        trigger.save(update_fields=["enabled", "paused_at", "paused_by", "pause_reason", "updated_at"])
+        beat.trigger_sync(trigger)
+        audit_record(actor=None, action="paused", obj=trigger, changes={"reason": trigger.pause_reason})
+        _notify(trigger, "auto_paused", execution)
+
+
+def _notify(trigger: Trigger, event: str, execution: Execution, *, detail: dict[str, Any] | None = None) -> None:
+    """Queue the notification (e-mail and webhook) for ``event`` if the trigger has targets."""
+    if not trigger.notify_emails and not trigger.notify_webhook_url:
+        return
+    from .tasks import notify_trigger_event
+
+    payload = {"trigger_id": trigger.pk, "event": event, "execution_id": str(execution.pk), "detail": detail or {}}
+    transaction.on_commit(lambda: notify_trigger_event.apply_async(kwargs=payload, queue="high"), robust=True)
+
+
+def _wake_waiting(execution: Execution, now: datetime) -> None:
+    """Send the executions that may have been waiting for this one (same trigger, workflow, owner)."""
+    trigger = execution.trigger
+    candidates = Execution.objects.filter(status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING]).exclude(
+        wait_reason=""
+    )
+    picks = [candidates.filter(trigger=trigger).order_by("scheduled_for").first()]
+    if execution.workflow.max_concurrency:
+        picks.append(
+            candidates.filter(workflow=execution.workflow, wait_reason="concurrency").order_by("created_at").first()
+        )
+    if settings.SCHEDULER_OWNER_MAX_CONCURRENCY:
+        picks.append(
+            candidates.filter(trigger__owner_id=trigger.owner_id, wait_reason="owner_concurrency")
+            .order_by("created_at")
+            .first()
+        )
+    horizon = now + timedelta(seconds=settings.SCHEDULER_COUNTDOWN_MAX_SECONDS)
+    for waiting in {pick.pk: pick for pick in picks if pick is not None}.values():
+        if waiting.due_at is None or waiting.due_at <= horizon:
+            _dispatch(waiting, now=now)
+
+
+# --- Recover ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    executions: int  # sent again
+    slots: int  # due slots nobody had dispatched, dispatched now
+    deferred: int = 0  # sent, probably waiting in the broker's backlog: not re-sent yet
+
+
+QueueDepth = Callable[[str], int | None]
+
+
+def broker_queue_depth(queue: str) -> int | None:
+    """Messages waiting in ``queue`` (None if the broker cannot say)."""
+    from scheduler_project.celery import app
+
+    try:
+        with app.connection_for_read() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except Exception as exc:  # noqa: BLE001 - an unknown depth means "assume lost", never a crash
+        logger.warning("cannot read the depth of queue %s: %s", queue, exc)
+        return None
+
+
+def leases_recover(
+    *,
+    now: datetime | None = None,
+    limit: int = 500,
+    queue_depth: QueueDepth | None = None,
+    producer: Any = None,
+) -> RecoveryReport:
+    """Send again the unfinished executions whose lease ran out.
+
+    - running: its worker died mid-attempt; the crash counts as an attempt, the next is due now;
+    - never sent (``sent_at`` empty): a wait held in the database that fell due, a publish the
+      broker refused, a beat killed between its commit and its publish; sent now;
+    - sent: lost by the broker, or still waiting in a backlog. While the execution's queue
+      holds messages (and for at most the broker's visibility timeout) it is left alone with a
+      fresh lease, so a slow system is not handed a second copy of its backlog.
+    """
+    now = now or timezone.now()
+    attempts, deferred = _recover_batch(now=now, limit=limit, queue_depth=queue_depth or broker_queue_depth)
+    send_ledgered(attempts, now=now, producer=producer)
+    return RecoveryReport(executions=len(attempts), slots=0, deferred=deferred)
+
+
+@retry_on_deadlock
+@transaction.atomic
+def _recover_batch(*, now: datetime, limit: int, queue_depth: QueueDepth) -> tuple[list[Attempt], int]:
+    stale = list(
+        Execution.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("trigger")
+        .filter(status__in=UNFINISHED_STATUSES, lease_expires_at__lte=now)
+        .order_by("lease_expires_at")[:limit]
+    )
+    depths: dict[str, int | None] = {}
+    patience = timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT_SECONDS)
+    attempts: list[Attempt] = []
+    deferred: list[Any] = []
+    for execution in stale:
+        queue = _queue(execution)
+        if execution.status == ExecutionStatus.RUNNING:
+            logger.warning("execution %s lost its worker during attempt %s", execution.pk, execution.attempts)
+            # The attempt in progress died with its worker: it counts, and the next one is due now.
+            execution.status = ExecutionStatus.RETRYING
+            execution.error = f"worker lost during attempt {execution.attempts}"
+            _log_attempt(
+                execution.metadata,
+                {"attempt": execution.attempts, "error": execution.error, "recovered_at": now.isoformat()},
+            )
+            execution.next_attempt_at = execution.due_at = now
+        elif execution.sent_at is not None and now - execution.sent_at < patience:
+            if queue not in depths:
+                depths[queue] = queue_depth(queue)
+            if depths[queue]:
+                deferred.append(execution.pk)
+                continue
+        execution.lease_expires_at = now + _handoff()
+        execution.sent_at = None
+        execution.save(
+            update_fields=["status", "error", "metadata", "next_attempt_at", "due_at", "lease_expires_at", "sent_at"]
+        )
+        attempts.append(Attempt(str(execution.pk), execution.attempts + 1, queue))
+    if deferred:
+        logger.info("%s sent executions not re-sent: their queue still has a backlog", len(deferred))
+        Execution.objects.filter(pk__in=deferred).update(lease_expires_at=now + _grace())
+    return attempts, len(deferred)
+
+
+def executions_recover(
+    *, now: datetime | None = None, limit: int = 500, queue_depth: QueueDepth | None = None
+) -> RecoveryReport:
+    """The periodic recovery task: expired leases (``leases_recover``), and due slots nobody
+    dispatched within SCHEDULER_MISSED_SLOT_GRACE_SECONDS (no TriggerScheduler running, e.g. stock
+    DatabaseScheduler whose message was lost), dispatched here the way beat would. Neither sends
+    fire messages, so a system that is behind gets no extra work from it."""
+    now = now or timezone.now()
+    leases = leases_recover(now=now, limit=limit, queue_depth=queue_depth)
+    slots = dispatch_due(now=now, overdue_seconds=settings.SCHEDULER_MISSED_SLOT_GRACE_SECONDS, max_batches=1)
+    if slots.triggers:
+        logger.warning("dispatched %s triggers whose slot nobody had dispatched", slots.triggers)
+    return RecoveryReport(executions=leases.executions, slots=slots.triggers, deferred=leases.deferred)

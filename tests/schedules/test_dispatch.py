@@ -1,0 +1,502 @@
+"""schedules.dispatch: beat's batched dispatch from the due index, the ledger, the worker's claim and
+record, recovery that does not multiply load, deadlocks, and folded stats."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.db.utils import OperationalError
+
+from schedules import dispatch, selectors, services
+from schedules.models import (
+    Execution,
+    ExecutionOrigin,
+    ExecutionStats,
+    ExecutionStatus,
+    SkipReason,
+    Trigger,
+)
+from tests.factories import UserFactory, WorkflowFactory
+from workflows.client import CallResult
+from workflows.exceptions import WorkflowRejected
+
+NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
+HOURLY = "0 * * * *"
+
+postgres_only = pytest.mark.skipif(
+    "connection.vendor != 'postgresql'", reason="row locks and SKIP LOCKED are PostgreSQL's; SQLite locks it all"
+)
+
+
+def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(2027, 3, 10, hour, minute, second, tzinfo=UTC)
+
+
+def create(workflow, **overrides) -> Trigger:
+    fields = {"owner": workflow.owner, "workflow": workflow, "name": "Hourly", "kind": "cron", "cron": HOURLY}
+    fields.update(overrides)
+    fields.setdefault("now", NOW)
+    return services.trigger_create(**fields)
+
+
+class Broker:
+    """Stands in for the broker: records what the dispatch path publishes; can refuse, or hold a backlog."""
+
+    def __init__(self) -> None:
+        self.attempts: list[dispatch.Attempt] = []
+        self.accept: int | None = None  # how many more it takes before refusing (None: all)
+        self.depth = 0
+
+    def publish(self, attempts, *, producer=None):
+        taken = attempts if self.accept is None else attempts[: self.accept]
+        if self.accept is not None:
+            self.accept -= len(taken)
+        self.attempts.extend(taken)
+        if len(taken) < len(attempts):
+            return len(taken), ConnectionRefusedError("broker down")
+        return len(taken), None
+
+    def ids(self) -> list[str]:
+        return [attempt.execution_id for attempt in self.attempts]
+
+
+@pytest.fixture
+def broker(monkeypatch):
+    fake = Broker()
+    monkeypatch.setattr(dispatch, "publish", fake.publish)
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: fake.depth)
+    monkeypatch.setattr(dispatch, "_enqueue_attempt", lambda execution_id, attempt, **options: None)
+    return fake
+
+
+def rows(trigger: Trigger) -> list[tuple]:
+    """A trigger's executions as comparable tuples; a first attempt trigger_fire started counts as queued."""
+    result = []
+    for execution in trigger.executions.order_by("scheduled_for", "origin"):
+        status = execution.status
+        if status == ExecutionStatus.RUNNING and execution.attempts == 1:
+            status = ExecutionStatus.QUEUED
+        # Why it waits, where that is a rule (not "jitter", which only trigger_fire's claim writes down).
+        wait = execution.wait_reason if execution.wait_reason in ("previous", "concurrency") else ""
+        slot, origin = execution.scheduled_for, execution.origin
+        result.append((slot, origin, status, execution.skip_reason, wait, execution.due_at))
+    return result
+
+
+def state(trigger: Trigger) -> tuple:
+    trigger.refresh_from_db()
+    return (trigger.run_count, trigger.last_run_at, trigger.next_run_at, trigger.completed_at is not None)
+
+
+# --- One set of rules: dispatch_due (beat) and trigger_fire (stock beat's message) agree ------------------
+
+SCENARIOS = {
+    "on time": ({}, at(13, 0, 1), None),
+    "beat down, catch-up latest": ({}, at(16, 0, 5), None),
+    "beat down, catch-up skip": ({"catchup": "skip"}, at(16, 5), None),
+    "beat down, catch-up all": ({"catchup": "all", "catchup_window_seconds": 7200}, at(16, 0, 5), None),
+    "outside window": ({"execution_window": {"days": [0], "ranges": [["00:00", "01:00"]]}}, at(13, 0, 1), None),
+    "max_runs reached": ({"max_runs": 1, "catchup": "all", "catchup_window_seconds": 86400}, at(15, 0, 1), None),
+    "overlap skip while busy": ({}, at(14, 0, 1), "busy"),
+    "overlap buffer_one while busy": ({"overlap": "buffer_one"}, at(15, 0, 1), "busy"),
+    "overlap allow while busy": ({"overlap": "allow"}, at(14, 0, 1), "busy"),
+    "jitter": ({"jitter_seconds": 30}, at(13, 0, 1), None),
+    "once": ({"kind": "once", "cron": "", "run_at": at(13)}, at(13, 0, 1), None),
+    "a missed slot was backfilled": ({"catchup": "all", "catchup_window_seconds": 86400}, at(16, 0, 1), "backfill"),
+    "workflow inactive": ({}, at(13, 0, 1), "inactive"),
+}
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_dispatch_due__same_outcome_as_trigger_fire(name, workflow, broker, monkeypatch):
+    """Beat's batched dispatch writes exactly the executions and trigger state that trigger_fire writes."""
+    overrides, now, setup = SCENARIOS[name]
+    monkeypatch.setattr(dispatch.random, "uniform", lambda low, high: high / 2)
+    trigger = create(workflow, **overrides)
+    if setup == "busy":
+        services.trigger_run_now(trigger=trigger, now=at(12, 30))
+        dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=at(13), now=at(13))
+    elif setup == "backfill":
+        services.trigger_backfill(trigger=trigger, start=at(13, 59), end=at(14), now=at(14, 30))
+    elif setup == "inactive":
+        workflow.is_active = False
+        workflow.save()
+    before = transaction.savepoint()
+    dispatch.trigger_fire(trigger_id=trigger.pk, scheduled_for=None, now=now)
+    by_fire = (rows(trigger), state(trigger))
+    transaction.savepoint_rollback(before)
+    report = dispatch.dispatch_due(now=now)
+    by_beat = (rows(trigger), state(trigger))
+    assert report.triggers == 1
+    assert by_beat == by_fire
+    assert by_fire[0], "the scenario writes executions"
+
+
+def test_dispatch_due__first_attempts_published_once_waiters_not(workflow, broker):
+    """Beat publishes the first attempt of each execution that can start; one that waits behind another
+    (catch-up 'all' runs one after another) is woken later, not sent now."""
+    trigger = create(workflow, catchup="all", catchup_window_seconds=7200)
+    dispatch.dispatch_due(now=at(14, 0, 5))
+    first, second = Execution.objects.filter(trigger=trigger).order_by("scheduled_for")
+    assert (first.scheduled_for, second.scheduled_for) == (at(13), at(14))
+    assert second.wait_reason == "previous"
+    assert broker.ids() == [str(first.pk)]
+    assert first.sent_at == at(14, 0, 5) and second.sent_at is None
+    assert first.lease_expires_at == at(14, 0, 5) + dispatch._grace()
+
+
+def test_dispatch_due__batches_until_nothing_due(user, broker):
+    """More due triggers than a batch: every one is dispatched in the same call, once; the next call finds none."""
+    workflow = WorkflowFactory(owner=user)
+    triggers = [create(workflow, name=f"t{index}") for index in range(23)]
+    report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
+    assert (report.triggers, report.sent, report.batches) == (23, 23, 5)
+    assert Execution.objects.filter(scheduled_for=at(13)).count() == 23
+    assert sorted(broker.ids()) == sorted(str(e.pk) for e in Execution.objects.all())
+    assert dispatch.dispatch_due(now=at(13, 0, 2), batch_size=5).triggers == 0
+    assert {state(trigger)[2] for trigger in triggers} == {at(14)}
+
+
+def test_dispatch_due__paused_and_completed_triggers_not_in_due_index(workflow, broker):
+    """Paused, completed and not-yet-due triggers are never claimed."""
+    paused = create(workflow, name="paused")
+    services.trigger_pause(trigger=paused, now=NOW)
+    later = create(workflow, name="later", cron="0 18 * * *")
+    done = create(workflow, name="done", kind="once", cron="", run_at=at(12, 30))
+    dispatch.dispatch_due(now=at(12, 30, 1))
+    assert state(done)[3] is True
+    assert dispatch.dispatch_due(now=at(13, 0, 1)).triggers == 0
+    assert not Execution.objects.filter(trigger__in=[paused, later]).exists()
+
+
+def test_dispatch_due__publish_refused_leaves_ledger_and_stops(user, broker):
+    """The broker takes 2 of 5: those are marked sent; the rest stay unsent with a hand-off lease, and
+    no further batch is claimed (the due slots wait, so the catch-up policy applies later)."""
+    workflow = WorkflowFactory(owner=user)
+    for index in range(8):
+        create(workflow, name=f"t{index}")
+    broker.accept = 2
+    report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
+    assert (report.triggers, report.sent, report.unsent, report.batches) == (5, 2, 3, 1)
+    assert isinstance(report.error, ConnectionRefusedError)
+    unsent = Execution.objects.filter(sent_at__isnull=True)
+    assert unsent.count() == 3
+    assert {e.lease_expires_at for e in unsent} == {at(13, 0, 1) + dispatch._handoff()}
+    assert Trigger.objects.filter(next_run_at=at(13)).count() == 3  # never claimed
+
+
+def test_leases_recover__sends_unsent_after_handoff_and_never_twice(user, broker):
+    """A beat killed between its commit and its publish: the executions it wrote are sent by any beat
+    once the hand-off lease runs out (not before), each once."""
+    workflow = WorkflowFactory(owner=user)
+    for index in range(3):
+        create(workflow, name=f"t{index}")
+    broker.accept = 0
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    broker.accept = None
+    handoff_end = at(13, 0, 1) + dispatch._handoff()
+    assert dispatch.leases_recover(now=handoff_end - timedelta(seconds=1)).executions == 0
+    report = dispatch.leases_recover(now=handoff_end)
+    assert report.executions == 3 and len(broker.attempts) == 3
+    assert not Execution.objects.filter(sent_at__isnull=True).exists()
+    assert dispatch.leases_recover(now=handoff_end + timedelta(seconds=1)).executions == 0
+
+
+def test_leases_recover__backlog_is_not_sent_twice(user, broker, monkeypatch):
+    """Sent executions still waiting in a backlog past their lease are not re-sent while the queue has
+    messages (their lease grows instead); once it drains, the ones still unclaimed are sent once more."""
+    workflow = WorkflowFactory(owner=user)
+    for index in range(20):
+        create(workflow, name=f"t{index}")
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    assert len(broker.attempts) == 20
+    broker.depth = 15
+    for seconds in range(10, 600, 10):
+        report = dispatch.leases_recover(now=at(13, 0, 1) + timedelta(seconds=seconds))
+        assert report.executions == 0
+    assert len(broker.attempts) == 20
+    # Workers ran 5 of them; then the queue drains: the other 15 were lost.
+    monkeypatch.setattr(dispatch, "call_workflow", lambda call: ok())
+    for execution in Execution.objects.order_by("pk")[:5]:
+        claimed = dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at(13, 10))
+        assert dispatch.execution_perform(execution=claimed).status == ExecutionStatus.SUCCEEDED
+    broker.depth = 0
+    report = dispatch.leases_recover(now=at(13, 20))
+    assert report.executions == 15
+    assert dispatch.leases_recover(now=at(13, 20, 1)).executions == 0
+
+
+def test_leases_recover__message_older_than_visibility_timeout_is_resent(workflow, broker, settings):
+    """A sent message waiting longer than the broker's visibility timeout is taken as lost even with a backlog."""
+    settings.CELERY_VISIBILITY_TIMEOUT_SECONDS = 600
+    create(workflow)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    broker.depth = 1000
+    assert dispatch.leases_recover(now=at(13, 5)).executions == 0
+    assert dispatch.leases_recover(now=at(13, 11)).executions == 1
+
+
+def test_executions_recover__behind_system_gets_no_extra_work(user, broker, settings):
+    """2 minutes behind with 200 triggers due at once: recovery runs every 10 s and adds nothing
+    (no second copy of a queued message, no second dispatch of a slot)."""
+    settings.SCHEDULER_MISSED_SLOT_GRACE_SECONDS = 90
+    workflow = WorkflowFactory(owner=user)
+    for index in range(200):
+        create(workflow, name=f"t{index}")
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    broker.depth = 200
+    sent = len(broker.attempts)
+    for seconds in range(10, 130, 10):
+        report = dispatch.executions_recover(now=at(13, 0, 1) + timedelta(seconds=seconds))
+        assert (report.executions, report.slots) == (0, 0)
+    assert len(broker.attempts) == sent == 200
+    assert Execution.objects.count() == 200
+
+
+# --- Claim and record: the worker's path --------------------------------------------------------
+
+
+def ok() -> CallResult:
+    return CallResult(http_status=200, run_id="run-1", body_excerpt="{}", duration_ms=7)
+
+
+@pytest.fixture
+def queued(workflow, broker):
+    trigger = create(workflow, overlap="allow")
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    return Execution.objects.get(trigger=trigger)
+
+
+def test_execution_claim__fast_path_is_one_read_and_one_update(queued, django_assert_num_queries):
+    """The common claim is a read and a conditional UPDATE: no transaction, no lock held."""
+    with django_assert_num_queries(2) as captured:
+        claimed = dispatch.execution_claim(execution_id=queued.pk, attempt=1, now=at(13, 0, 2))
+    assert claimed.status == ExecutionStatus.RUNNING and claimed.attempts == 1
+    assert not any("FOR UPDATE" in query["sql"] or "SAVEPOINT" in query["sql"] for query in captured.captured_queries)
+
+
+def test_execution_claim__lost_race_falls_back_and_calls_nothing(queued, monkeypatch):
+    """Two deliveries read the same queued row; the second one's UPDATE finds it started and calls nothing."""
+    real = dispatch._startable_without_lock
+    raced = []
+
+    def other_worker_first(execution, attempt, now):
+        if not raced:
+            raced.append(dispatch._claim_locked(execution_id=execution.pk, attempt=1, now=now))
+        return real(execution, attempt, now)
+
+    monkeypatch.setattr(dispatch, "_startable_without_lock", other_worker_first)
+    assert dispatch.execution_claim(execution_id=queued.pk, attempt=1, now=at(13, 0, 2)) is None
+    assert raced[0] is not None
+    assert Execution.objects.get(pk=queued.pk).attempts == 1
+
+
+def test_record_success__one_update_then_nothing_when_nobody_waits(queued, monkeypatch, django_assert_num_queries):
+    """A successful call is recorded with one UPDATE of the execution (plus a look for waiters);
+    stats are folded later, the trigger row is not touched."""
+    claimed = dispatch.execution_claim(execution_id=queued.pk, attempt=1, now=at(13, 0, 2))
+    monkeypatch.setattr(dispatch, "call_workflow", lambda call: ok())
+    with django_assert_num_queries(2) as captured:
+        outcome = dispatch.execution_perform(execution=claimed)
+    assert outcome.status == ExecutionStatus.SUCCEEDED
+    assert not any("schedules_trigger" in query["sql"].split("FROM")[0] for query in captured.captured_queries)
+    execution = Execution.objects.get(pk=queued.pk)
+    assert (execution.status, execution.run_id, execution.counted) == (ExecutionStatus.SUCCEEDED, "run-1", False)
+
+
+def test_record_success__after_takeover_keeps_the_other_outcome(queued, monkeypatch):
+    """A worker whose lease ran out and whose execution was taken over does not overwrite the new attempt."""
+    claimed = dispatch.execution_claim(execution_id=queued.pk, attempt=1, now=at(13, 0, 2))
+    dispatch.leases_recover(now=claimed.lease_expires_at)  # its worker is presumed dead
+    monkeypatch.setattr(dispatch, "call_workflow", lambda call: ok())
+    assert dispatch.execution_perform(execution=claimed).status == ExecutionStatus.RETRYING
+    assert Execution.objects.get(pk=queued.pk).status == ExecutionStatus.RETRYING
+
+
+def test_record_success__resets_failures_and_notifies_recovery(workflow, broker, monkeypatch):
+    """After failed executions, a success resets the count (one locked update of the trigger)."""
+    trigger = create(workflow, overlap="allow", max_attempts=1)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    first = dispatch.execution_claim(execution_id=Execution.objects.get().pk, attempt=1, now=at(13, 0, 2))
+    monkeypatch.setattr(dispatch, "call_workflow", lambda call: (_ for _ in ()).throw(WorkflowRejected("HTTP 404")))
+    dispatch.execution_perform(execution=first)
+    assert Trigger.objects.get(pk=trigger.pk).consecutive_failures == 1
+    dispatch.dispatch_due(now=at(14, 0, 1))
+    second = Execution.objects.get(scheduled_for=at(14))
+    claimed = dispatch.execution_claim(execution_id=second.pk, attempt=1, now=at(14, 0, 2))
+    monkeypatch.setattr(dispatch, "call_workflow", lambda call: ok())
+    dispatch.execution_perform(execution=claimed)
+    assert Trigger.objects.get(pk=trigger.pk).consecutive_failures == 0
+
+
+# --- Deadlocks ----------------------------------------------------------------------------------
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_execution_claim__does_not_lock_the_trigger_row(broker):
+    """Claiming locks only the execution: a claim completes while another transaction holds the trigger
+    (before, select_related + FOR UPDATE locked the trigger too, and deadlocked with the recording side)."""
+    workflow = WorkflowFactory(owner=UserFactory())
+    trigger = create(workflow, overlap="allow", max_attempts=2)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    execution = Execution.objects.get()
+    Execution.objects.filter(pk=execution.pk).update(due_at=at(13, 0, 30))  # not due: the locked path
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_trigger():
+        with transaction.atomic():
+            Trigger.objects.select_for_update().get(pk=trigger.pk)
+            holding.set()
+            release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold_trigger)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+        assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at(13, 0, 2)) is None
+        assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at(13, 0, 31)) is not None
+    finally:
+        release.set()
+        holder.join()
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = 0")
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_record_failure__deadlock_victim_is_retried_and_recorded_once(broker, monkeypatch, caplog):
+    """A real deadlock: the recording side holds the execution and waits for the trigger, which another
+    transaction holds while it then asks for the execution. PostgreSQL aborts the recording side (it
+    waited first); it is run again, so the failure is recorded exactly once and the endpoint is not
+    called again."""
+    workflow = WorkflowFactory(owner=UserFactory())
+    trigger = create(workflow, overlap="allow", max_attempts=1)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    execution = dispatch.execution_claim(execution_id=Execution.objects.get().pk, attempt=1, now=at(13, 0, 2))
+    calls = []
+
+    def rejected(call):
+        calls.append(call)
+        raise WorkflowRejected("HTTP 404", http_status=404)
+
+    monkeypatch.setattr(dispatch, "call_workflow", rejected)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        recorder_pid = cursor.fetchone()[0]
+    other_has_trigger, recorder_asks_trigger = threading.Event(), threading.Event()
+    real = dispatch._count_failure
+
+    def count_failure_once_the_other_holds_the_trigger(execution_arg, now):
+        if not recorder_asks_trigger.is_set():
+            other_has_trigger.wait(10)
+            recorder_asks_trigger.set()
+        return real(execution_arg, now)
+
+    monkeypatch.setattr(dispatch, "_count_failure", count_failure_once_the_other_holds_the_trigger)
+    errors = []
+
+    def other():
+        try:
+            with transaction.atomic():
+                Trigger.objects.select_for_update().get(pk=trigger.pk)
+                other_has_trigger.set()
+                recorder_asks_trigger.wait(10)
+                with connection.cursor() as cursor:
+                    for _ in range(200):  # until the recorder is queued for the trigger's lock
+                        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [recorder_pid])
+                        if cursor.fetchone()[0] == "Lock":
+                            break
+                        threading.Event().wait(0.02)
+                Execution.objects.filter(pk=execution.pk).update(error="touched by the other transaction")
+        except OperationalError as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with caplog.at_level("WARNING", logger="schedules.dispatch"):
+        outcome = dispatch.execution_perform(execution=execution)
+    thread.join()
+    assert "_record_failure: deadlock victim" in caplog.text
+    assert errors == []
+    assert outcome.status == ExecutionStatus.FAILED
+    assert len(calls) == 1
+    assert Trigger.objects.get(pk=trigger.pk).consecutive_failures == 1
+    assert Execution.objects.get(pk=execution.pk).status == ExecutionStatus.FAILED
+
+
+def test_retry_on_deadlock__retries_only_retryable_errors_outside_a_transaction(monkeypatch):
+    """A deadlock victim is run again; other errors, and victims inside an outer transaction, are raised."""
+    monkeypatch.setattr(dispatch.time, "sleep", lambda seconds: None)
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    def deadlock() -> OperationalError:
+        error = OperationalError("deadlock detected")
+        error.__cause__ = Deadlock()
+        return error
+
+    attempts = []
+
+    @dispatch.retry_on_deadlock
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise deadlock()
+        return "done"
+
+    assert flaky() == "done" and len(attempts) == 3
+
+    @dispatch.retry_on_deadlock
+    def other_error():
+        raise OperationalError("disk full")
+
+    with pytest.raises(OperationalError, match="disk full"):
+        other_error()
+
+
+# --- Folded stats -------------------------------------------------------------------------------
+
+
+def test_stats_fold__counts_each_finished_execution_once(workflow, broker, monkeypatch):
+    """Finished executions are counted in batches, each once; readers see them before the fold too."""
+    trigger = create(workflow, overlap="allow", catchup="latest")
+    dispatch.dispatch_due(now=at(15, 0, 1))  # 13:00 and 14:00 missed (skipped), 15:00 queued
+    execution = dispatch.execution_claim(
+        execution_id=Execution.objects.get(status=ExecutionStatus.QUEUED).pk, attempt=1, now=at(15, 0, 2)
+    )
+    monkeypatch.setattr(dispatch, "call_workflow", lambda call: ok())
+    dispatch.execution_perform(execution=execution)
+    before = selectors.trigger_stats(trigger, now=at(15, 1))
+    assert not ExecutionStats.objects.exists()
+    assert (before["total"], before["succeeded"], before["skipped"]) == (3, 1, 2)
+    assert services.stats_fold(limit=2) == 3
+    assert services.stats_fold() == 0
+    after = selectors.trigger_stats(trigger, now=at(15, 1))
+    assert {key: after[key] for key in ("total", "succeeded", "skipped", "avg_duration_ms")} == {
+        key: before[key] for key in ("total", "succeeded", "skipped", "avg_duration_ms")
+    }
+    assert ExecutionStats.objects.get(trigger=trigger).total == 3
+
+
+def test_executions_prune__folds_before_deleting(workflow, broker, settings):
+    """Pruning counts what was not counted yet first, so the stats keep every execution it deletes."""
+    settings.SCHEDULER_KEEP_SUCCEEDED = 1
+    settings.SCHEDULER_RETENTION_DAYS = 0
+    trigger = create(workflow, catchup="all", catchup_window_seconds=1)
+    dispatch.dispatch_due(now=at(18, 0, 1))  # 13:00 to 17:00 missed, 18:00 queued
+    assert Execution.objects.filter(skip_reason=SkipReason.MISSED).count() == 5
+    deleted = services.executions_prune(now=at(18, 1))
+    assert deleted == 4
+    assert ExecutionStats.objects.get(trigger=trigger).skipped == 5
+    assert selectors.trigger_stats(trigger, now=at(18, 1))["skipped"] == 5
+    assert Execution.objects.filter(origin=ExecutionOrigin.CATCHUP).count() == 1
