@@ -229,7 +229,10 @@ def test_builtin_endpoint__gunicorn_records_one_run_per_slot(stack, user):
     )
     assert ping.returncode == 0, ping.stdout.decode() + ping.stderr.decode()
     assert b"pong" in ping.stdout
-    # Task results are kept by django-celery-results.
-    result = TaskResult.objects.filter(task_name="schedules.fire_trigger", status="SUCCESS").first()
-    assert result is not None
+    # Task results are written by django-celery-results in batches (scheduler_project/results.py).
+    result = wait_for(
+        lambda: TaskResult.objects.filter(task_name="schedules.run_execution", status="SUCCESS").first(),
+        timeout=10,
+        what="the run_execution task result",
+    )
     assert str(execution.pk) in result.result
