@@ -244,7 +244,7 @@ CELERY_BEAT_SYNC_EVERY = 1
 SCHEDULER_BEAT_POLL_SECONDS = env_int("SCHEDULER_BEAT_POLL_SECONDS", 1, minimum=1, maximum=60)
 # How long the beat that sends the ordinary periodic tasks holds that role without renewing it
 # (it renews every second): a killed beat's role is taken over by another within this time.
-SCHEDULER_BEAT_LEASE_SECONDS = env_int("SCHEDULER_BEAT_LEASE_SECONDS", 4, minimum=2, maximum=300)
+SCHEDULER_BEAT_LEASE_SECONDS = env_int("SCHEDULER_BEAT_LEASE_SECONDS", 3, minimum=2, maximum=300)
 # Lease of an execution beat committed and is publishing: if beat dies before the broker has the
 # message, another beat sends it once this runs out.
 SCHEDULER_HANDOFF_SECONDS = env_int("SCHEDULER_HANDOFF_SECONDS", 5, minimum=1, maximum=300)

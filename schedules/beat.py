@@ -285,7 +285,8 @@ class TriggerScheduler(DatabaseScheduler):
         self._lease_checked_at = float("-inf")
         self._recovered_at = float("-inf")
         self._heartbeat_at = 0.0
-        self._broker_down = False
+        # What the broker refused last (empty while it takes messages): sent again before anything new.
+        self._refused: list[Any] = []
         self._reload = False
         super().__init__(*args, **kwargs)
 
@@ -324,24 +325,31 @@ class TriggerScheduler(DatabaseScheduler):
         poll = float(settings.SCHEDULER_BEAT_POLL_SECONDS)
         try:
             now = timezone.now()
-            if self._broker_down and not self._broker_reachable():
-                return poll
+            if self._refused:
+                # The broker refused the last batch: until it takes it, nothing new is dispatched.
+                _, error = dispatch.send_ledgered(self._refused, now=now)
+                if error is not None:
+                    return poll
+                logger.warning(
+                    "broker takes messages again: %s held attempts sent, dispatch resumes", len(self._refused)
+                )
+                self._refused = []
+                now = timezone.now()  # the send may have waited for the connection
             next_due = dispatch.next_due_at()
             dispatched = 0
             if next_due is not None and next_due <= now:
-                report = dispatch.dispatch_due(now=now)
+                report = dispatch.dispatch_due()  # each batch on the clock as it is then
                 dispatched = report.triggers
                 if report.error is not None:
-                    self._broker_down = True
+                    self._refused = report.refused
                     logger.error("broker unreachable: dispatch holds until it is back (%s)", report.error)
                     return poll
                 if report.triggers:
                     logger.info("dispatched %s triggers, sent %s attempts", report.triggers, report.sent)
                 next_due = dispatch.next_due_at()
-            self._broker_down = False
             if time.monotonic() - self._recovered_at >= _RECOVER_EVERY_SECONDS:
                 self._recovered_at = time.monotonic()
-                dispatch.leases_recover(now=now)
+                dispatch.leases_recover()
         except (DatabaseError, InterfaceError) as exc:
             logger.error("database unavailable, trigger dispatch waits (%s: %s)", type(exc).__name__, exc)
             close_old_connections()
@@ -353,15 +361,6 @@ class TriggerScheduler(DatabaseScheduler):
             # Due, but held by another beat's transaction (SKIP LOCKED): look again very soon.
             wait = 0.05
         return min(poll, max(0.0, wait))
-
-    def _broker_reachable(self) -> bool:
-        try:
-            with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
-        except Exception:  # noqa: BLE001 - any failure means "not yet"
-            return False
-        logger.warning("broker reachable again: dispatch resumes")
-        return True
 
     def _holds_lease(self) -> bool:
         if time.monotonic() - self._lease_checked_at < _LEASE_RENEW_SECONDS:

@@ -116,7 +116,7 @@ def retry_on_deadlock(func: _F) -> _F:
 # --- Sending attempts to the broker -------------------------------------------------------------
 
 
-def _grace() -> timedelta:
+def lease_grace() -> timedelta:
     return timedelta(seconds=settings.SCHEDULER_LEASE_GRACE_SECONDS)
 
 
@@ -125,7 +125,7 @@ def _handoff() -> timedelta:
 
 
 def _lease(workflow: Workflow, now: datetime) -> datetime:
-    return now + timedelta(seconds=workflow.timeout_seconds) + _grace()
+    return now + timedelta(seconds=workflow.timeout_seconds) + lease_grace()
 
 
 def _queue(execution: Execution) -> str:
@@ -184,7 +184,7 @@ def _mark_sent(attempts: list[Attempt], now: datetime) -> None:
         pk__in=[attempt.execution_id for attempt in attempts],
         status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING],
         sent_at__isnull=True,
-    ).update(sent_at=now, lease_expires_at=F("lease_expires_at") + (_grace() - _handoff()))
+    ).update(sent_at=now, lease_expires_at=F("lease_expires_at") + (lease_grace() - _handoff()))
 
 
 def send_ledgered(attempts: list[Attempt], *, now: datetime, producer: Any = None) -> tuple[int, BaseException | None]:
@@ -226,7 +226,7 @@ def _enqueue_attempt(
     transaction.on_commit(send, robust=robust)
 
 
-def _dispatch(execution: Execution, *, now: datetime, robust: bool = True) -> None:
+def dispatch_attempt(execution: Execution, *, now: datetime, robust: bool = True) -> None:
     """Send the execution's next attempt when it falls due (saves its lease and ``sent_at``).
 
     A short wait rides in the broker as a countdown; a long one (past
@@ -240,7 +240,7 @@ def _dispatch(execution: Execution, *, now: datetime, robust: bool = True) -> No
         execution.lease_expires_at, execution.sent_at = due, None
         Execution.objects.filter(pk=execution.pk).update(lease_expires_at=due, sent_at=None)
         return
-    execution.lease_expires_at, execution.sent_at = due + _grace(), now
+    execution.lease_expires_at, execution.sent_at = due + lease_grace(), now
     Execution.objects.filter(pk=execution.pk).update(lease_expires_at=execution.lease_expires_at, sent_at=now)
     _enqueue_attempt(
         execution.pk, execution.attempts + 1, queue=_queue(execution), countdown=wait or None, robust=robust
@@ -250,7 +250,7 @@ def _dispatch(execution: Execution, *, now: datetime, robust: bool = True) -> No
 # --- Fire: a due slot becomes executions --------------------------------------------------------
 
 
-def _unfinished(trigger: Trigger) -> Any:
+def unfinished(trigger: Trigger) -> Any:
     return Execution.objects.filter(trigger=trigger, status__in=UNFINISHED_STATUSES, fallback_of=None)
 
 
@@ -266,7 +266,7 @@ def new_execution(trigger: Trigger, slot: datetime, origin: str, now: datetime) 
         status=ExecutionStatus.QUEUED,
         created_at=now,
         due_at=max(slot, now) if origin == ExecutionOrigin.BACKFILL else slot,
-        lease_expires_at=now + _grace(),
+        lease_expires_at=now + lease_grace(),
     )
 
 
@@ -467,7 +467,7 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
         return None
 
     missed, _ = _missed_slots(trigger, scheduled_for)
-    statuses = set(_unfinished(trigger).values_list("status", flat=True).distinct())
+    statuses = set(unfinished(trigger).values_list("status", flat=True).distinct())
     facts = _TriggerFacts(
         taken=frozenset(
             Execution.objects.filter(trigger=trigger, scheduled_for__in=missed, fallback_of=None).values_list(
@@ -495,7 +495,7 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
             started = execution
         else:
             execution.save()
-            _dispatch(execution, now=now)
+            dispatch_attempt(execution, now=now)
     return started
 
 
@@ -509,6 +509,7 @@ class DispatchReport:
     unsent: int = 0  # left in the database for recovery (the broker refused them)
     error: BaseException | None = None  # why the broker refused
     batches: int = 0
+    refused: list[Attempt] = field(default_factory=list)  # the attempts the broker refused
 
 
 @dataclass
@@ -535,10 +536,12 @@ def dispatch_due(
     broker is back). Beat calls it on every tick; recovery calls it with a grace, for triggers
     nobody dispatched (stock DatabaseScheduler, or no beat at all).
     """
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=overdue_seconds)
+    fixed_now = now
     report = DispatchReport()
     while max_batches is None or report.batches < max_batches:
+        # Each batch on the clock as it is then (a burst takes a while), unless the caller fixed it.
+        now = fixed_now or timezone.now()
+        cutoff = now - timedelta(seconds=overdue_seconds)
         batch = _dispatch_batch(now=now, cutoff=cutoff, limit=batch_size)
         report.batches += 1
         report.triggers += batch.triggers
@@ -548,6 +551,7 @@ def dispatch_due(
         report.unsent += len(batch.attempts) - sent
         if error is not None:
             report.error = error
+            report.refused = batch.attempts[sent:]
             break
         if batch.triggers < batch_size:
             break
@@ -660,7 +664,7 @@ def _hand_off(execution: Execution, now: datetime, attempts: list[Attempt]) -> N
     wait = (due - now).total_seconds()
     if execution.wait_reason and _serial(execution):
         # Woken by the execution it waits for; the lease is only the backstop.
-        execution.lease_expires_at = now + _grace()
+        execution.lease_expires_at = now + lease_grace()
     elif wait > settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
         execution.lease_expires_at = due  # recovery sends it when due
     else:
@@ -828,7 +832,7 @@ def _claim_locked(*, execution_id: Any, attempt: int, now: datetime) -> Executio
         return None
     if not _try_start(execution, now):
         # Waits for what wait_reason names; re-sent when that finishes, or by recovery.
-        execution.lease_expires_at = max(execution.due_at or now, now) + _grace()
+        execution.lease_expires_at = max(execution.due_at or now, now) + lease_grace()
         execution.sent_at = None
         execution.save(update_fields=["wait_reason", "lease_expires_at", "sent_at"])
         return None
@@ -1015,7 +1019,7 @@ def _record_failure(execution_id: Any, attempt: int, started: datetime, error: W
         execution.status = ExecutionStatus.RETRYING
         execution.next_attempt_at = execution.due_at = now + timedelta(seconds=delay)
         execution.save()
-        _dispatch(execution, now=now)
+        dispatch_attempt(execution, now=now)
         return AttemptOutcome(status=ExecutionStatus.RETRYING, retry_in_seconds=delay, next_attempt=attempt + 1)
     if error.retryable and out_of_time:
         entry["error"] = execution.error = f"{execution.error} (retries stopped: max_retry_duration_seconds={limit})"
@@ -1057,9 +1061,9 @@ def _count_failure(execution: Execution, now: datetime) -> None:
             status=ExecutionStatus.QUEUED,
             created_at=now,
             due_at=now,
-            lease_expires_at=now + _grace(),
+            lease_expires_at=now + lease_grace(),
         )
-        _dispatch(fallback, now=now)
+        dispatch_attempt(fallback, now=now)
     limit = trigger.pause_after_failures
     if limit and trigger.enabled and trigger.consecutive_failures >= limit:
         trigger.enabled = False
@@ -1102,7 +1106,7 @@ def _wake_waiting(execution: Execution, now: datetime) -> None:
     horizon = now + timedelta(seconds=settings.SCHEDULER_COUNTDOWN_MAX_SECONDS)
     for waiting in {pick.pk: pick for pick in picks if pick is not None}.values():
         if waiting.due_at is None or waiting.due_at <= horizon:
-            _dispatch(waiting, now=now)
+            dispatch_attempt(waiting, now=now)
 
 
 # --- Recover ------------------------------------------------------------------------------------
@@ -1191,7 +1195,7 @@ def _recover_batch(*, now: datetime, limit: int, queue_depth: QueueDepth) -> tup
         attempts.append(Attempt(str(execution.pk), execution.attempts + 1, queue))
     if deferred:
         logger.info("%s sent executions not re-sent: their queue still has a backlog", len(deferred))
-        Execution.objects.filter(pk__in=deferred).update(lease_expires_at=now + _grace())
+        Execution.objects.filter(pk__in=deferred).update(lease_expires_at=now + lease_grace())
     return attempts, len(deferred)
 
 

@@ -343,10 +343,10 @@ def trigger_run_now(
         status=ExecutionStatus.QUEUED,
         created_at=now,
         due_at=now,
-        lease_expires_at=now + dispatch._grace(),
+        lease_expires_at=now + dispatch.lease_grace(),
     )
     audit_record(actor=actor, action="ran", obj=trigger, changes={"execution_id": str(execution.pk)})
-    dispatch._dispatch(execution, now=now, robust=False)
+    dispatch.dispatch_attempt(execution, now=now, robust=False)
     return execution
 
 
@@ -373,7 +373,7 @@ def execution_retry(
         status=ExecutionStatus.QUEUED,
         created_at=now,
         due_at=now,
-        lease_expires_at=now + dispatch._grace(),
+        lease_expires_at=now + dispatch.lease_grace(),
     )
     audit_record(
         actor=actor,
@@ -381,7 +381,7 @@ def execution_retry(
         obj=execution.trigger,
         changes={"execution_id": str(retry.pk), "retry_of": str(execution.pk)},
     )
-    dispatch._dispatch(retry, now=now, robust=False)
+    dispatch.dispatch_attempt(retry, now=now, robust=False)
     return retry
 
 
@@ -435,7 +435,7 @@ def trigger_backfill(
     taken = set(
         trigger.executions.filter(scheduled_for__in=slots, fallback_of=None).values_list("scheduled_for", flat=True)
     )
-    busy = dispatch._unfinished(trigger).exists()
+    busy = dispatch.unfinished(trigger).exists()
     window = timing.parse_window(trigger.execution_window)
     created: list[Execution] = []
     skipped = 0
@@ -456,7 +456,7 @@ def trigger_backfill(
         else:
             created.append(execution)
     for execution in created:
-        dispatch._dispatch(execution, now=now)
+        dispatch.dispatch_attempt(execution, now=now)
     audit_record(
         actor=actor,
         action="backfilled",

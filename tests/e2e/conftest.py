@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +17,28 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+class Supervisor:
+    """Keeps one process running: starts it again (once a second at most) whenever it has exited."""
+
+    def __init__(self, start: Callable[[], Process]) -> None:
+        self._start = start
+        self.process = start()
+        self.restarts = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(1):
+            if self.process.popen.poll() is not None:
+                self.restarts += 1
+                self.process = self._start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+
 class Stack:
     """Starts and stops the project's processes for one test."""
 
@@ -22,6 +46,7 @@ class Stack:
         self.tmp_path = tmp_path
         self.env_extra = env_extra
         self.processes: list[Process] = []
+        self.supervisors: list[Supervisor] = []
 
     def env(self, **extra):
         return child_env(**{**self.env_extra, **extra})
@@ -30,6 +55,15 @@ class Stack:
         worker = self._launch("worker", WORKER_COMMAND, env_extra)
         worker.wait_for_log("ready.", timeout=60)
         return worker
+
+    def start_supervised_worker(self) -> Supervisor:
+        """A worker restarted whenever it exits, as docker-compose's ``restart: unless-stopped`` does
+        (celery workers can exit with an "Unrecoverable error" when the broker connection drops,
+        e.g. celery/celery#4652, celery/kombu#582)."""
+        supervisor = Supervisor(lambda: self._launch("worker", WORKER_COMMAND, None))
+        self.supervisors.append(supervisor)
+        supervisor.process.wait_for_log("ready.", timeout=60)
+        return supervisor
 
     def start_beat(self, *, env_extra: dict[str, str] | None = None) -> Process:
         beat = self._launch("beat", BEAT_COMMAND, env_extra)
@@ -63,6 +97,8 @@ class Stack:
         return "\n".join(f"===== {p.name} ({p.log_path})\n{p.log()[-4000:]}" for p in self.processes)
 
     def stop(self):
+        for supervisor in self.supervisors:
+            supervisor.stop()
         for process in reversed(self.processes):
             process.stop()
 

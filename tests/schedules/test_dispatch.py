@@ -145,7 +145,7 @@ def test_dispatch_due__first_attempts_published_once_waiters_not(workflow, broke
     assert second.wait_reason == "previous"
     assert broker.ids() == [str(first.pk)]
     assert first.sent_at == at(14, 0, 5) and second.sent_at is None
-    assert first.lease_expires_at == at(14, 0, 5) + dispatch._grace()
+    assert first.lease_expires_at == at(14, 0, 5) + dispatch.lease_grace()
 
 
 def test_dispatch_due__batches_until_nothing_due(user, broker):
