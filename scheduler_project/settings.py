@@ -228,8 +228,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A workflow call is bounded by its own deadline (at most 300 s); these stop anything stuck past it.
 CELERY_TASK_SOFT_TIME_LIMIT = 360
 CELERY_TASK_TIME_LIMIT = 420
+# Workers report each task (received, started, succeeded...) to monitors such as Flower.
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# A "task-sent" event per published message as well: off by default, because it is a second
+# message for every one beat publishes (its dispatch rate drops by about a third); monitors still
+# see every task from the moment a worker receives it.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-send-sent-event
+CELERY_TASK_SEND_SENT_EVENT = env_bool("CELERY_TASK_SEND_SENT_EVENT", False)
 # Dispatches triggers from the due index in the database and runs the other periodic tasks as
 # django-celery-beat's DatabaseScheduler (schedules/beat.py). Several beats may run at once.
 CELERY_BEAT_SCHEDULER = "schedules.beat:TriggerScheduler"

@@ -731,15 +731,16 @@ def test_throttle__runs_have_their_own_rate(api, settings, trigger):
 # --- Health -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def heartbeat(settings, tmp_path):
-    settings.SCHEDULER_BEAT_HEARTBEAT_FILE = str(tmp_path / "beat-heartbeat")
-    return tmp_path / "beat-heartbeat"
+def beat_lease(expires_at):
+    from schedules.beat import PERIODIC_LEASE
+    from schedules.models import BeatLease
+
+    BeatLease.objects.update_or_create(name=PERIODIC_LEASE, defaults={"holder": "beat:1", "expires_at": expires_at})
 
 
-def test_health__200_when_every_part_is_ok(client, db, heartbeat, monkeypatch):
-    """With the database, broker, a fresh beat heartbeat and an answering worker: 200, no authentication."""
-    heartbeat.touch()
+def test_health__200_when_every_part_is_ok(client, db, monkeypatch):
+    """With the database, broker, a live beat (its lease renewed) and an answering worker: 200, no authentication."""
+    beat_lease(timezone.now() + timedelta(seconds=3))
     monkeypatch.setattr(selectors, "workers_check", lambda **kwargs: "ok")
     response = client.get("/api/health/")
     assert response.status_code == 200
@@ -749,14 +750,22 @@ def test_health__200_when_every_part_is_ok(client, db, heartbeat, monkeypatch):
     }
 
 
-def test_health__503_naming_what_is_down(client, db, heartbeat, monkeypatch):
-    """Without a beat heartbeat or a worker it is 503 and says which and why."""
+def test_health__503_naming_what_is_down(client, db, monkeypatch):
+    """Without a beat or a worker it is 503 and says which and why."""
     monkeypatch.setattr(selectors, "workers_check", lambda **kwargs: "no worker answered a ping within 1s")
     response = client.get("/api/health/")
     assert response.status_code == 503
     checks = response.json()["checks"]
-    assert checks["beat"] == "no heartbeat yet" and checks["workers"].startswith("no worker")
+    assert checks["beat"] == "no beat has run yet" and checks["workers"].startswith("no worker")
     assert checks["database"] == "ok" and response.json()["status"] == "unavailable"
+
+
+def test_health__beat_silent_for_a_minute_is_down(db):
+    """The beat check reads the lease live beats renew every second: silent past a minute, it is down."""
+    beat_lease(timezone.now() - timedelta(seconds=30))
+    assert selectors.beat_check() == "ok"
+    beat_lease(timezone.now() - timedelta(seconds=90))
+    assert selectors.beat_check().startswith("no beat for 9")
 
 
 def test_health__worker_ping_without_workers(db):
