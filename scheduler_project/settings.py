@@ -223,6 +223,12 @@ CELERY_ENABLE_UTC = True
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Celery's Django fixup closes the database connection before and after every task unless this is
+# set (celery/celery#9824: a query cut off by a time limit can leave it unusable); then it closes it
+# every this many tasks, and scheduler_project/celery.py drops a broken or old one before each task
+# as Django does per request (CONN_MAX_AGE, CONN_HEALTH_CHECKS). A new PostgreSQL connection per
+# task would cost more than the task's own queries.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0)
 # Reserve one message per process, so a busy worker doesn't sit on slots an idle one could run.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A workflow call is bounded by its own deadline (at most 300 s); these stop anything stuck past it.
