@@ -206,7 +206,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "polling_interval": 0.1,
     }
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS,
+        # Redis connections one worker process may open (kombu's default is 10). A threads or gevent
+        # pool acks from many tasks at once: below its concurrency, acks fail (MaxConnectionsError)
+        # and their messages are delivered again (measured at -P gevent -c 64). Keep it >= -c.
+        "max_connections": env_int("CELERY_BROKER_MAX_CONNECTIONS", 100, minimum=10),
+    }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # django-celery-results' database backend, writing finished results in batches rather than one
 # transaction each (scheduler_project/results.py); they show up within this many seconds.

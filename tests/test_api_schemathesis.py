@@ -63,8 +63,7 @@ def objects(settings, tmp_path, monkeypatch) -> dict[str, Any]:
 
     monkeypatch.setattr(network, "resolve_host", resolve_offline)
     monkeypatch.setattr(selectors, "workers_check", lambda **kwargs: "ok")
-    settings.SCHEDULER_BEAT_HEARTBEAT_FILE = str(tmp_path / "beat-heartbeat")
-    (tmp_path / "beat-heartbeat").touch()
+    monkeypatch.setattr(selectors, "beat_check", lambda **kwargs: "ok")
     settings.REST_FRAMEWORK = {
         **settings.REST_FRAMEWORK,
         "DEFAULT_THROTTLE_RATES": {"writes": "100000/min", "runs": "100000/min"},

@@ -12,10 +12,9 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from kombu.exceptions import OperationalError
 
-from schedules import services
+from schedules import dispatch, services
 from schedules.beat import FIRE_TASK
 from schedules.models import Execution, ExecutionStatus, Trigger
-from schedules.tasks import run_execution
 from tests.factories import TriggerFactory, WorkflowFactory
 
 pytestmark = pytest.mark.django_db
@@ -369,7 +368,7 @@ def test_trigger_admin__run_now_on_inactive_workflow_is_error_message(admin_clie
 @pytest.mark.django_db(transaction=True)
 def test_trigger_admin__run_now_with_broker_down_is_warning(admin_client, trigger):
     """If the broker refuses the message after commit, the admin warns instead of failing; the run is kept."""
-    with mock.patch.object(run_execution, "apply_async", side_effect=OperationalError("connection refused")):
+    with mock.patch.object(dispatch, "publish", return_value=(0, OperationalError("connection refused"))):
         response = _action(admin_client, "run_triggers_now", trigger)
     assert response.status_code == 302
     [(level, text)] = _messages(response)

@@ -13,7 +13,7 @@ from django_celery_beat.models import PeriodicTask
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from schedules import selectors
+from schedules import dispatch, selectors
 from schedules.models import Execution, ExecutionOrigin, ExecutionStatus, Trigger
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
 from workflows.models import AuditEvent
@@ -786,12 +786,7 @@ def test_trigger_run__broker_down_is_503_and_the_execution_is_kept(trigger, monk
     """If the broker cannot be reached, run answers 503 saying so; the execution is recorded for recovery."""
     from kombu.exceptions import OperationalError
 
-    from schedules.tasks import run_execution
-
-    def down(*args, **kwargs):
-        raise OperationalError("connection refused")
-
-    monkeypatch.setattr(run_execution, "apply_async", down)
+    monkeypatch.setattr(dispatch, "publish", lambda attempts, **kwargs: (0, OperationalError("connection refused")))
     response = api_for(trigger.owner).post(f"/api/triggers/{trigger.pk}/run/")
     assert response.status_code == 503
     assert "broker could not be reached" in errors(response)["broker"][0]

@@ -19,10 +19,9 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from kombu.exceptions import OperationalError
 
-from schedules import services
+from schedules import dispatch, services
 from schedules.beat import FIRE_TASK
 from schedules.models import Execution, ExecutionOrigin, ExecutionStatus, Trigger
-from schedules.tasks import run_execution
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
 from workflows.models import Workflow
 
@@ -298,13 +297,13 @@ def test_trigger_command__resume_running_trigger_fails(trigger):
 def test_trigger_command__run_creates_manual_execution_and_sends_it(trigger, monkeypatch):
     """run records a manual execution with the merged inputs and sends it to the broker."""
     sent = []
-    original = run_execution.apply_async
+    original = dispatch.publish
 
-    def spy(*args, **kwargs):
-        sent.append(kwargs["kwargs"])
-        return original(*args, **kwargs)
+    def spy(attempts, **kwargs):
+        sent.extend({"execution_id": attempt.execution_id, "attempt": attempt.attempt} for attempt in attempts)
+        return original(attempts, **kwargs)
 
-    monkeypatch.setattr(run_execution, "apply_async", spy)
+    monkeypatch.setattr(dispatch, "publish", spy)
     out = run("trigger", "run", str(trigger.pk), "--inputs", '{"extra": 1}')
     execution = Execution.objects.get()
     assert execution.manual and execution.status == ExecutionStatus.QUEUED
@@ -317,10 +316,7 @@ def test_trigger_command__run_creates_manual_execution_and_sends_it(trigger, mon
 def test_trigger_command__run_with_broker_down_fails_clearly(trigger, monkeypatch):
     """If the broker cannot be reached, run says the execution is recorded and will be recovered."""
 
-    def down(*args, **kwargs):
-        raise OperationalError("connection refused")
-
-    monkeypatch.setattr(run_execution, "apply_async", down)
+    monkeypatch.setattr(dispatch, "publish", lambda attempts, **kwargs: (0, OperationalError("connection refused")))
     with pytest.raises(CommandError, match=r"recorded but the broker could not be reached"):
         run("trigger", "run", str(trigger.pk))
     assert Execution.objects.filter(manual=True).count() == 1
@@ -706,13 +702,13 @@ def test_trigger_command__pause_records_who(trigger, user):
 def test_trigger_command__backfill_runs_past_slots_once(workflow, monkeypatch):
     """backfill queues one execution per past slot (origin backfill) and sends them; a repeat finds them taken."""
     sent = []
-    original = run_execution.apply_async
+    original = dispatch.publish
 
-    def spy(*args, **kwargs):
-        sent.append(kwargs["kwargs"]["execution_id"])
-        return original(*args, **kwargs)
+    def spy(attempts, **kwargs):
+        sent.extend(attempt.execution_id for attempt in attempts)
+        return original(attempts, **kwargs)
 
-    monkeypatch.setattr(run_execution, "apply_async", spy)
+    monkeypatch.setattr(dispatch, "publish", spy)
     trigger = TriggerFactory(workflow=workflow, cron="0 * * * *")
     hour = timezone.now().replace(minute=0, second=0, microsecond=0)
     start, end = (hour - timedelta(hours=3)).isoformat(), (hour - timedelta(hours=1)).isoformat()
@@ -807,7 +803,12 @@ def test_execution_command__show_prints_fields_and_attempts(trigger):
 def test_execution_command__retry_failed_execution(trigger, monkeypatch):
     """execution retry queues a new execution (origin retry, linked to the failed one) and sends it."""
     sent = []
-    monkeypatch.setattr(run_execution, "apply_async", lambda *a, **k: sent.append(k["kwargs"]["execution_id"]))
+
+    def publish(attempts, **kwargs):
+        sent.extend(attempt.execution_id for attempt in attempts)
+        return len(attempts), None
+
+    monkeypatch.setattr(dispatch, "publish", publish)
     failed = Execution.objects.create(
         trigger=trigger, workflow=trigger.workflow, scheduled_for=timezone.now(), status=ExecutionStatus.FAILED
     )

@@ -950,7 +950,13 @@ def test_trigger_priority__messages_and_periodic_task_use_its_queue(
     """Beat's PeriodicTask and every run_execution message (run now, a fire, recovery's re-sends and the
     slots it dispatches) go to the trigger's priority queue."""
     sent = []
-    monkeypatch.setattr(tasks.run_execution, "apply_async", lambda **kw: sent.append(kw["queue"]))
+    real = dispatch.publish
+
+    def spy(attempts, **kwargs):
+        sent.extend(attempt.queue for attempt in attempts)
+        return real(attempts, **kwargs)
+
+    monkeypatch.setattr(dispatch, "publish", spy)
     monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: 0)
     trigger = create(workflow, priority=priority, jitter_seconds=30, overlap="allow")
     assert fire_task(trigger).queue == priority

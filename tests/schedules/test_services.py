@@ -593,10 +593,21 @@ def test_execution_perform__retry_message_sent_after_commit(
     trigger, monkeypatch, endpoint, django_capture_on_commit_callbacks
 ):
     """The retry is sent to the broker only on commit, as run_execution(execution_id, attempt=2) with a countdown."""
-    from schedules import tasks
 
     sent = []
-    monkeypatch.setattr(tasks.run_execution, "apply_async", lambda **kwargs: sent.append(kwargs))
+
+    def publish(attempts, **kwargs):
+        sent.extend(
+            {
+                "kwargs": {"execution_id": a.execution_id, "attempt": a.attempt},
+                "countdown": a.countdown,
+                "queue": a.queue,
+            }
+            for a in attempts
+        )
+        return len(attempts), None
+
+    monkeypatch.setattr(dispatch, "publish", publish)
     with django_capture_on_commit_callbacks() as callbacks:
         execution = claimed_execution(trigger)
         endpoint(WorkflowUnavailable("HTTP 502", http_status=502))
