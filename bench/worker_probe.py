@@ -17,8 +17,9 @@ tasks run; and each task's run time (``task_prerun`` to ``task_postrun``, which 
 django-celery-results has stored the result). They are kept in memory and added to Redis
 (``bench:sql``, ``bench:tasks``: field = task name; ``bench:kinds:<task name>``: field = kind;
 ``bench:durations:<task name>``: a list of seconds) at most every 0.5 s and when the process
-shuts down, so they cost no round trip per task. The harness counts transactions and connections
-on the server side.
+shuts down, so they cost no round trip per task; and when each process started its first task of
+each name (``bench:first:<task name>``, a sorted set), where the harness starts its clock. The
+harness counts transactions and connections on the server side.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _lock = threading.Lock()
 _current = threading.local()  # greenlet-local under gevent's monkey-patching
 _pending: dict[str, Any] = {}
 _started: dict[str, float] = {}
+_seen: set[str] = set()
 _clients: dict[str, Any] = {}
 
 
@@ -51,6 +53,7 @@ def _reset() -> None:
     _lock = threading.Lock()
     _pending.update(sql={}, kinds={}, tasks={}, durations={}, flushed=time.monotonic())
     _started.clear()
+    _seen.clear()
     _clients.clear()  # a child makes its own Redis and HTTP connections
     _sessions.clear()
 
@@ -113,6 +116,10 @@ for _name in ("execute", "executemany"):
 def _task_started(task_id: str, task: Any, **kwargs: Any) -> None:
     _current.task = task.name
     _started[task_id] = time.perf_counter()
+    if task.name not in _seen:
+        # When the first task of this name started in this process: one Redis call per process, not per task.
+        _seen.add(task.name)
+        _redis().zadd(f"bench:first:{task.name}", {f"{os.getpid()}": time.time()})
 
 
 @signals.task_postrun.connect

@@ -30,9 +30,17 @@ with DATABASE_URL, CELERY_BROKER_URL, DJANGO_SETTINGS_MODULE, SCHEDULER_DATA_DIR
 folder), SCHEDULER_OUTBOUND_ALLOW_NETWORKS=127.0.0.0/8 (the endpoint is on loopback) and DEBUG=0
 with bench-only keys, as docker-compose.yml runs it (``--debug``: DEBUG=1). Once it answers a
 ping its consumers are cancelled, the N messages are published to the ``normal`` queue in one go,
-and the clock starts when the consumers are added back: the rate is N / (that moment -> the last
+and the consumers are added back. The rate is N / (the first task's start in the worker -> the last
 execution recorded: the latest finished_at or result date_done; for ``raw`` the endpoint's last
-call). Then the worker gets SIGTERM (warm shutdown) and its group is killed if it lingers.
+call), so neither start-up nor the worker's lag in acting on add_consumer counts. A run without
+progress for ``--stall-seconds`` fails (and is reported as such). Then the worker gets SIGTERM
+(warm shutdown) and its group is killed if it lingers. Also reported: the worker's CPU time per
+execution (its process group, /proc) and how busy the whole machine was (/proc/stat: other load
+shows there).
+
+``--broker-max-connections N`` is an experiment, not the project's configuration: it gives the
+workers' broker a Redis pool of N connections instead of kombu's 10, which gevent's concurrent
+acknowledgements exhaust.
 
 The endpoint (bench/loopback_endpoint.py) is a separate asyncio process on 127.0.0.1; its
 capacity is probed first and printed, so it is known not to be the bottleneck. On the first run
@@ -284,7 +292,18 @@ class Worker:
                 raise RuntimeError(f"worker did not answer {command} {queue}")
 
     def pause(self) -> None:
+        """Stop consuming. The worker cancels at its next loop turn (control commands are queued with
+        call_soon), and a BRPOP already sent keeps waiting on the queues for up to kombu's brpop_timeout
+        (1 s) within a drain of up to 2 s: wait until it reports no queue, then past those."""
         self._control("cancel_consumer")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            replies = app.control.inspect(destination=[self.hostname], timeout=1).active_queues() or {}
+            if replies.get(self.hostname) == []:
+                break
+        else:
+            raise RuntimeError("worker still consumes after cancel_consumer")
+        time.sleep(3)
 
     def resume(self) -> None:
         self._control("add_consumer")
@@ -498,6 +517,8 @@ class Run:
     sessions: float = 0.0
     rows: float = 0.0
     http_calls: int = 0
+    early_calls: int = 0
+    start_lag: float = 0.0
     worker_cpu: float = 0.0
     machine_busy: float = 0.0
     http_connections: int = 0
@@ -572,10 +593,11 @@ def run_once(
             probe_result = run_probe(worker, broker, pool, concurrency)
         worker.pause()
         broker.delete("bench:sql", "bench:tasks", *broker.keys("bench:durations:*"), *broker.keys("bench:kinds:*"))
+        broker.delete(*broker.keys("bench:first:*"), "bench:none")
         result.publish_seconds = publish(mode, count, endpoint.url, execution_ids)
         time.sleep(0.5)  # let the probe's backends (if any) exit and report their statistics
         before = pg_counters(admin)
-        endpoint.reset()
+        result.early_calls = endpoint.stats()["calls"]
         cpu_before, machine_before = worker.cpu_seconds(), machine_cpu()
         started = time.time()
         worker.resume()
@@ -596,9 +618,11 @@ def run_once(
             if (calls["calls"], executions, results) != progress:
                 progress, progressed = (calls["calls"], executions, results), time.monotonic()
             elif time.monotonic() - progressed > ARGS.stall_seconds:
+                queued = sum(broker.llen(queue) for queue in QUEUES)
                 raise RuntimeError(
                     f"stalled: no progress for {ARGS.stall_seconds:.0f}s at {calls['calls']} endpoint calls, "
-                    f"{executions} executions finished, {results} results stored"
+                    f"{executions} executions finished, {results} results stored; broker: {queued} queued, "
+                    f"{broker.hlen('unacked')} delivered and unacknowledged"
                 )
             if mode == "raw":
                 time.sleep(0.1)
@@ -619,7 +643,11 @@ def run_once(
         result.worker_cpu = (worker.cpu_seconds() - cpu_before) / count
         machine_after = machine_cpu()
         result.machine_busy = (machine_after[0] - machine_before[0]) / max(1, machine_after[1] - machine_before[1])
-        result.seconds = finished_at - started
+        # The clock starts when the first task starts, not at the resume: the worker takes up to ~2 s
+        # to act on add_consumer, which would weigh on short runs.
+        first = broker.zrange(f"bench:first:{MODES[mode]}", 0, 0, withscores=True)
+        result.start_lag = (first[0][1] - started) if first else 0.0
+        result.seconds = finished_at - (first[0][1] if first else started)
         result.rate = count / result.seconds
     except Exception as exc:  # noqa: BLE001 - a broken configuration is reported, the others still run
         result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
@@ -694,6 +722,8 @@ def table(runs: list[Run]) -> list[str]:
             odd = {status: total for status, total in run.statuses.items() if status != ExecutionStatus.SUCCEEDED}
             if odd:
                 notes.append("not succeeded: " + ", ".join(f"{total} {status}" for status, total in odd.items()))
+            if run.early_calls:
+                notes.append(f"{run.early_calls} calls before the clock started")
             if run.http_calls > ARGS.executions:
                 notes.append(f"{run.http_calls - ARGS.executions} extra endpoint calls")
         if not good:
@@ -835,6 +865,7 @@ def main() -> None:
                         print(
                             f"  [{repeat + 1}/{ARGS.repeat}] {mode:7} {pool:7} -c {concurrency:<3} "
                             f"{run.rate:7.1f}/s  ({run.seconds:.1f} s; published in {run.publish_seconds:.1f} s; "
+                            f"first task {run.start_lag:.1f} s after the resume; "
                             f"worker CPU {run.worker_cpu * 1000:.1f} ms/exec; box {run.machine_busy:.0%} busy; "
                             f"load {Path('/proc/loadavg').read_text().split()[0]})",
                             flush=True,
@@ -867,7 +898,7 @@ def main() -> None:
         f"    {command}",
         "",
         f"Endpoint: asyncio on 127.0.0.1, load probe {capacity:,.0f} requests/s. {ARGS.executions} tasks per run, "
-        f"{len(fixture.triggers)} triggers for ours; exec/s from the moment the consumers start (messages already "
+        f"{len(fixture.triggers)} triggers for ours; exec/s from the first task's start (all messages already "
         "queued) to the last execution recorded. Task p50/p99: prerun to postrun in the worker. SQL: statements "
         "sent by psycopg cursors in the worker; xact, PG conn and rows: pg_stat_database deltas per execution.",
         "",
