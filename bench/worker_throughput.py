@@ -519,6 +519,8 @@ class Run:
     http_calls: int = 0
     early_calls: int = 0
     start_lag: float = 0.0
+    repeat: int = 0
+    load: str = ""
     worker_cpu: float = 0.0
     machine_busy: float = 0.0
     http_connections: int = 0
@@ -858,6 +860,8 @@ def main() -> None:
                         log_dir=log_dir,
                         probe=wants_probe,
                     )
+                    run.repeat = repeat + 1
+                    run.load = Path("/proc/loadavg").read_text().split()[0]
                     runs.append(run)
                     if probe:
                         probes.append(probe)
@@ -867,7 +871,7 @@ def main() -> None:
                             f"{run.rate:7.1f}/s  ({run.seconds:.1f} s; published in {run.publish_seconds:.1f} s; "
                             f"first task {run.start_lag:.1f} s after the resume; "
                             f"worker CPU {run.worker_cpu * 1000:.1f} ms/exec; box {run.machine_busy:.0%} busy; "
-                            f"load {Path('/proc/loadavg').read_text().split()[0]})",
+                            f"load {run.load})",
                             flush=True,
                         )
     finally:
@@ -911,6 +915,15 @@ def main() -> None:
         "SQL statements per execution of ours, by kind (first successful run on each pool):",
         "",
         *kind_lines(runs),
+        "",
+        "Runs in order (1-minute load average at the end of each):",
+        "",
+        *(
+            f"- [{run.repeat}/{ARGS.repeat}] {run.mode} {run.pool} -c {run.concurrency}: "
+            + (f"{run.rate:.1f}/s, box {run.machine_busy:.0%} busy" if not run.error else "failed")
+            + f", load {run.load}"
+            for run in runs
+        ),
     ]
     print("\n".join(report))
     if not ARGS.no_record:
