@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, F
 from django.utils import timezone
@@ -801,8 +802,12 @@ def execution_claim(*, execution_id: Any, attempt: int, now: datetime | None = N
     is one read and one conditional UPDATE, no transaction held; the rest takes the row lock.
     """
     now = now or timezone.now()
-    execution = Execution.objects.select_related("workflow", "trigger").filter(pk=execution_id).first()
-    if execution is None or execution.status in FINISHED_STATUSES:
+    try:
+        # get(), not first(): no ORDER BY to compile for a lookup by primary key.
+        execution = Execution.objects.select_related("workflow", "trigger").get(pk=execution_id)
+    except (Execution.DoesNotExist, ValidationError):
+        return None
+    if execution.status in FINISHED_STATUSES:
         return None
     if _startable_without_lock(execution, attempt, now):
         claim = Execution.objects.filter(pk=execution.pk, status=execution.status, attempts=execution.attempts)
