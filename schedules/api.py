@@ -51,7 +51,7 @@ _RETRY_FIELDS += ("max_retry_duration_seconds",)
 
 
 def triggers_of(user: Any) -> QuerySet[Trigger]:
-    """The triggers ``user`` may see, with last_status and execution_count (no query per row)."""
+    """The triggers ``user`` may see, with last_status and finished_executions (no query per row)."""
     return selectors.triggers_with_last_status(owned(Trigger.objects.all(), user)).select_related("paused_by")
 
 
@@ -117,7 +117,11 @@ class TriggerSerializer(StrictFieldsMixin, ModelSerializer):
     last_status = serializers.ChoiceField(
         choices=ExecutionStatus.choices, read_only=True, allow_null=True, help_text="Of the latest execution."
     )
-    execution_count = serializers.IntegerField(read_only=True, help_text="Executions kept in the history.")
+    finished_executions = serializers.IntegerField(
+        read_only=True,
+        help_text="Finished executions so far (succeeded, failed or skipped; fallback runs not counted), from the "
+        "running stats: the same as total in …/stats/, and pruning the history does not lower it.",
+    )
     runs_remaining = serializers.IntegerField(read_only=True, allow_null=True, help_text="null: no max_runs.")
     delay_seconds = serializers.IntegerField(
         write_only=True,
@@ -155,7 +159,7 @@ class TriggerSerializer(StrictFieldsMixin, ModelSerializer):
             "next_run_at",
             "next_runs",
             "last_status",
-            "execution_count",
+            "finished_executions",
             "run_count",
             "runs_remaining",
             "kind",
@@ -462,7 +466,7 @@ class TriggerViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
         return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
 
     def _answer(self, trigger: Trigger, code: int = status.HTTP_200_OK) -> Response:
-        fresh = self.get_queryset().get(pk=trigger.pk)  # re-read with last_status and execution_count
+        fresh = self.get_queryset().get(pk=trigger.pk)  # re-read with last_status and finished_executions
         return Response(TriggerSerializer(fresh, context=self.get_serializer_context()).data, status=code)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
