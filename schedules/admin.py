@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError
 
-from workflows.admin import OwnedAdminMixin, add_errors, copy_saved, pretty_json
+from workflows.admin import CappedCountAdminMixin, OwnedAdminMixin, add_errors, copy_saved, pretty_json
 
 from . import services, timing
 from .exceptions import ScheduleError
@@ -219,7 +219,7 @@ class BackfillForm(forms.Form):
 
 
 @admin.register(Trigger)
-class TriggerAdmin(OwnedAdminMixin, admin.ModelAdmin):
+class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     form = TriggerAdminForm
     list_display = [
         "name",
@@ -529,7 +529,7 @@ def preview_table(items: list[dict[str, Any]], zone_name: str) -> str:
 
 
 @admin.register(Execution)
-class ExecutionAdmin(OwnedAdminMixin, admin.ModelAdmin):
+class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     """Read-only history. Delete keeps Django's permission check (superusers, or staff granted
     schedules.delete_execution): deleting a trigger deletes its executions, and the admin only
     allows that to users who may delete them. Retrying needs permission to change triggers (it
@@ -561,8 +561,6 @@ class ExecutionAdmin(OwnedAdminMixin, admin.ModelAdmin):
     ]
     list_select_related = ["trigger", "workflow"]
     search_fields = ["id", "run_id", "error"]
-    # Skips a COUNT(*) of the whole table on every page.
-    show_full_result_count = False
     fieldsets = [
         (
             None,

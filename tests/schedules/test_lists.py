@@ -5,13 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib import admin
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from scheduler_project.api import CappedPaginator
 from schedules.models import Execution, ExecutionOrigin, ExecutionStats, ExecutionStatus, Trigger
 from tests.factories import UserFactory, WorkflowFactory
 
@@ -90,6 +94,145 @@ def _queries(client, url: str) -> tuple[int, object]:
 @pytest.fixture
 def staff_api(db):
     return api_for(UserFactory(is_staff=True))
+
+
+# --- Queries per page ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/triggers/",
+        "/api/triggers/?status=active&ordering=-next_run_at",
+        "/api/executions/",
+        "/api/executions/?status=succeeded&origin=schedule",
+    ],
+)
+@pytest.mark.parametrize("who", ["owner", "staff"])
+def test_api_lists__queries_do_not_grow_with_the_page_size(many, user, staff_api, url, who):
+    """A page of 50 takes as many queries as a page of 5, for an owner (filtered to theirs) and for staff."""
+    client = api_for(user) if who == "owner" else staff_api
+    separator = "&" if "?" in url else "?"
+    small, five = _queries(client, f"{url}{separator}page_size=5")
+    large, fifty = _queries(client, f"{url}{separator}page_size=50")
+    assert (len(five.json()["results"]), len(fifty.json()["results"])) == (5, 50)
+    assert small == large
+
+
+def test_trigger_executions__queries_do_not_grow_with_the_page_size(user, workflow):
+    """GET /api/triggers/<id>/executions/ takes the same queries for 5 rows as for 50."""
+    trigger = _triggers(user, workflow, 1)[0]
+    now = timezone.now()
+    Execution.objects.bulk_create(
+        Execution(trigger=trigger, workflow=workflow, scheduled_for=now - timedelta(minutes=i)) for i in range(ROWS)
+    )
+    client = api_for(user)
+    small, five = _queries(client, f"/api/triggers/{trigger.pk}/executions/?page_size=5")
+    large, fifty = _queries(client, f"/api/triggers/{trigger.pk}/executions/?page_size=50")
+    assert (len(five.json()["results"]), len(fifty.json()["results"])) == (5, 50)
+    assert small == large
+
+
+@pytest.fixture
+def staff_client(client, user):
+    """``user`` as non-superuser staff: the admin lists only their own objects."""
+    user.is_staff = True
+    user.save()
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=["workflows", "schedules"]))
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("model, url_name", [(Trigger, TRIGGERS), (Execution, EXECUTIONS)])
+@pytest.mark.parametrize("who", ["superuser", "staff"])
+def test_admin_changelists__queries_do_not_grow_with_the_page_size(
+    many, admin_client, staff_client, monkeypatch, model, url_name, who
+):
+    """The trigger and execution changelists take as many queries for 50 rows as for 5."""
+    client = admin_client if who == "superuser" else staff_client
+    model_admin = admin.site.get_model_admin(model)
+    monkeypatch.setattr(model_admin, "list_per_page", 5)
+    small, five = _queries(client, reverse(url_name))
+    monkeypatch.setattr(model_admin, "list_per_page", 50)
+    large, fifty = _queries(client, reverse(url_name))
+    assert (len(five.context["cl"].result_list), len(fifty.context["cl"].result_list)) == (5, 50)
+    assert small == large
+
+
+# --- Capped counts -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def limit_3(monkeypatch):
+    monkeypatch.setattr(CappedPaginator, "count_limit", 3)
+
+
+def test_api_list__count_below_the_limit_is_exact(staff_api, trigger):
+    """Up to the limit, count is the number of rows and count_capped is false."""
+    _executions([trigger, trigger])
+    body = staff_api.get("/api/executions/").json()
+    assert (body["count"], body["count_capped"], body["next"]) == (2, False, None)
+
+
+def test_api_list__count_stops_at_the_limit_and_pages_go_on(staff_api, user, workflow, limit_3):
+    """Past the limit count is the limit with count_capped; next links lead past it to every row, once."""
+    _executions(_triggers(user, workflow, 7))
+    with CaptureQueriesContext(connection) as captured:
+        body = staff_api.get("/api/executions/?page_size=2").json()
+    assert (body["count"], body["count_capped"]) == (3, True)
+    count_sql = next(query["sql"] for query in captured if "COUNT(" in query["sql"].upper())
+    assert "LIMIT 4" in count_sql  # reads at most limit + 1 rows, whatever the table holds
+    seen = [row["id"] for row in body["results"]]
+    pages = 1
+    while body["next"]:
+        body = staff_api.get(body["next"]).json()
+        assert (body["count"], body["count_capped"]) == (3, True)
+        seen += [row["id"] for row in body["results"]]
+        pages += 1
+    assert pages == 4 and len(seen) == len(set(seen)) == 7
+    assert body["previous"]
+    assert staff_api.get("/api/executions/?page_size=2&page=5").status_code == 404
+
+
+def test_api_list__page_last_is_refused_while_capped(staff_api, user, workflow, limit_3):
+    """page=last is unknown past the limit: 404 saying so (below the limit it works as before)."""
+    _executions(_triggers(user, workflow, 5))
+    response = staff_api.get("/api/executions/?page_size=2&page=last")
+    assert response.status_code == 404
+    assert "count_capped" in response.json()["errors"]["detail"][0]
+    assert staff_api.get("/api/executions/?page_size=2&page=last&status=failed").status_code == 200
+
+
+def test_api_schema__paginated_lists_document_count_capped(client):
+    """Every paginated list's schema has count_capped (required) and says what count means."""
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    for name in ("PaginatedTriggerList", "PaginatedExecutionList", "PaginatedWorkflowList"):
+        component = schema["components"]["schemas"][name]
+        assert {"count", "count_capped", "results"} <= set(component["required"]), name
+        assert component["properties"]["count_capped"]["type"] == "boolean"
+        assert "10000" in component["properties"]["count"]["description"]
+
+
+def test_admin_changelist__capped_count_says_more_than_and_links_on(admin_client, user, workflow, monkeypatch):
+    """Past the limit the execution list says "more than N", "select all" says so too, and pages go on."""
+    monkeypatch.setattr(CappedPaginator, "count_limit", 3)
+    monkeypatch.setattr(admin.site.get_model_admin(Execution), "list_per_page", 2)
+    _executions(_triggers(user, workflow, 7))
+    response = admin_client.get(reverse(EXECUTIONS))
+    content = response.content.decode()
+    assert "more than 3 executions" in content
+    assert "Select all (more than 3) executions" in content
+    seen = {execution.pk for execution in response.context["cl"].result_list}
+    page = 1
+    while response.context["cl"].next_page_url:
+        page += 1
+        assert response.context["cl"].next_page_url == f"?p={page}"
+        response = admin_client.get(reverse(EXECUTIONS), {"p": page})
+        assert response.status_code == 200
+        seen |= {execution.pk for execution in response.context["cl"].result_list}
+    assert page == 4 and len(seen) == 7
+    uncapped = admin_client.get(reverse(EXECUTIONS), {"status__exact": "failed"}).content.decode()
+    assert "more than" not in uncapped and "0 executions" in uncapped
 
 
 # --- Trigger list columns ------------------------------------------------------------------------
