@@ -23,6 +23,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from kombu.exceptions import OperationalError
 from rest_framework import exceptions, pagination, serializers, status, throttling
+from rest_framework.filters import OrderingFilter
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -356,6 +357,21 @@ class Pagination(pagination.PageNumberPagination):
         }
         answer["properties"] = {**properties, **answer["properties"]}
         return answer
+
+
+class StableOrderingFilter(OrderingFilter):
+    """DRF's OrderingFilter, with the primary key as the last key unless it is already there.
+
+    Rows that tie on the requested keys (the executions of one slot, often thousands) then keep one
+    order from page to page, so paging never repeats or skips them; the key takes the direction of
+    the last one, so (-scheduled_for, -pk) is read straight off an index on (-scheduled_for, -id).
+    """
+
+    def get_ordering(self, request: Any, queryset: QuerySet, view: Any) -> list[str]:
+        ordering = list(super().get_ordering(request, queryset, view) or [])
+        if not ordering or {term.lstrip("-") for term in ordering} & {"pk", queryset.model._meta.pk.name}:
+            return ordering
+        return [*ordering, "-pk" if ordering[-1].startswith("-") else "pk"]
 
 
 class ScopedThrottle(throttling.ScopedRateThrottle):

@@ -237,6 +237,9 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     # RelatedOnly: the filter names only the workflows of the triggers listed (never other users').
     list_filter = [StatusFilter, "kind", "priority", "timezone", ("workflow", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["workflow", "owner"]
+    # Sortable by the columns an index orders (trigger_name_id, next_run_at); any other would sort
+    # every trigger (100,000) to show a page. Last status and executions are subqueries per row.
+    sortable_by = ["name", "next_run"]
     search_fields = ["name", "cron", "workflow__name"]
     readonly_fields = [
         "owner",
@@ -560,6 +563,9 @@ class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
         ("trigger", admin.RelatedOnlyFieldListFilter),
     ]
     list_select_related = ["trigger", "workflow"]
+    # Sorted by slot only (newest first, the index execution_slot): any other column would sort
+    # every execution of the list (millions) to show a page.
+    sortable_by = ["scheduled_for"]
     search_fields = ["id", "run_id", "error"]
     fieldsets = [
         (

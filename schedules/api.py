@@ -27,6 +27,7 @@ from scheduler_project.api import (
     MAX_ID,
     IdFilter,
     ModelSerializer,
+    StableOrderingFilter,
     StrictFieldsMixin,
     UtcIsoDateTimeFromToRangeFilter,
     WriteThrottleMixin,
@@ -390,6 +391,8 @@ class ExecutionFilter(filters.FilterSet):
 
 
 _EXECUTION_ORDERING = ["scheduled_for", "created_at", "finished_at", "duration_ms", "status"]
+# The lists' filters and ordering; the ordering always ends with the primary key (stable pages).
+LIST_FILTERS = [filters.DjangoFilterBackend, StableOrderingFilter]
 
 
 # --- Input translation ------------------------------------------------------------------------
@@ -449,6 +452,7 @@ class TriggerViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
     """Your triggers (staff: everyone's). Writes and actions go through schedules.services."""
 
     serializer_class = TriggerSerializer
+    filter_backends = LIST_FILTERS
     filterset_class = TriggerFilter
     lookup_value_converter = "id"
     ordering_fields = ["id", "name", "created_at", "updated_at", "next_run_at", "last_run_at", "priority"]
@@ -597,8 +601,10 @@ class ExecutionViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
     """Executions of your triggers (staff: everyone's)."""
 
     serializer_class = ExecutionSerializer
+    filter_backends = LIST_FILTERS
     filterset_class = ExecutionFilter
     ordering_fields = _EXECUTION_ORDERING
+    # Read off the index execution_slot (-scheduled_for, -id): StableOrderingFilter adds the -pk.
     ordering = ["-scheduled_for"]
     lookup_value_converter = "uuid"
     run_actions = frozenset({"retry"})
@@ -640,6 +646,7 @@ class TriggerExecutionsView(generics.ListAPIView):
     """GET /api/triggers/<id>/executions/: the trigger's executions, newest slot first."""
 
     serializer_class = ExecutionSerializer
+    filter_backends = LIST_FILTERS
     filterset_class = ExecutionFilter
     ordering_fields = _EXECUTION_ORDERING
     ordering = ["-scheduled_for"]

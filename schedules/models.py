@@ -255,6 +255,11 @@ class Trigger(models.Model):
                 name="trigger_backoff_min_le_max",
             ),
         ]
+        indexes = [
+            # The default order of every trigger list (a staff user's: all of them), read off the
+            # index instead of sorted; one owner's come off trigger_unique_name_per_owner.
+            models.Index(fields=["name", "id"], name="trigger_name_id"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -426,6 +431,23 @@ class Execution(models.Model):
             models.Index(fields=["workflow", "status"], name="execution_workflow_status"),
             # Retention keeps the newest N per (trigger, status): a range scan on this index.
             models.Index(fields=["trigger", "status", "scheduled_for"], name="execution_trigger_status_slot"),
+            # The lists' order (newest slot first, the id breaking ties between the executions of one
+            # slot), read off an index so a page reads its 50 rows instead of sorting millions; one
+            # per common filter, each ending in that order. A filter on the trigger uses
+            # execution_trigger_slot. Partial where one value is most rows (succeeded, schedule):
+            # filtering on it reads execution_slot, which is then mostly matches.
+            models.Index(fields=["-scheduled_for", "-id"], name="execution_slot"),
+            models.Index(fields=["workflow", "-scheduled_for", "-id"], name="execution_workflow_slot"),
+            models.Index(
+                fields=["status", "-scheduled_for", "-id"],
+                condition=~Q(status="succeeded"),
+                name="execution_status_slot",
+            ),
+            models.Index(
+                fields=["origin", "-scheduled_for", "-id"],
+                condition=~Q(origin="schedule"),
+                name="execution_origin_slot",
+            ),
         ]
 
     def __str__(self) -> str:
