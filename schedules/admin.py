@@ -24,7 +24,7 @@ from workflows.admin import CappedCountAdminMixin, OwnedAdminMixin, add_errors, 
 from . import services, timing
 from .exceptions import ScheduleError
 from .models import Execution, ExecutionStatus, Trigger, TriggerStatus
-from .selectors import trigger_describe, trigger_preview, triggers_with_last_status
+from .selectors import executions_owned_by, trigger_describe, trigger_preview, triggers_with_last_status
 
 # The form's fieldsets; each field is passed to trigger_create / trigger_update by the same name.
 _FIELDSETS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
@@ -605,6 +605,12 @@ class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = ["attempt_log", "inputs_json", "metadata_json", "retry_of", "fallback_of"]
     actions = ["retry_executions"]
+
+    def owned(self, request: HttpRequest, queryset: QuerySet[Execution]) -> QuerySet[Execution]:
+        # The rows of the trigger__owner rule, found the fast way (see the selector).
+        if self.sees_everything(request):
+            return queryset
+        return executions_owned_by(request.user, queryset)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -71,6 +71,32 @@ def triggers_with_last_status(queryset: QuerySet[Trigger] | None = None) -> Quer
     )
 
 
+# Owners with up to this many triggers have their executions filtered by trigger id, the ids written
+# into the query; owners with more, by a join on the triggers (see executions_owned_by).
+OWNED_TRIGGER_IDS_MAX = 2000
+
+
+def executions_owned_by(user: Any, queryset: QuerySet[Execution] | None = None) -> QuerySet[Execution]:
+    """The executions of ``user``'s triggers: the rows ``filter(trigger__owner=user)`` gives, found fast.
+
+    A list reads executions newest first off the index (-scheduled_for, -id) and keeps the user's
+    until it has a page. Joined to the triggers, each row read costs an index probe into the
+    triggers (~15 µs; a hash join would lose the order): fine for a user who owns most executions,
+    but one with 0.3% of them reads ~15,000 rows for a page of 50, a quarter of a second. With the
+    user's trigger ids written into the query (one small query first) the check is a hash lookup
+    in a constant list (~1 µs a row), and with the exact ids the planner also sees when reading
+    their triggers' executions off the (trigger, ...) indexes is cheaper. Past
+    OWNED_TRIGGER_IDS_MAX ids the list costs more to send and plan (a few µs an id, for the count
+    and for the page) than it saves, and such a user owns enough of the executions (2% of 100,000
+    triggers) that the join finds a page within a few thousand rows.
+    """
+    queryset = queryset if queryset is not None else Execution.objects.all()
+    ids = list(Trigger.objects.filter(owner=user).order_by().values_list("pk", flat=True)[: OWNED_TRIGGER_IDS_MAX + 1])
+    if len(ids) > OWNED_TRIGGER_IDS_MAX:
+        return queryset.filter(trigger__owner=user)
+    return queryset.filter(trigger_id__in=ids)
+
+
 def trigger_history(trigger: Trigger, *, limit: int = 20) -> list[Execution]:
     """The trigger's latest executions, newest slot first."""
     return list(trigger.executions.order_by("-scheduled_for")[:limit])

@@ -17,6 +17,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from scheduler_project.api import CappedPaginator
+from schedules import selectors
 from schedules.models import Execution, ExecutionOrigin, ExecutionStats, ExecutionStatus, Trigger
 from tests.factories import UserFactory, WorkflowFactory
 
@@ -260,6 +261,32 @@ def test_execution_list__default_order_is_newest_slot_then_id(staff_api, user, w
     rows = staff_api.get("/api/executions/").json()["results"]
     keys = [(row["scheduled_for"], row["id"]) for row in rows]
     assert keys == sorted(keys, reverse=True)
+
+
+# --- Ownership -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inline_max", [100, 1])
+def test_executions_owned_by__same_rows_as_the_trigger_owner_join(many, user, other_user, monkeypatch, inline_max):
+    """By trigger ids (few triggers) or by the join (many), the rows are those of filter(trigger__owner=...)."""
+    monkeypatch.setattr(selectors, "OWNED_TRIGGER_IDS_MAX", inline_max)
+    for owner in (user, other_user, UserFactory()):
+        expected = set(Execution.objects.filter(trigger__owner=owner).values_list("pk", flat=True))
+        assert set(selectors.executions_owned_by(owner).values_list("pk", flat=True)) == expected
+    narrowed = selectors.executions_owned_by(user, Execution.objects.filter(status=ExecutionStatus.FAILED))
+    assert not narrowed.exists()
+
+
+@pytest.mark.parametrize("inline_max", [100, 1])
+def test_execution_list__owner_sees_only_theirs_either_way(many, user, other_user, monkeypatch, inline_max):
+    """The API execution list shows an owner their executions only, on either path."""
+    monkeypatch.setattr(selectors, "OWNED_TRIGGER_IDS_MAX", inline_max)
+    body = api_for(other_user).get("/api/executions/?page_size=50").json()
+    assert body["count"] == 3
+    assert {row["trigger"] for row in body["results"]} == set(
+        Trigger.objects.filter(owner=other_user).values_list("pk", flat=True)
+    )
+    assert api_for(UserFactory()).get("/api/executions/").json()["count"] == 0
 
 
 # --- Trigger list columns ------------------------------------------------------------------------
