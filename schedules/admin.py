@@ -19,12 +19,26 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError
 
-from workflows.admin import CappedCountAdminMixin, OwnedAdminMixin, add_errors, copy_saved, pretty_json
+from workflows.admin import (
+    CappedCountAdminMixin,
+    OwnedAdminMixin,
+    OwnedWorkflowFilter,
+    add_errors,
+    copy_saved,
+    pretty_json,
+)
 
 from . import services, timing
 from .exceptions import ScheduleError
 from .models import Execution, ExecutionStatus, Trigger, TriggerStatus
-from .selectors import executions_owned_by, trigger_describe, trigger_preview, triggers_with_last_status
+from .selectors import (
+    WORKFLOW_SECRETS,
+    executions_owned_by,
+    trigger_describe,
+    trigger_preview,
+    trigger_timezones,
+    triggers_with_last_status,
+)
 
 # The form's fieldsets; each field is passed to trigger_create / trigger_update by the same name.
 _FIELDSETS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
@@ -190,6 +204,44 @@ class StatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+class TimezoneFilter(admin.SimpleListFilter):
+    """The time zones the user's triggers use (a superuser's: all), found without reading every trigger."""
+
+    title = "timezone"
+    parameter_name = "timezone"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        owner = None if model_admin.sees_everything(request) else request.user
+        return [(zone, zone) for zone in trigger_timezones(owner=owner)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> QuerySet[Trigger]:
+        return queryset.filter(timezone=self.value()) if self.value() else queryset
+
+
+class ChosenTriggerFilter(admin.RelatedFieldListFilter):
+    """The execution list's trigger filter: shown once a trigger is chosen (the trigger list's
+    executions links choose one), naming just that trigger, and only if the user may see it.
+
+    Listing every trigger would put 100,000 links in the sidebar, and RelatedOnlyFieldListFilter
+    finds the triggers that have executions with a SELECT DISTINCT over every execution.
+    """
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[Any, str]]:
+        if not self.lookup_val:
+            return []
+        trigger_admin = model_admin.admin_site.get_model_admin(Trigger)
+        try:
+            chosen = trigger_admin.owned(request, Trigger.objects.filter(pk__in=self.lookup_val).only("pk", "name"))
+            return [(trigger.pk, str(trigger)) for trigger in chosen]
+        except (ValueError, ValidationError):
+            return []  # not an id: the changelist answers the bad lookup itself
+
+    def has_output(self) -> bool:
+        # Also when the chosen trigger is not the user's (nothing to name): a filter without
+        # output is dropped, and the admin would then list every execution unfiltered.
+        return bool(self.used_parameters)
+
+
 _OVERLAP_HELP = {
     "buffer_all": "one after another, oldest first",
     "allow": "side by side (concurrency limits apply)",
@@ -234,8 +286,8 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
         "last_status",
         "executions_link",
     ]
-    # RelatedOnly: the filter names only the workflows of the triggers listed (never other users').
-    list_filter = [StatusFilter, "kind", "priority", "timezone", ("workflow", admin.RelatedOnlyFieldListFilter)]
+    # The workflow filter names only the user's own workflows (a superuser's: all).
+    list_filter = [StatusFilter, "kind", "priority", TimezoneFilter, ("workflow", OwnedWorkflowFilter)]
     list_select_related = ["workflow", "owner"]
     # Sortable by the columns an index orders (trigger_name_id, next_run_at); any other would sort
     # every trigger (100,000) to show a page. Last status and executions are subqueries per row.
@@ -559,8 +611,8 @@ class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
         "status",
         "origin",
         "skip_reason",
-        ("workflow", admin.RelatedOnlyFieldListFilter),
-        ("trigger", admin.RelatedOnlyFieldListFilter),
+        ("workflow", OwnedWorkflowFilter),
+        ("trigger", ChosenTriggerFilter),
     ]
     list_select_related = ["trigger", "workflow"]
     # Sorted by slot only (newest first, the index execution_slot): any other column would sort
@@ -605,6 +657,10 @@ class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = ["attempt_log", "inputs_json", "metadata_json", "retry_of", "fallback_of"]
     actions = ["retry_executions"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Execution]:
+        # The workflows' secrets are decrypted on load; no execution page shows them.
+        return super().get_queryset(request).select_related("trigger", "workflow").defer(*WORKFLOW_SECRETS)
 
     def owned(self, request: HttpRequest, queryset: QuerySet[Execution]) -> QuerySet[Execution]:
         # The rows of the trigger__owner rule, found the fast way (see the selector).

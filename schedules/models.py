@@ -259,6 +259,8 @@ class Trigger(models.Model):
             # The default order of every trigger list (a staff user's: all of them), read off the
             # index instead of sorted; one owner's come off trigger_unique_name_per_owner.
             models.Index(fields=["name", "id"], name="trigger_name_id"),
+            # The time zones in use (the admin's filter), one probe per zone (selectors.trigger_timezones).
+            models.Index(fields=["timezone", "owner"], name="trigger_timezone_owner"),
         ]
 
     def __str__(self) -> str:

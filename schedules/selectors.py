@@ -97,6 +97,32 @@ def executions_owned_by(user: Any, queryset: QuerySet[Execution] | None = None) 
     return queryset.filter(trigger_id__in=ids)
 
 
+def trigger_timezones(*, owner: Any | None = None) -> list[str]:
+    """The time zones triggers use (``owner``'s triggers only, if given), sorted.
+
+    A loose index scan on trigger_timezone_owner: each zone is one index probe for the next larger
+    one (and one for whether the owner has a trigger in it), where SELECT DISTINCT reads every
+    trigger (~30 ms at 100,000 on PostgreSQL, on every admin page view).
+    """
+    table = connection.ops.quote_name(Trigger._meta.db_table)
+    owned = ""
+    params: list[Any] = []
+    if owner is not None:
+        owned = f"AND EXISTS (SELECT 1 FROM {table} t WHERE t.timezone = zones.timezone AND t.owner_id = %s)"  # noqa: S608
+        params.append(owner.pk)
+    sql = (
+        "WITH RECURSIVE zones(timezone) AS ("  # noqa: S608 - the table name is ours, the owner a parameter
+        f"  SELECT MIN(timezone) FROM {table}"
+        "  UNION ALL"
+        f"  SELECT (SELECT MIN(t.timezone) FROM {table} t WHERE t.timezone > zones.timezone)"
+        "  FROM zones WHERE zones.timezone IS NOT NULL"
+        f") SELECT timezone FROM zones WHERE timezone IS NOT NULL {owned} ORDER BY timezone"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
 def trigger_history(trigger: Trigger, *, limit: int = 20) -> list[Execution]:
     """The trigger's latest executions, newest slot first."""
     return list(trigger.executions.order_by("-scheduled_for")[:limit])

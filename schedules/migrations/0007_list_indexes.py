@@ -43,6 +43,10 @@ class Migration(migrations.Migration):
             index=models.Index(fields=['name', 'id'], name='trigger_name_id'),
         ),
         AddIndexConcurrently(
+            model_name='trigger',
+            index=models.Index(fields=['timezone', 'owner'], name='trigger_timezone_owner'),
+        ),
+        AddIndexConcurrently(
             model_name='execution',
             index=models.Index(fields=['-scheduled_for', '-id'], name='execution_slot'),
         ),

@@ -317,6 +317,68 @@ def test_execution_admin__only_the_slot_column_is_sortable(admin_client, trigger
     assert [str(header["text"]).lower() for header in result_headers(cl) if header["sortable"]] == ["scheduled for"]
 
 
+# --- Admin filters -------------------------------------------------------------------------------
+
+
+def test_execution_admin__trigger_filter_shows_only_the_chosen_trigger(admin_client, user, workflow):
+    """No trigger is listed in the sidebar until one is chosen; then just that one (with an "All" link)."""
+    chosen, other = _triggers(user, workflow, 2, prefix="chosen")
+    _executions([chosen, other])
+    content = admin_client.get(reverse(EXECUTIONS)).content.decode()
+    assert f"trigger__id__exact={chosen.pk}" not in content
+    response = admin_client.get(reverse(EXECUTIONS), {"trigger__id__exact": chosen.pk})
+    assert [execution.trigger_id for execution in response.context["cl"].result_list] == [chosen.pk]
+    spec = next(spec for spec in response.context["cl"].filter_specs if spec.title == "trigger")
+    assert [choice["display"] for choice in spec.choices(response.context["cl"])] == ["All", chosen.name]
+
+
+def test_execution_admin__trigger_filter_never_names_another_users_trigger(staff_client, user, workflow, other_user):
+    """A staff user choosing another user's trigger id sees neither its name nor any execution (theirs neither)."""
+    _executions(_triggers(user, workflow, 2))
+    theirs = _triggers(other_user, WorkflowFactory(owner=other_user), 1, prefix="secret-name")[0]
+    _executions([theirs])
+    response = staff_client.get(reverse(EXECUTIONS), {"trigger__id__exact": theirs.pk})
+    assert response.status_code == 200
+    assert "secret-name" not in response.content.decode()
+    assert list(response.context["cl"].result_list) == []
+
+
+def test_execution_admin__workflow_filter_applies_with_a_single_workflow(staff_client, user, workflow):
+    """A user with one workflow gets no workflow choices to click, yet a link filtered by it still filters."""
+    _executions(_triggers(user, workflow, 2))
+    other = WorkflowFactory(owner=user)
+    response = staff_client.get(reverse(EXECUTIONS), {"workflow__id__exact": other.pk})
+    assert list(response.context["cl"].result_list) == []
+
+
+def test_execution_admin__bad_trigger_id_is_the_admins_error_redirect(admin_client, trigger):
+    """A trigger id that is not a number gets the admin's usual ?e=1 answer, not a 500."""
+    response = admin_client.get(reverse(EXECUTIONS), {"trigger__id__exact": "abc"})
+    assert response.status_code == 302 and "e=1" in response["Location"]
+
+
+def test_trigger_timezones__sorted_zones_in_use_per_owner(user, workflow, other_user):
+    """trigger_timezones lists each zone in use once, sorted; with an owner, only the zones of theirs."""
+    _triggers(user, workflow, 3)  # UTC, Europe/Paris, Asia/Kolkata
+    theirs = WorkflowFactory(owner=other_user)
+    Trigger.objects.bulk_create([Trigger(owner=other_user, workflow=theirs, name="x", timezone="America/Denver")])
+    assert selectors.trigger_timezones() == ["America/Denver", "Asia/Kolkata", "Europe/Paris", "UTC"]
+    assert selectors.trigger_timezones(owner=user) == ["Asia/Kolkata", "Europe/Paris", "UTC"]
+    assert selectors.trigger_timezones(owner=UserFactory()) == []
+
+
+def test_trigger_admin__timezone_filter_lists_own_zones_and_filters(staff_client, user, workflow, other_user):
+    """The time zone filter offers the staff user's zones only, and narrows the list to one."""
+    _triggers(user, workflow, 3)
+    theirs = WorkflowFactory(owner=other_user)
+    Trigger.objects.bulk_create([Trigger(owner=other_user, workflow=theirs, name="x", timezone="America/Denver")])
+    response = staff_client.get(reverse(TRIGGERS))
+    assert "America/Denver" not in response.content.decode()
+    assert "timezone=Europe%2FParis" in response.content.decode()
+    filtered = staff_client.get(reverse(TRIGGERS), {"timezone": "Europe/Paris"}).context["cl"]
+    assert [trigger.timezone for trigger in filtered.result_list] == ["Europe/Paris"]
+
+
 # --- Indexes -------------------------------------------------------------------------------------
 
 
@@ -329,6 +391,7 @@ def _indexes(table: str) -> dict[str, dict]:
     "table, name, columns",
     [
         ("schedules_trigger", "trigger_name_id", ["name", "id"]),
+        ("schedules_trigger", "trigger_timezone_owner", ["timezone", "owner_id"]),
         ("schedules_execution", "execution_slot", ["scheduled_for", "id"]),
         ("schedules_execution", "execution_workflow_slot", ["workflow_id", "scheduled_for", "id"]),
         ("schedules_execution", "execution_status_slot", ["status", "scheduled_for", "id"]),
