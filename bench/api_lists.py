@@ -12,8 +12,8 @@ number of SQL queries a page of 5 and of 50 rows takes.
 It uses (and empties) the database in DATABASE_URL: point it at a scratch database. PostgreSQL
 only. --reuse keeps the rows of an earlier run of the same size (seeding 10M rows takes minutes).
 
-The data: four owners, "most" owning ~89% of the triggers, "mid" ~8%, "other" ~3% and "few" 20
-triggers, each with a few workflows; triggers of every kind, state, priority and five time zones;
+The data: five owners, "most" owning ~89% of the triggers, "mid" ~8%, "other" ~3%, "some" 0.3%
+and "few" 20 triggers, each with a few workflows; triggers of every kind, state, priority and five time zones;
 executions spread over about five months of one-minute slots (many triggers share a slot), 85%
 succeeded, 5% failed, 10% skipped (missed, overlap, ...), the last 20 minutes queued, running or
 retrying; origins 93% schedule, the rest catch-up, manual, backfill, retry and fallback.
@@ -22,6 +22,7 @@ retrying; origins 93% schedule, the rest catch-up, manual, backfill, retry and f
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import os
 import re
@@ -34,13 +35,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
 os.environ["CELERY_BROKER_URL"] = "memory://"
-# Production-like: DEBUG off (no query log, no debug templates), so real keys are needed.
+# Production-like: DEBUG off (no query log, no debug templates), so real keys are needed. Fixed ones
+# (a scratch database), so --reuse can still decrypt the workflows' secrets of an earlier run.
 os.environ["DEBUG"] = "0"
-os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(24).hex())
-if "SCHEDULER_SECRET_KEYS" not in os.environ:
-    from cryptography.fernet import Fernet
-
-    os.environ["SCHEDULER_SECRET_KEYS"] = Fernet.generate_key().decode()
+os.environ.setdefault("SECRET_KEY", "bench-api-lists-" + "0" * 40)
+os.environ.setdefault("SCHEDULER_SECRET_KEYS", base64.urlsafe_b64encode(b"bench/api_lists.py fixed key 32b").decode())
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost")
 # The workflows point at a closed port on loopback (never called): allow it past the SSRF guard.
 os.environ.setdefault("SCHEDULER_OUTBOUND_ALLOW_NETWORKS", "127.0.0.0/8")
@@ -68,8 +67,8 @@ from schedules.models import Execution, ExecutionStats, Trigger  # noqa: E402
 from workflows.models import Workflow  # noqa: E402
 from workflows.services import workflow_create  # noqa: E402
 
-OWNERS = ("most", "mid", "other", "few")
-WORKFLOWS_PER_OWNER = {"most": 200, "mid": 20, "other": 10, "few": 2}
+OWNERS = ("most", "mid", "other", "some", "few")
+WORKFLOWS_PER_OWNER = {"most": 200, "mid": 20, "other": 10, "some": 5, "few": 2}
 FEW_TRIGGERS = 20
 # Slots over about five months: minutes * per-minute executions = M.
 SLOT_MINUTES = 150 * 24 * 60
@@ -129,12 +128,14 @@ def seed_triggers(count: int, users: dict[str, Any], workflows: dict[str, list[i
     pk = {name: int(user.pk) for name, user in users.items()}
     # Ownership interleaved over g, so each owner's triggers are spread through every ordering.
     owner_case = (
-        f"CASE WHEN mod(g, {few_every}) = 0 THEN {pk['few']} WHEN mod(g, 100) < 8 THEN {pk['mid']} "
+        f"CASE WHEN mod(g, {few_every}) = 0 THEN {pk['few']} WHEN mod(g, 1000) BETWEEN 1 AND 3 THEN {pk['some']} "
+        f"WHEN mod(g, 100) < 8 THEN {pk['mid']} "
         f"WHEN mod(g, 100) < 11 THEN {pk['other']} ELSE {pk['most']} END"
     )
     workflow_case = (
         f"CASE WHEN mod(g, {few_every}) = 0 THEN "
         f"({_array(workflows['few'])})[1 + mod(g / {few_every}, {len(workflows['few'])})] "
+        f"WHEN mod(g, 1000) BETWEEN 1 AND 3 THEN ({_array(workflows['some'])})[1 + mod(g, {len(workflows['some'])})] "
         f"WHEN mod(g, 100) < 8 THEN ({_array(workflows['mid'])})[1 + mod(g, {len(workflows['mid'])})] "
         f"WHEN mod(g, 100) < 11 THEN ({_array(workflows['other'])})[1 + mod(g, {len(workflows['other'])})] "
         f"ELSE ({_array(workflows['most'])})[1 + mod(g, {len(workflows['most'])})] END"
@@ -366,6 +367,10 @@ def cases() -> list[Case]:
         ("executions", "most", "/api/executions/?page_size={n}"),
         ("executions ?status=failed", "most", "/api/executions/?page_size={n}&status=failed"),
         ("executions", "mid", "/api/executions/?page_size={n}"),
+        ("executions", "other", "/api/executions/?page_size={n}"),
+        ("executions ?status=failed", "other", "/api/executions/?page_size={n}&status=failed"),
+        ("executions", "some", "/api/executions/?page_size={n}"),
+        ("executions ?status=failed", "some", "/api/executions/?page_size={n}&status=failed"),
         ("executions", "few", "/api/executions/?page_size={n}"),
         ("executions ?status=failed", "few", "/api/executions/?page_size={n}&status=failed"),
         ("triggers/<id>/executions", "admin", f"/api/triggers/{trigger}/executions/?page_size={{n}}"),
@@ -384,6 +389,8 @@ def cases() -> list[Case]:
         ("admin executions ?trigger=", "admin", f"/admin/schedules/execution/?trigger__id__exact={trigger}"),
         ("admin executions ?workflow=", "admin", f"/admin/schedules/execution/?workflow__id__exact={busy_workflow}"),
         ("admin executions", "most", "/admin/schedules/execution/"),
+        ("admin executions", "other", "/admin/schedules/execution/"),
+        ("admin executions", "some", "/admin/schedules/execution/"),
         ("admin executions", "few", "/admin/schedules/execution/"),
     ]
     return [Case(*row, kind="api") for row in api] + [Case(*row, kind="admin") for row in admin_pages]
@@ -446,8 +453,10 @@ class Runner:
         html = self.get(case, size).content.decode()
         paginator = re.search(r'<p class="paginator">(.*?)</p>', html, re.DOTALL)
         text = re.sub(r"<[^>]+>", " ", paginator.group(1)) if paginator else ""
-        found = re.findall(r"([\d,]+\+?)\s+(?:more than\s+)?(?:triggers?|executions?)\b", text)
-        return found[-1] if found else "?"
+        found = re.findall(r"([\d,]+)\s+(?:triggers?|executions?)\b", text)
+        if not found:
+            return "?"
+        return f"{int(found[-1].replace(',', '')):,}" + ("+" if "more than" in text else "")
 
     def timings(self, case: Case, size: int, requests: int) -> list[float]:
         for _ in range(3):  # warm the caches and the connection
