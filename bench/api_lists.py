@@ -3,8 +3,10 @@
 Seeds N triggers and M executions straight in SQL (INSERT ... SELECT generate_series, with the
 execution indexes built after the load), then requests each list through Django's test client
 (in process: no sockets, but every middleware, authentication, the view, the serializer or the
-template) and prints, per list, p50 and p99 of the time for a page of --page-size rows and the
-number of SQL queries a page of 5 and of 50 rows takes.
+template) and prints, per list, p50 and p99 of the time for a page of --page-size rows, the time
+the database took for such a page (its queries' durations added up, the median of 5 requests;
+the rest is Python, which suffers first when the machine is busy) and the number of SQL queries
+a page of 5 and of 50 rows takes.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench_api \
         .venv/bin/python bench/api_lists.py --triggers 100000 --executions 10000000
@@ -432,16 +434,19 @@ class Runner:
             raise SystemExit(f"{case.label} as {case.who}: HTTP {response.status_code} {response.content[:300]!r}")
         return response
 
-    def queries(self, case: Case, size: int) -> tuple[int, int]:
-        """(queries, rows on the page)."""
+    def queries(self, case: Case, size: int) -> tuple[int, int, float]:
+        """(queries, rows on the page, ms the database took for them: the median of 5 requests)."""
         self.get(case, size)  # the first request of a client logs in or makes its token
-        with CaptureQueriesContext(connection) as captured:
-            response = self.get(case, size)
+        sql_ms = []
+        for _ in range(5):
+            with CaptureQueriesContext(connection) as captured:
+                response = self.get(case, size)
+            sql_ms.append(sum(float(query["time"]) for query in captured.captured_queries) * 1000)
         if case.kind == "api":
             rows = len(response.json()["results"])
         else:
             rows = response.content.decode().count('name="_selected_action"')
-        return len(captured), rows
+        return len(captured), rows, statistics.median(sql_ms)
 
     def shown_count(self, case: Case, size: int) -> str:
         """The count the page shows ("+": capped, there are more)."""
@@ -507,7 +512,10 @@ def main() -> None:
         f"page of {args.page_size}; Django test client in process"
     )
     runner = Runner()
-    header = f"{'list':48} {'as':6} {'p50 ms':>8} {'p99 ms':>8} {'queries@5':>10} {'queries@50':>11} {'count':>12}"
+    header = (
+        f"{'list':48} {'as':6} {'p50 ms':>8} {'p99 ms':>8} {'SQL ms':>7} {'queries@5':>10} {'queries@50':>11} "
+        f"{'count':>12}"
+    )
     print(header)
     print("-" * len(header))
     for case in cases():
@@ -517,12 +525,13 @@ def main() -> None:
             make_owners_staff()
         else:
             make_owners_non_staff()
-        q5, rows5 = runner.queries(case, 5)
-        q50, rows50 = runner.queries(case, 50)
+        q5, _, _ = runner.queries(case, 5)
+        q50, _, _ = runner.queries(case, 50)
+        _, _, sql_ms = runner.queries(case, args.page_size)
         samples = runner.timings(case, args.page_size, args.requests)
         print(
             f"{case.label:48} {case.who:6} {percentile(samples, 50):>8.1f} {percentile(samples, 99):>8.1f} "
-            f"{q5:>10} {q50:>11} {runner.shown_count(case, args.page_size):>12}",
+            f"{sql_ms:>7.1f} {q5:>10} {q50:>11} {runner.shown_count(case, args.page_size):>12}",
             flush=True,
         )
     make_owners_non_staff()
