@@ -11,9 +11,11 @@ from typing import Any
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.paginator import EmptyPage, Page, Paginator
 from django.db import IntegrityError, models
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils.functional import cached_property
 from django.views import defaults
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeRangeField
@@ -21,6 +23,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema_field
 from kombu.exceptions import OperationalError
 from rest_framework import exceptions, pagination, serializers, status, throttling
+from rest_framework.filters import OrderingFilter
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -228,11 +231,147 @@ class ModelSerializer(serializers.ModelSerializer):
     }
 
 
+# Rows a list counts at most: past it, count says "more than COUNT_LIMIT" (count_capped) instead of
+# counting on. An exact COUNT(*) of 10 million executions takes seconds, the page itself milliseconds.
+COUNT_LIMIT = 10_000
+
+
+class CappedPage(Page):
+    """A page of a CappedPaginator past its count limit: whether a next page exists is known from the
+    extra row fetched with it, not from the (unknown) number of pages."""
+
+    def __init__(self, object_list: Any, number: int, paginator: CappedPaginator, *, has_more: bool) -> None:
+        super().__init__(object_list, number, paginator)
+        self.has_more = has_more
+
+    def has_next(self) -> bool:
+        return self.has_more
+
+    def end_index(self) -> int:
+        return (self.number - 1) * self.paginator.per_page + len(self.object_list)
+
+
+class CappedPaginator(Paginator):
+    """Django's Paginator with a count that stops at ``count_limit`` (the API's and the admin's lists).
+
+    ``count`` is exact up to the limit; past it, it is the limit and ``capped`` is True. It is
+    counted as ``SELECT COUNT(*) FROM (SELECT id ... LIMIT limit + 1)``, so it reads at most that
+    many rows, whatever the table's size. While capped, the number of pages is unknown: any page
+    number is served (an empty page past the first is EmptyPage), and a page fetches one row more
+    than it shows to tell whether a next one exists. Pages stay at one query each.
+    """
+
+    count_limit = COUNT_LIMIT
+
+    @cached_property
+    def _counted(self) -> int:
+        """Rows counted, at most count_limit + 1 (one more means there are more than the limit)."""
+        rows = self.object_list
+        if isinstance(rows, QuerySet):
+            # values("pk"): the count's subquery selects no annotations (a LIMITed subquery would
+            # evaluate each of them, e.g. a trigger's last status, for every row it counts).
+            return rows.order_by().values("pk")[: self.count_limit + 1].count()
+        return min(len(rows), self.count_limit + 1)
+
+    @cached_property
+    def count(self) -> int:
+        return min(self._counted, self.count_limit)
+
+    @property
+    def capped(self) -> bool:
+        """True when there are more rows than ``count`` says."""
+        return self._counted > self.count_limit
+
+    def validate_number(self, number: Any) -> int:
+        try:
+            return super().validate_number(number)
+        except EmptyPage:
+            # Past the counted pages while capped: the page may well exist (page() finds out).
+            if self.capped and int(number) >= 1:
+                return int(number)
+            raise
+
+    def page(self, number: Any) -> Page:
+        """The page (memoized: the admin's template asks again whether it has a next one)."""
+        number = self.validate_number(number)
+        pages: dict[int, Page] = self.__dict__.setdefault("_pages", {})
+        if number not in pages:
+            pages[number] = self._read_page(number)
+        return pages[number]
+
+    def _read_page(self, number: int) -> Page:
+        if not self.capped:
+            return super().page(number)
+        bottom = (number - 1) * self.per_page
+        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        if not rows and number > 1:
+            raise EmptyPage(self.error_messages["no_results"])
+        return CappedPage(rows[: self.per_page], number, self, has_more=len(rows) > self.per_page)
+
+
 class Pagination(pagination.PageNumberPagination):
-    """?page=N&page_size=M (at most 500); answers count, next, previous and results."""
+    """?page=N&page_size=M (at most 500); answers count, count_capped, next, previous and results.
+
+    Counts stop at COUNT_LIMIT (see CappedPaginator): with count_capped true there are more rows
+    than count, and next links keep going as long as rows follow.
+    """
 
     page_size_query_param = "page_size"
     max_page_size = 500
+    django_paginator_class = CappedPaginator
+
+    def get_page_number(self, request: Any, paginator: CappedPaginator) -> Any:
+        if request.query_params.get(self.page_query_param) in self.last_page_strings and paginator.capped:
+            # DRF would answer the last counted page, which is not the last page.
+            raise exceptions.NotFound(
+                f"page=last is unknown past {paginator.count_limit} rows (count_capped); narrow the list with "
+                "filters instead."
+            )
+        return super().get_page_number(request, paginator)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        paginator = self.page.paginator
+        return Response(
+            {
+                "count": paginator.count,
+                "count_capped": getattr(paginator, "capped", False),
+                "next": self.get_next_link(),
+                "previous": self.get_previous_link(),
+                "results": data,
+            }
+        )
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        answer = super().get_paginated_response_schema(schema)
+        answer["required"] = ["count", "count_capped", "results"]
+        answer["properties"]["count"]["description"] = (
+            f"How many rows match, counted up to {COUNT_LIMIT}; when count_capped is true there are more than this."
+        )
+        properties = {
+            "count": answer["properties"]["count"],
+            "count_capped": {
+                "type": "boolean",
+                "description": f"True: more than {COUNT_LIMIT} rows match; the count stopped there. next still "
+                "links every following page; page=last is refused (404).",
+            },
+        }
+        answer["properties"] = {**properties, **answer["properties"]}
+        return answer
+
+
+class StableOrderingFilter(OrderingFilter):
+    """DRF's OrderingFilter, with the primary key as the last key unless it is already there.
+
+    Rows that tie on the requested keys (the executions of one slot, often thousands) then keep one
+    order from page to page, so paging never repeats or skips them; the key takes the direction of
+    the last one, so (-scheduled_for, -pk) is read straight off an index on (-scheduled_for, -id).
+    """
+
+    def get_ordering(self, request: Any, queryset: QuerySet, view: Any) -> list[str]:
+        ordering = list(super().get_ordering(request, queryset, view) or [])
+        if not ordering or {term.lstrip("-") for term in ordering} & {"pk", queryset.model._meta.pk.name}:
+            return ordering
+        return [*ordering, "-pk" if ordering[-1].startswith("-") else "pk"]
 
 
 class ScopedThrottle(throttling.ScopedRateThrottle):

@@ -19,12 +19,26 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError
 
-from workflows.admin import OwnedAdminMixin, add_errors, copy_saved, pretty_json
+from workflows.admin import (
+    CappedCountAdminMixin,
+    OwnedAdminMixin,
+    OwnedWorkflowFilter,
+    add_errors,
+    copy_saved,
+    pretty_json,
+)
 
 from . import services, timing
 from .exceptions import ScheduleError
 from .models import Execution, ExecutionStatus, Trigger, TriggerStatus
-from .selectors import trigger_describe, trigger_preview, triggers_with_last_status
+from .selectors import (
+    WORKFLOW_SECRETS,
+    executions_owned_by,
+    trigger_describe,
+    trigger_preview,
+    trigger_timezones,
+    triggers_with_last_status,
+)
 
 # The form's fieldsets; each field is passed to trigger_create / trigger_update by the same name.
 _FIELDSETS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
@@ -190,6 +204,44 @@ class StatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+class TimezoneFilter(admin.SimpleListFilter):
+    """The time zones the user's triggers use (a superuser's: all), found without reading every trigger."""
+
+    title = "timezone"
+    parameter_name = "timezone"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        owner = None if model_admin.sees_everything(request) else request.user
+        return [(zone, zone) for zone in trigger_timezones(owner=owner)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Trigger]) -> QuerySet[Trigger]:
+        return queryset.filter(timezone=self.value()) if self.value() else queryset
+
+
+class ChosenTriggerFilter(admin.RelatedFieldListFilter):
+    """The execution list's trigger filter: shown once a trigger is chosen (the trigger list's
+    executions links choose one), naming just that trigger, and only if the user may see it.
+
+    Listing every trigger would put 100,000 links in the sidebar, and RelatedOnlyFieldListFilter
+    finds the triggers that have executions with a SELECT DISTINCT over every execution.
+    """
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[Any, str]]:
+        if not self.lookup_val:
+            return []
+        trigger_admin = model_admin.admin_site.get_model_admin(Trigger)
+        try:
+            chosen = trigger_admin.owned(request, Trigger.objects.filter(pk__in=self.lookup_val).only("pk", "name"))
+            return [(trigger.pk, str(trigger)) for trigger in chosen]
+        except (ValueError, ValidationError):
+            return []  # not an id: the changelist answers the bad lookup itself
+
+    def has_output(self) -> bool:
+        # Also when the chosen trigger is not the user's (nothing to name): a filter without
+        # output is dropped, and the admin would then list every execution unfiltered.
+        return bool(self.used_parameters)
+
+
 _OVERLAP_HELP = {
     "buffer_all": "one after another, oldest first",
     "allow": "side by side (concurrency limits apply)",
@@ -219,7 +271,7 @@ class BackfillForm(forms.Form):
 
 
 @admin.register(Trigger)
-class TriggerAdmin(OwnedAdminMixin, admin.ModelAdmin):
+class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     form = TriggerAdminForm
     list_display = [
         "name",
@@ -234,9 +286,12 @@ class TriggerAdmin(OwnedAdminMixin, admin.ModelAdmin):
         "last_status",
         "executions_link",
     ]
-    # RelatedOnly: the filter names only the workflows of the triggers listed (never other users').
-    list_filter = [StatusFilter, "kind", "priority", "timezone", ("workflow", admin.RelatedOnlyFieldListFilter)]
+    # The workflow filter names only the user's own workflows (a superuser's: all).
+    list_filter = [StatusFilter, "kind", "priority", TimezoneFilter, ("workflow", OwnedWorkflowFilter)]
     list_select_related = ["workflow", "owner"]
+    # Sortable by the columns an index orders (trigger_name_id, next_run_at); any other would sort
+    # every trigger (100,000) to show a page. Last status and executions are subqueries per row.
+    sortable_by = ["name", "next_run"]
     search_fields = ["name", "cron", "workflow__name"]
     readonly_fields = [
         "owner",
@@ -451,15 +506,18 @@ class TriggerAdmin(OwnedAdminMixin, admin.ModelAdmin):
             return "(completed)"
         return _when(obj.next_run_at, obj.timezone) if obj.enabled else "(paused)"
 
-    @admin.display(description="Last status", ordering="last_status")
+    # Last status and executions are not sortable: each is a subquery per trigger, and sorting on
+    # one evaluates it for every trigger in the table before the page can be cut.
+    @admin.display(description="Last status")
     def last_status(self, obj: Trigger) -> str | None:
         # Annotated by selectors.triggers_with_last_status in get_queryset.
         return ExecutionStatus(obj.last_status).label if obj.last_status else None
 
-    @admin.display(description="Executions", ordering="execution_count")
+    @admin.display(description="Executions")
     def executions_link(self, obj: Trigger) -> str:
+        # The finished executions the stats counted (pruning does not lower it); the link lists those kept.
         url = reverse("admin:schedules_execution_changelist") + f"?trigger__id__exact={obj.pk}"
-        return format_html('<a href="{}">{}</a>', url, obj.execution_count)
+        return format_html('<a href="{}">{}</a>', url, obj.finished_executions)
 
     @admin.display(description="Rules")
     def rules(self, obj: Trigger) -> str:
@@ -526,7 +584,7 @@ def preview_table(items: list[dict[str, Any]], zone_name: str) -> str:
 
 
 @admin.register(Execution)
-class ExecutionAdmin(OwnedAdminMixin, admin.ModelAdmin):
+class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     """Read-only history. Delete keeps Django's permission check (superusers, or staff granted
     schedules.delete_execution): deleting a trigger deletes its executions, and the admin only
     allows that to users who may delete them. Retrying needs permission to change triggers (it
@@ -553,13 +611,14 @@ class ExecutionAdmin(OwnedAdminMixin, admin.ModelAdmin):
         "status",
         "origin",
         "skip_reason",
-        ("workflow", admin.RelatedOnlyFieldListFilter),
-        ("trigger", admin.RelatedOnlyFieldListFilter),
+        ("workflow", OwnedWorkflowFilter),
+        ("trigger", ChosenTriggerFilter),
     ]
     list_select_related = ["trigger", "workflow"]
+    # Sorted by slot only (newest first, the index execution_slot): any other column would sort
+    # every execution of the list (millions) to show a page.
+    sortable_by = ["scheduled_for"]
     search_fields = ["id", "run_id", "error"]
-    # Skips a COUNT(*) of the whole table on every page.
-    show_full_result_count = False
     fieldsets = [
         (
             None,
@@ -598,6 +657,16 @@ class ExecutionAdmin(OwnedAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = ["attempt_log", "inputs_json", "metadata_json", "retry_of", "fallback_of"]
     actions = ["retry_executions"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Execution]:
+        # The workflows' secrets are decrypted on load; no execution page shows them.
+        return super().get_queryset(request).select_related("trigger", "workflow").defer(*WORKFLOW_SECRETS)
+
+    def owned(self, request: HttpRequest, queryset: QuerySet[Execution]) -> QuerySet[Execution]:
+        # The rows of the trigger__owner rule, found the fast way (see the selector).
+        if self.sees_everything(request):
+            return queryset
+        return executions_owned_by(request.user, queryset)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -27,6 +27,7 @@ from scheduler_project.api import (
     MAX_ID,
     IdFilter,
     ModelSerializer,
+    StableOrderingFilter,
     StrictFieldsMixin,
     UtcIsoDateTimeFromToRangeFilter,
     WriteThrottleMixin,
@@ -51,11 +52,14 @@ _RETRY_FIELDS += ("max_retry_duration_seconds",)
 
 
 def triggers_of(user: Any) -> QuerySet[Trigger]:
-    """The triggers ``user`` may see, with last_status and execution_count (no query per row)."""
+    """The triggers ``user`` may see, with last_status and finished_executions (no query per row)."""
     return selectors.triggers_with_last_status(owned(Trigger.objects.all(), user)).select_related("paused_by")
 
 
 def executions_of(user: Any) -> QuerySet[Execution]:
+    """The executions of ``user``'s triggers (staff: everyone's): owned(..., "trigger__owner"), found fast."""
+    if user.is_authenticated and not user.is_staff:
+        return selectors.executions_owned_by(user)
     return owned(Execution.objects.all(), user, "trigger__owner")
 
 
@@ -117,7 +121,11 @@ class TriggerSerializer(StrictFieldsMixin, ModelSerializer):
     last_status = serializers.ChoiceField(
         choices=ExecutionStatus.choices, read_only=True, allow_null=True, help_text="Of the latest execution."
     )
-    execution_count = serializers.IntegerField(read_only=True, help_text="Executions kept in the history.")
+    finished_executions = serializers.IntegerField(
+        read_only=True,
+        help_text="Finished executions so far (succeeded, failed or skipped; fallback runs not counted), from the "
+        "running stats: the same as total in …/stats/, and pruning the history does not lower it.",
+    )
     runs_remaining = serializers.IntegerField(read_only=True, allow_null=True, help_text="null: no max_runs.")
     delay_seconds = serializers.IntegerField(
         write_only=True,
@@ -155,7 +163,7 @@ class TriggerSerializer(StrictFieldsMixin, ModelSerializer):
             "next_run_at",
             "next_runs",
             "last_status",
-            "execution_count",
+            "finished_executions",
             "run_count",
             "runs_remaining",
             "kind",
@@ -386,6 +394,8 @@ class ExecutionFilter(filters.FilterSet):
 
 
 _EXECUTION_ORDERING = ["scheduled_for", "created_at", "finished_at", "duration_ms", "status"]
+# The lists' filters and ordering; the ordering always ends with the primary key (stable pages).
+LIST_FILTERS = [filters.DjangoFilterBackend, StableOrderingFilter]
 
 
 # --- Input translation ------------------------------------------------------------------------
@@ -445,6 +455,7 @@ class TriggerViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
     """Your triggers (staff: everyone's). Writes and actions go through schedules.services."""
 
     serializer_class = TriggerSerializer
+    filter_backends = LIST_FILTERS
     filterset_class = TriggerFilter
     lookup_value_converter = "id"
     ordering_fields = ["id", "name", "created_at", "updated_at", "next_run_at", "last_run_at", "priority"]
@@ -462,7 +473,7 @@ class TriggerViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
         return get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])
 
     def _answer(self, trigger: Trigger, code: int = status.HTTP_200_OK) -> Response:
-        fresh = self.get_queryset().get(pk=trigger.pk)  # re-read with last_status and execution_count
+        fresh = self.get_queryset().get(pk=trigger.pk)  # re-read with last_status and finished_executions
         return Response(TriggerSerializer(fresh, context=self.get_serializer_context()).data, status=code)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -593,8 +604,10 @@ class ExecutionViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
     """Executions of your triggers (staff: everyone's)."""
 
     serializer_class = ExecutionSerializer
+    filter_backends = LIST_FILTERS
     filterset_class = ExecutionFilter
     ordering_fields = _EXECUTION_ORDERING
+    # Read off the index execution_slot (-scheduled_for, -id): StableOrderingFilter adds the -pk.
     ordering = ["-scheduled_for"]
     lookup_value_converter = "uuid"
     run_actions = frozenset({"retry"})
@@ -636,6 +649,7 @@ class TriggerExecutionsView(generics.ListAPIView):
     """GET /api/triggers/<id>/executions/: the trigger's executions, newest slot first."""
 
     serializer_class = ExecutionSerializer
+    filter_backends = LIST_FILTERS
     filterset_class = ExecutionFilter
     ordering_fields = _EXECUTION_ORDERING
     ordering = ["-scheduled_for"]

@@ -3,8 +3,13 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from schedules.migration_operations import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+
+    # The indexes are built CONCURRENTLY on PostgreSQL (see AddIndexConcurrently).
+    atomic = False
 
     dependencies = [
         ('django_celery_beat', '0019_alter_periodictasks_options'),
@@ -39,11 +44,11 @@ class Migration(migrations.Migration):
             name='sent_at',
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='execution',
             index=models.Index(condition=models.Q(('counted', False), ('status__in', ['succeeded', 'failed', 'skipped'])), fields=['trigger'], name='execution_uncounted'),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='trigger',
             index=models.Index(condition=models.Q(('completed_at__isnull', True), ('enabled', True), ('next_run_at__isnull', False)), fields=['next_run_at'], name='trigger_due'),
         ),

@@ -13,7 +13,7 @@ from django_celery_beat.models import PeriodicTask
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from schedules import dispatch, selectors
+from schedules import dispatch, selectors, services
 from schedules.models import Execution, ExecutionOrigin, ExecutionStatus, Trigger
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
 from workflows.models import AuditEvent
@@ -79,7 +79,7 @@ def test_trigger_create__cron_answers_schedule_next_runs_and_status(api, user, w
     assert first["runs"] is True and first["reason"] == ""
     assert datetime.fromisoformat(first["at"]) == trigger.next_run_at
     assert datetime.fromisoformat(first["local"]).hour == 9  # shown in the trigger's zone
-    assert body["next_run_at"] and body["last_status"] is None and body["execution_count"] == 0
+    assert body["next_run_at"] and body["last_status"] is None and body["finished_executions"] == 0
     assert (body["run_count"], body["runs_remaining"]) == (0, None)
     assert body["inputs"] == {"report": "daily"}
     for name in ("pause_reason", "paused_by", "paused_at", "catchup", "overlap", "priority", "max_attempts"):
@@ -343,13 +343,13 @@ def test_trigger_list__filters(api, user, workflow):
 
 
 def test_trigger_list__last_status_without_a_query_per_trigger(api, workflow):
-    """last_status and execution_count come annotated: the number of queries does not grow with the triggers."""
+    """last_status and finished_executions come annotated: the number of queries does not grow with the triggers."""
     first = TriggerFactory(workflow=workflow, name="a")
-    execution(first, status=ExecutionStatus.FAILED, hours_ago=1)
-    execution(first, status=ExecutionStatus.SUCCEEDED, hours_ago=2)
+    services.stats_record(execution=execution(first, status=ExecutionStatus.FAILED, hours_ago=1))
+    services.stats_record(execution=execution(first, status=ExecutionStatus.SUCCEEDED, hours_ago=2))
     with CaptureQueriesContext(connection) as few:
         body = api.get("/api/triggers/").json()
-    assert body["results"][0]["last_status"] == "failed" and body["results"][0]["execution_count"] == 2
+    assert body["results"][0]["last_status"] == "failed" and body["results"][0]["finished_executions"] == 2
     for index in range(6):
         execution(TriggerFactory(workflow=workflow, name=f"b{index}"))
     with CaptureQueriesContext(connection) as many:

@@ -500,3 +500,14 @@ def test_executions_prune__folds_before_deleting(workflow, broker, settings):
     assert ExecutionStats.objects.get(trigger=trigger).skipped == 5
     assert selectors.trigger_stats(trigger, now=at(18, 1))["skipped"] == 5
     assert Execution.objects.filter(origin=ExecutionOrigin.CATCHUP).count() == 1
+
+
+def test_triggers_with_last_status__finished_executions_include_the_unfolded(workflow, broker):
+    """The lists' finished_executions equals the stats' total before and after the fold."""
+    trigger = create(workflow, catchup="latest")
+    dispatch.dispatch_due(now=at(15, 0, 1))  # 13:00 and 14:00 recorded missed, 15:00 queued
+    listed = selectors.triggers_with_last_status(Trigger.objects.filter(pk=trigger.pk)).get()
+    assert listed.finished_executions == selectors.trigger_stats(trigger, now=at(15, 1))["total"] == 2
+    services.stats_fold()
+    listed = selectors.triggers_with_last_status(Trigger.objects.filter(pk=trigger.pk)).get()
+    assert listed.finished_executions == 2 and ExecutionStats.objects.get(trigger=trigger).total == 2
