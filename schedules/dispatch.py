@@ -649,7 +649,7 @@ def _dispatch_batch(*, now: datetime, cutoff: datetime, limit: int) -> _Batch:
         if trigger.periodic_task_id:
             fired.setdefault(slot, []).append(trigger.periodic_task_id)
 
-    Execution.objects.bulk_create(rows)
+    _insert_executions(rows)
     _save_fired([trigger for trigger, _ in due], run_counts)
     for trigger, _ in due:
         if trigger.completed_at is not None:
@@ -657,6 +657,42 @@ def _dispatch_batch(*, now: datetime, cutoff: datetime, limit: int) -> _Batch:
     beat.tasks_mark_run(fired)
     batch.executions = len(rows)
     return batch
+
+
+def _insert_executions(rows: list[Execution]) -> None:
+    """Insert new executions: on PostgreSQL with COPY, elsewhere with bulk_create.
+
+    In a burst, bulk_create spent more time preparing each field of each row in Python than the
+    rest of the dispatch; COPY takes the values as they are (psycopg adapts them in C) and is the
+    bulk load PostgreSQL recommends. The columns come from the model, and a test compares what
+    COPY wrote with what save() writes.
+    """
+    if connection.vendor != "postgresql":
+        Execution.objects.bulk_create(rows)
+        return
+    columns = _copy_columns()
+    names = ", ".join(connection.ops.quote_name(column) for _, column, _ in columns)
+    table = connection.ops.quote_name(Execution._meta.db_table)
+    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(
+                [adapt(getattr(row, attname)) if adapt else getattr(row, attname) for attname, _, adapt in columns]
+            )
+    for row in rows:
+        row._state.adding = False
+        row._state.db = connection.alias
+
+
+@functools.cache
+def _copy_columns() -> list[tuple[str, str, Callable[[Any], Any] | None]]:
+    """(attribute, column, adapter) for each of Execution's columns: JSON goes as jsonb, the rest as is."""
+    from django.db.models import JSONField
+    from psycopg.types.json import Jsonb
+
+    return [
+        (field.attname, field.column, Jsonb if isinstance(field, JSONField) else None)
+        for field in Execution._meta.concrete_fields
+    ]
 
 
 def _save_fired(triggers: list[Trigger], run_counts: dict[int, int]) -> None:

@@ -511,3 +511,22 @@ def test_triggers_with_last_status__finished_executions_include_the_unfolded(wor
     services.stats_fold()
     listed = selectors.triggers_with_last_status(Trigger.objects.filter(pk=trigger.pk)).get()
     assert listed.finished_executions == 2 and ExecutionStats.objects.get(trigger=trigger).total == 2
+
+
+def test_insert_executions__writes_what_save_writes(workflow, broker):
+    """The batch insert (COPY on PostgreSQL, bulk_create elsewhere) stores every column as save() does."""
+    trigger = create(workflow, jitter_seconds=30, inputs={"nested": {"a": [1, 2]}, "flag": True})
+    fast = dispatch.new_execution(trigger, at(13), ExecutionOrigin.SCHEDULE, at(13, 0, 1))
+    slow = dispatch.new_execution(trigger, at(14), ExecutionOrigin.SCHEDULE, at(13, 0, 1))
+    for execution in (fast, slow):
+        execution.metadata = {"older_missed_slots_not_recorded": True, "text": "é ✓ \\\\ \\t"}
+        execution.jitter_seconds, execution.wait_reason, execution.error = 12.5, "previous", "line 1\nline 2"
+    dispatch._insert_executions([fast])
+    slow.save(force_insert=True)
+    assert not fast._state.adding
+    stored = {row["id"]: row for row in Execution.objects.values()}
+    differs = {"id", "scheduled_for", "due_at"}
+    assert {k: v for k, v in stored[fast.pk].items() if k not in differs} == {
+        k: v for k, v in stored[slow.pk].items() if k not in differs
+    }
+    assert stored[fast.pk]["scheduled_for"] == at(13) and stored[fast.pk]["due_at"] == fast.due_at
