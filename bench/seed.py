@@ -554,10 +554,13 @@ def seed_redbeat(
                 pipe.zadd(conf.schedule_key, {entry.key: score})
             pipe.execute()
 
+    crontabs: dict[str, object] = {}
+
     def make(tid: int, spec: TriggerSpec) -> tuple[RedBeatSchedulerEntry, float]:
-        # Same schedule and last_run_at: same score; computed once per crontab.
+        # The score save() writes is last_run_at + remaining_estimate(last_run_at), which depends on
+        # the clock too: one per crontab and batch (a fraction of a second), not one per entry.
         if spec.utc_cron not in schedules:
-            schedule = utc_crontab(spec, app)
+            schedule = crontabs.get(spec.utc_cron) or crontabs.setdefault(spec.utc_cron, utc_crontab(spec, app))
             probe = RedBeatSchedulerEntry(name="probe", task=FIRE_TASK, schedule=schedule, last_run_at=now, app=app)
             schedules[spec.utc_cron] = (schedule, probe.score)
         schedule, score = schedules[spec.utc_cron]
@@ -577,6 +580,7 @@ def seed_redbeat(
         if len(entries) >= batch:
             write(entries)
             entries = []
+            schedules.clear()
     write(entries)
     # Self-check: the real save() of the same entries writes exactly what the batch wrote.
     for tid, spec in list(zip(ids, specs, strict=True))[:: max(1, len(ids) // 2)][:2]:
