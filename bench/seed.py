@@ -575,22 +575,26 @@ def seed_redbeat(
         )
         return entry, score
 
-    for tid, spec in zip(ids, specs, strict=True):
-        entries.append(make(tid, spec))
-        if len(entries) >= batch:
-            write(entries)
-            entries = []
-            schedules.clear()
-    write(entries)
-    # Self-check: the real save() of the same entries writes exactly what the batch wrote.
-    for tid, spec in list(zip(ids, specs, strict=True))[:: max(1, len(ids) // 2)][:2]:
+    def check(tid: int, spec: TriggerSpec) -> None:
+        # The real save() of an entry just written in a batch must leave the same keys.
         entry, _ = make(tid, spec)
         before = (client.hgetall(entry.key), client.zscore(conf.schedule_key, entry.key))
         client.delete(entry.key)
         client.zrem(conf.schedule_key, entry.key)
         entry.save()
         after = (client.hgetall(entry.key), client.zscore(conf.schedule_key, entry.key))
-        # The score (due time) RedBeat computes depends on the clock when computed, within a second.
+        # The score depends on the clock when computed (see make): equal within a second.
         if before[0] != after[0] or abs((before[1] or 0) - (after[1] or 0)) > 1:
             raise SeedMismatch(f"RedBeat entry {entry.key}: batch wrote {before}, save() writes {after}")
+
+    pending: list[tuple[int, TriggerSpec]] = []
+    for index, (tid, spec) in enumerate(zip(ids, specs, strict=True)):
+        entries.append(make(tid, spec))
+        pending.append((tid, spec))
+        if len(entries) >= batch or index == len(ids) - 1:
+            write(entries)
+            if index < batch or index == len(ids) - 1:
+                check(*pending[0])
+            entries, pending = [], []
+            schedules.clear()
     return time.perf_counter() - started
