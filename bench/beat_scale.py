@@ -435,6 +435,17 @@ class BeatProcess:
         self._stop.set()
         self._log.close()
 
+    def exit_reason(self) -> str:
+        """The beat's own last word: its CRITICAL (else ERROR) line, e.g. the exception it died of."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        picked = [line for line in lines if "CRITICAL" in line] or [line for line in lines if " ERROR " in line]
+        text = picked[-1].split("] ", 1)[-1] if picked else " ".join(lines[-3:])
+        code = self.proc.returncode if self.proc else None
+        return f"exit {code}: {text[:200]}"
+
     def log_tail(self, chars: int = 1500) -> str:
         try:
             return self.log_path.read_text()[-chars:]
@@ -507,13 +518,17 @@ def next_boundary(after: float) -> datetime:
     return datetime.fromtimestamp(math.ceil(after / 60) * 60, UTC)
 
 
+class BeatExited(RuntimeError):
+    """The beat under test died: a result (recorded with what it sent), not a harness failure."""
+
+
 def sleep_until(at: float, beat: BeatProcess | None = None) -> None:
     while True:
         left = at - time.time()
         if left <= 0:
             return
         if beat is not None and not beat.alive():
-            raise RuntimeError(f"beat exited early: {beat.log_tail()}")
+            raise BeatExited(beat.exit_reason())
         time.sleep(min(left, 1.0))
 
 
@@ -600,7 +615,7 @@ def start_beat(ctx: Context, kind: SchedulerKind, label: str, size: int) -> tupl
     deadline = time.time() + ctx.args.ready_timeout + size / 500
     while time.time() < deadline and ctx.observer.count() == 0:
         if not beat.alive():
-            raise RuntimeError(f"{kind.key} beat exited: {beat.log_tail()}")
+            raise BeatExited(beat.exit_reason())
         time.sleep(0.05)
     first = ctx.observer.first_at()
     up = (first - beat.started_at) if first else None
@@ -679,6 +694,7 @@ def figure_burst(ctx: Context, size: int, kind: SchedulerKind) -> None:
     burst_ids = set(ids[:due])
     beat, ready = start_beat(ctx, kind, f"burst-{kind.key}-{size}", size)
     started = time.time()
+    died = None
     try:
         deadline = at.timestamp() + ctx.args.burst_timeout
         taken, dispatched = 0, 0
@@ -690,6 +706,8 @@ def figure_burst(ctx: Context, size: int, kind: SchedulerKind) -> None:
             if dispatched >= due:
                 time.sleep(1)  # late duplicates
                 break
+    except BeatExited as exc:
+        died = str(exc)
     finally:
         messages = stop_beat(ctx, beat)
     seen, _ = attribute(messages, cadences, ctx.housekeeping)
@@ -703,6 +721,7 @@ def figure_burst(ctx: Context, size: int, kind: SchedulerKind) -> None:
         "hows": hows(mine),
         "ready_before_slot": bool(ready and ready < slot),
         "timeout_s": ctx.args.burst_timeout,
+        "died": died,
         **beat_facts(beat, ready, started),
     }
     if times:
@@ -715,6 +734,8 @@ def figure_burst(ctx: Context, size: int, kind: SchedulerKind) -> None:
     if not out["ready_before_slot"]:
         ctx.notes.append(f"burst {kind.key} {size:,}: beat was not up before the slot (its load is in the figure)")
     ctx.store("pg", size, kind.key, "burst", out)
+    if died:
+        log(f"  {kind.key} beat died: {died}")
     log(
         f"  {kind.key}: {out['arrived']:,}/{due:,} in the broker, first {fmt(out.get('first_s'), 's')}, "
         f"last {fmt(out.get('last_s'), 's')} after the slot, {fmt(out.get('rate'), '/s', 0)}"
@@ -732,50 +753,57 @@ def figure_edit(ctx: Context, size: int, kind: SchedulerKind) -> None:
     lead = ctx.args.edit_lead
     beat, ready = start_beat(ctx, kind, f"edit-{kind.key}-{size}", size)
     started = time.time()
+    # b0: a minute without an edit (control); b1: a new trigger created `lead` s before it and an
+    # existing one moved onto it half a second later, both due on b1.
     b0 = next_boundary((ready or time.time()) + lead + 3)
-    b1, b2 = b0 + timedelta(minutes=1), b0 + timedelta(minutes=2)
+    b1 = b0 + timedelta(minutes=1)
     edits: dict[str, dict] = {}
+    died = None
     try:
         sleep_until(b1.timestamp() - lead, beat)
         edits["new"] = edit_create(ctx, kind, b1, new_id=max(ids) + 1)
         cadences[edits["new"]["trigger_id"]] = utc_cadence(b1)
-        sleep_until(b2.timestamp() - lead, beat)
-        edits["edited"] = edit_update(ctx, kind, b2, edited_id, specs[neighbours])
-        cadences[edited_id] = utc_cadence(b2)
-        deadline = b2.timestamp() + ctx.args.edit_timeout
-        wanted = {(edits["new"]["trigger_id"], b1), (edited_id, b2)} | {(tid, b2) for tid in neighbour_ids}
+        sleep_until(b1.timestamp() - lead + 0.5, beat)
+        edits["edited"] = edit_update(ctx, kind, b1, edited_id, specs[neighbours])
+        cadences[edited_id] = utc_cadence(b1)
+        deadline = b1.timestamp() + ctx.args.edit_timeout
+        wanted = {(edits["new"]["trigger_id"], b1), (edited_id, b1)} | {(tid, b1) for tid in neighbour_ids}
         while time.time() < deadline:
             sleep_until(min(deadline, time.time() + 1), beat)
             seen, _ = attribute(ctx.observer.messages(), cadences, ctx.housekeeping)
             if wanted <= {(s.trigger_id, s.slot) for s in seen}:
                 time.sleep(1)
                 break
+    except BeatExited as exc:
+        died = str(exc)
     finally:
         messages = stop_beat(ctx, beat)
     seen, _ = attribute(messages, cadences, ctx.housekeeping)
     out: dict[str, Any] = {
+        "died": died,
         "lead_s": lead,
         "neighbours": neighbours,
         "hows": hows(seen),
         **beat_facts(beat, ready, started),
     }
-    for name, boundary in (("new", b1), ("edited", b2)):
+    for name in ("new", "edited"):
         tid = edits.get(name, {}).get("trigger_id")
-        hits = sorted(s.at for s in seen if s.trigger_id == tid)
-        out[f"{name}_late_s"] = (hits[0] - boundary.timestamp()) if hits else None
-        out[f"{name}_edit_to_due_s"] = boundary.timestamp() - edits.get(name, {}).get("at", boundary.timestamp())
-    for name, boundary in (("control", b0), ("new", b1), ("edited", b2)):
+        hits = sorted(s.at for s in seen if s.trigger_id == tid and s.slot == b1)
+        out[f"{name}_late_s"] = (hits[0] - b1.timestamp()) if hits else None
+        out[f"{name}_edit_to_due_s"] = b1.timestamp() - edits.get(name, {}).get("at", b1.timestamp())
+    for name, boundary in (("control", b0), ("edit", b1)):
         lags = [s.at - boundary.timestamp() for s in seen if s.trigger_id in neighbour_ids and s.slot == boundary]
         out[f"neighbours_{name}_max_s"] = max(lags) if lags else None
         out[f"neighbours_{name}_count"] = len(lags)
-    during = [v for v in (out["neighbours_new_max_s"], out["neighbours_edited_max_s"]) if v is not None]
-    if during and out["neighbours_control_max_s"] is not None:
-        out["stall_s"] = max(during) - out["neighbours_control_max_s"]
+    if out["neighbours_edit_max_s"] is not None and out["neighbours_control_max_s"] is not None:
+        out["stall_s"] = out["neighbours_edit_max_s"] - out["neighbours_control_max_s"]
     ctx.store("pg", size, kind.key, "edit", out)
+    if died:
+        log(f"  {kind.key} beat died: {died}")
     log(
         f"  {kind.key}: new trigger {fmt(out['new_late_s'], 's')} late, edited {fmt(out['edited_late_s'], 's')} late; "
-        f"neighbours max lag control {fmt(out['neighbours_control_max_s'], 's')}, during edits "
-        f"{fmt(out['neighbours_new_max_s'], 's')} / {fmt(out['neighbours_edited_max_s'], 's')}"
+        f"neighbours max lag {fmt(out['neighbours_control_max_s'], 's')} on the control minute, "
+        f"{fmt(out['neighbours_edit_max_s'], 's')} on the edits' minute"
     )
 
 
@@ -844,11 +872,14 @@ def figure_lag(ctx: Context, size: int, kind: SchedulerKind) -> None:
     started = time.time()
     window = next_boundary((ready or time.time()) + 2)
     end = window + timedelta(minutes=minutes)
+    died = None
     try:
         for k in range(1, minutes + 1):
             sleep_until((window + timedelta(minutes=k)).timestamp(), beat)
             log(f"  minute {k}/{minutes}: {ctx.observer.count():,} messages so far")
         sleep_until(end.timestamp() + ctx.args.lag_grace, beat)
+    except BeatExited as exc:
+        died = str(exc)
     finally:
         messages = stop_beat(ctx, beat)
     seen, _ = attribute(messages, cadences, ctx.housekeeping)
@@ -869,6 +900,7 @@ def figure_lag(ctx: Context, size: int, kind: SchedulerKind) -> None:
     for s in first.values():
         per_minute[s.slot].append(s.at - s.slot.timestamp())
     out: dict[str, Any] = {
+        "died": died,
         "minutes": minutes,
         "expected": sum(expected.values()),
         "arrived": len(first),
@@ -885,6 +917,8 @@ def figure_lag(ctx: Context, size: int, kind: SchedulerKind) -> None:
         **beat_facts(beat, ready, started),
     }
     ctx.store("pg", size, kind.key, "lag", out)
+    if died:
+        log(f"  {kind.key} beat died: {died}")
     log(
         f"  {kind.key}: {out['arrived']:,}/{out['expected']:,} arrived, lag p50 {fmt(out['p50_s'], 's')} "
         f"p99 {fmt(out['p99_s'], 's')} max {fmt(out['max_s'], 's')}"
@@ -949,6 +983,9 @@ def cell(figure: str, row: str, d: dict) -> str:
             return f"{median} / {p99} ({d.get('idle_ticks')} ticks)"
         if row == "edit_tick":
             return fmt(d.get("edit_tick_s"), "s")
+    if figure == "died":
+        deaths = [f"{name}: {d[name]['died']}" for name in ("burst", "edit", "lag") if (d.get(name) or {}).get("died")]
+        return "; ".join(deaths) or "—"
     if figure == "real":
         return (
             f"{fmt(d.get('up_s'), 's')}; {fmt(d.get('rss_ready_mb'), 'MB', 0)} / {fmt(d.get('rss_peak_mb'), 'MB', 0)}"
@@ -957,10 +994,7 @@ def cell(figure: str, row: str, d: dict) -> str:
         if row == "reach":
             return f"{fmt(d.get('new_late_s'), 's')} / {fmt(d.get('edited_late_s'), 's')}"
         if row == "stall":
-            return (
-                f"{fmt(d.get('neighbours_control_max_s'), 's')} → {fmt(d.get('neighbours_new_max_s'), 's')} / "
-                f"{fmt(d.get('neighbours_edited_max_s'), 's')}"
-            )
+            return f"{fmt(d.get('neighbours_control_max_s'), 's')} → {fmt(d.get('neighbours_edit_max_s'), 's')}"
     if figure == "burst":
         if row == "all":
             if d.get("all_s") is not None:
@@ -1006,7 +1040,7 @@ ROWS = [
     ("load", "idle", "2 idle tick, median / p99", "≤ 1 ms, flat in N"),
     ("load", "edit_tick", "3 in-process: the tick after one edit", ""),
     ("edit", "reach", "3 real beat: new / edited trigger's message late by", "≤ 2 s"),
-    ("edit", "stall", "3 neighbours' max lag: control → during new / edited", "no stall"),
+    ("edit", "stall", "3 neighbours' max lag: minute without → with the edits", "no stall"),
     ("burst", "all", "4 burst: all in the broker, after the slot", "≤ 2 s"),
     ("burst", "rate", "4 burst: sends/s", "≥ 5,000/s"),
     ("lag", "lag", "5 lag p50 / p99 / max", "p99 ≤ 1 s"),
@@ -1014,6 +1048,7 @@ ROWS = [
     ("lag", "steady", "5 p99 first → last minute", "steady"),
     ("lag", "proc", "5 beat RSS, CPU", ""),
     ("lag", "hows", "5 each message's slot: (see notes)", ""),
+    ("died", "", "real beat died during", ""),
 ]
 
 
@@ -1034,6 +1069,8 @@ def render(ctx: Context, kinds: list[SchedulerKind]) -> str:
             for figure, row, title, goal in ROWS:
                 if figure == "real":
                     cells = [cell("real", row, real_facts(by_key.get(k.key, {}))) for k in kinds]
+                elif figure == "died":
+                    cells = [cell("died", row, by_key.get(k.key, {})) for k in kinds]
                 else:
                     cells = [cell(figure, row, by_key.get(k.key, {}).get(figure, {})) for k in kinds]
                 if all(c == "—" for c in cells):
@@ -1165,14 +1202,14 @@ def main() -> None:
     try:
         for size in sizes:
             if "load" in figures or "idle" in figures:
-                figure_micro(ctx, size, kinds)
+                attempt(ctx, f"figures 1-2 at {size:,}", figure_micro, ctx, size, kinds)
             for name, run in (("burst", figure_burst), ("edit", figure_edit), ("lag", figure_lag)):
                 if name in figures:
                     for kind in kinds:
-                        run(ctx, size, kind)
+                        attempt(ctx, f"{name} {kind.key} at {size:,}", run, ctx, size, kind)
         if "sqlite" in figures:
             for size in sqlite_sizes:
-                figure_sqlite(ctx, size, kinds)
+                attempt(ctx, f"sqlite at {size:,}", figure_sqlite, ctx, size, kinds)
     finally:
         from bench import seed
 
@@ -1199,6 +1236,22 @@ def main() -> None:
     (workdir / "results.json").write_text(json.dumps(jsonable(ctx.results), indent=1, default=str))
     if not args.no_write:
         write_results(ctx, kinds, table, machine, command)
+
+
+def attempt(ctx: Context, label: str, run: Any, *args: Any) -> None:
+    """Run one figure; a failure is noted and the run goes on with the next."""
+    import traceback
+
+    try:
+        run(*args)
+    except KeyboardInterrupt:
+        raise
+    except BeatExited as exc:
+        ctx.notes.append(f"{label}: the beat died before it was up ({exc})")
+        log(f"  {label}: the beat died before it was up ({exc})")
+    except Exception as exc:  # noqa: BLE001 - one figure's failure must not lose the others
+        ctx.notes.append(f"{label}: harness error {type(exc).__name__}: {str(exc)[:300]}")
+        log(f"  {label} failed:\n{traceback.format_exc()}")
 
 
 def jsonable(results: dict) -> dict:
