@@ -634,6 +634,7 @@ def stop_beat(ctx: Context, beat: BeatProcess) -> list:
 def beat_facts(beat: BeatProcess, ready: float | None, wall_from: float) -> dict:
     wall = time.time() - wall_from
     return {
+        "loadavg": os.getloadavg()[0],
         "up_s": (ready - beat.started_at) if ready else None,
         "rss_ready_mb": beat.rss_at(ready) if ready else None,
         "rss_peak_mb": beat.peak_mb,
@@ -676,6 +677,7 @@ def figure_micro(ctx: Context, size: int, kinds: list[SchedulerKind]) -> None:
         if kind.store == "redis":
             seed_redis(ctx, specs, list(range(1, size + 1)), now)
         out = run_micro(ctx, kind, size, "pg", ctx.args.database_url)
+        out["loadavg"] = os.getloadavg()[0]
         ctx.store("pg", size, kind.key, "load", out)
         log(
             f"  {kind.key}: load {fmt(out.get('load_s'), 's')}, RSS {fmt(out.get('rss_mb'), 'MB', 0)}, "
@@ -983,6 +985,9 @@ def cell(figure: str, row: str, d: dict) -> str:
             return f"{median} / {p99} ({d.get('idle_ticks')} ticks)"
         if row == "edit_tick":
             return fmt(d.get("edit_tick_s"), "s")
+    if figure == "loadavg":
+        values = [f"{name} {d[name]['loadavg']:.1f}" for name in FIGURES if (d.get(name) or {}).get("loadavg")]
+        return ", ".join(values) or "—"
     if figure == "died":
         deaths = [f"{name}: {d[name]['died']}" for name in ("burst", "edit", "lag") if (d.get(name) or {}).get("died")]
         return "; ".join(deaths) or "—"
@@ -1049,6 +1054,7 @@ ROWS = [
     ("lag", "proc", "5 beat RSS, CPU", ""),
     ("lag", "hows", "5 each message's slot: (see notes)", ""),
     ("died", "", "real beat died during", ""),
+    ("loadavg", "", "machine load average (1 min) at the end of", ""),
 ]
 
 
@@ -1069,8 +1075,8 @@ def render(ctx: Context, kinds: list[SchedulerKind]) -> str:
             for figure, row, title, goal in ROWS:
                 if figure == "real":
                     cells = [cell("real", row, real_facts(by_key.get(k.key, {}))) for k in kinds]
-                elif figure == "died":
-                    cells = [cell("died", row, by_key.get(k.key, {})) for k in kinds]
+                elif figure in ("died", "loadavg"):
+                    cells = [cell(figure, row, by_key.get(k.key, {})) for k in kinds]
                 else:
                     cells = [cell(figure, row, by_key.get(k.key, {}).get(figure, {})) for k in kinds]
                 if all(c == "—" for c in cells):
@@ -1123,8 +1129,28 @@ def write_results(ctx: Context, kinds: list[SchedulerKind], table: str, machine:
     path = Path(ctx.args.results)
     header = (
         "# Beat at scale: results\n\n"
-        "Written by `bench/beat_scale.py` (a section per run, newest last). How each figure is "
-        "measured: that module's docstring.\n"
+        "Written by `bench/beat_scale.py` (a section per run, newest last; how to run it: its docstring).\n"
+        "How each figure is measured:\n\n"
+        "1. load: a fresh process constructs the scheduler and runs its first tick (time; RSS from /proc, "
+        "and over the bare Django process; tracemalloc in a second process, up to 20k). Real beat: from "
+        "`celery beat` starting to its first message in the broker (housekeeping entries are due at once), "
+        "its RSS then and its peak (VmHWM).\n"
+        "2. idle tick: the same process ticks with nothing due (quiet triggers ~12 h away); ticks that "
+        "published anything are left out. Median and p99.\n"
+        "3. edit: in-process, the tick after `trigger_update` moves one trigger. Real beat: a trigger created "
+        "(`trigger_create`) and one moved (`trigger_update`) 3 s before a minute they become due on; how late "
+        "their messages reach the broker, and the worst lag of 10 triggers due every minute on that minute "
+        "against the minute before (stall). RedBeat's edits are `RedBeatSchedulerEntry.save()`.\n"
+        "4. burst: 10,000 triggers due on one minute (five zones), real beat; time from the slot to the last "
+        "message, and sends/s between the first and the last (cut after a timeout; the projection assumes the "
+        "rate holds).\n"
+        "5. lag: real beat, cron `m * * * *` with m = i % 60 (five zones); for each slot of the window the "
+        "first message's arrival minus the slot; arrived of expected; p99 per minute.\n"
+        "6. SQLite: the in-process load (as 1) with 1,000 distinct crontabs.\n\n"
+        "Not-due triggers use 1,000 distinct (cron, zone) pairs: stock django-celery-beat builds one CASE "
+        "branch per CrontabSchedule row when it loads (django-celery-beat#947), which is what fails on SQLite "
+        "and costs it seconds on PostgreSQL. A consumer drains the queues `high`, `normal`, `low` of Redis "
+        "db 13 and stamps each message; no worker runs.\n"
     )
     text = path.read_text() if path.exists() else header
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -1185,6 +1211,10 @@ def main() -> None:
     SCHEDULERS["ours"] = SchedulerKind("ours", SCHEDULERS["ours"].label, args.ours, "db")
     kinds = [SCHEDULERS[k.strip()] for k in args.schedulers.split(",") if k.strip()]
 
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through the figures' finally: every beat started is stopped
+
+    signal.signal(signal.SIGTERM, terminate)
     workdir = Path(tempfile.mkdtemp(prefix="beat-scale-"))
     setup_django(args.database_url, data_dir=str(workdir / "data-harness"))
     from bench.observer import BrokerObserver
@@ -1211,10 +1241,14 @@ def main() -> None:
             for size in sqlite_sizes:
                 attempt(ctx, f"sqlite at {size:,}", figure_sqlite, ctx, size, kinds)
     finally:
+        from redbeat.schedulers import get_redis
+
         from bench import seed
 
-        with contextlib.suppress(Exception):
-            seed.reset_triggers()
+        # Leave the scratch databases empty (the beats under test have been stopped).
+        for cleanup in (seed.reset_triggers, ctx.observer.flush, lambda: get_redis(app).flushdb()):
+            with contextlib.suppress(Exception):
+                cleanup()
     if ctx.beats_checked:
         if ctx.peers:
             ctx.notes.append(f"NON-LOOPBACK sockets seen in beat processes: {sorted(ctx.peers)}")
@@ -1227,8 +1261,9 @@ def main() -> None:
     )
     ctx.notes.append(
         f"run took {(time.time() - started) / 60:.0f} min; load average {os.getloadavg()[0]:.2f} at the end "
-        f"(a shared 2-core machine); logs in {workdir}"
+        "(a shared 2-core machine: other benchmarks may have run too)"
     )
+    log(f"logs and results.json in {workdir}")
     table = render(ctx, kinds)
     print(table)
     for note in ctx.notes:
