@@ -14,6 +14,7 @@ import base64
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,10 +58,14 @@ class Message:
 
     @property
     def execution_id(self) -> str | None:
+        """The Execution a message names (``execution_id``, or a UUID as first argument)."""
         value = self.kwargs.get("execution_id")
-        if value is None and self.args and isinstance(self.args[0], str) and len(self.args[0]) == 36:
+        if value is None and self.args and isinstance(self.args[0], str):
             value = self.args[0]
-        return str(value) if value else None
+        try:
+            return str(uuid.UUID(str(value))) if value else None
+        except ValueError:
+            return None
 
 
 def decode(at: float, key: str, raw: bytes) -> Message:
