@@ -888,9 +888,9 @@ def main() -> None:
     ]
     report = [
         "",
-        "## Worker throughput",
+        f"## Worker throughput, {started_at:%Y-%m-%d %H:%M %Z}",
         "",
-        f"{started_at:%Y-%m-%d %H:%M %Z}; {summary}; code under test: {code_under_test()}. "
+        f"{summary}; code under test: {code_under_test()}. "
         f"Load average at start {' '.join(load_start)}, at end {' '.join(load_end)}. "
         f"Workers with DEBUG={'1' if ARGS.debug else '0'}"
         + (
