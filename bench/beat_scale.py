@@ -22,8 +22,12 @@ process are checked. Seeding: bench/seed.py (bulk rows identical to the services
     .venv/bin/python bench/beat_scale.py --sizes 2000 --only burst --schedulers ours,stock
 
 It EMPTIES the triggers of the PostgreSQL database given (default bench_beat) and FLUSHES Redis
-databases 13 (broker) and 14 (RedBeat): give it scratch ones. Results are printed and appended to
-bench/RESULTS.md.
+databases 13 (broker) and 14 (RedBeat): give it scratch ones. One run at a time per broker
+database (a lock key there refuses a second). Results are printed and appended to bench/RESULTS.md.
+
+No worker runs, so every execution stays queued: a beat that applies the overlap policy itself sees
+the previous slot unfinished (figure 3's every-minute triggers allow overlap), and one that sends a
+slot again when its hand-off lease runs out shows duplicates (counted; lags use first arrivals).
 """
 
 from __future__ import annotations
