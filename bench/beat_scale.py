@@ -22,8 +22,12 @@ process are checked. Seeding: bench/seed.py (bulk rows identical to the services
     .venv/bin/python bench/beat_scale.py --sizes 2000 --only burst --schedulers ours,stock
 
 It EMPTIES the triggers of the PostgreSQL database given (default bench_beat) and FLUSHES Redis
-databases 13 (broker) and 14 (RedBeat): give it scratch ones. Results are printed and appended to
-bench/RESULTS.md.
+databases 13 (broker) and 14 (RedBeat): give it scratch ones. One run at a time per broker
+database (a lock key there refuses a second). Results are printed and appended to bench/RESULTS.md.
+
+No worker runs, so every execution stays queued: a beat that applies the overlap policy itself sees
+the previous slot unfinished (figure 3's every-minute triggers allow overlap), and one that sends a
+slot again when its hand-off lease runs out shows duplicates (counted; lags use first arrivals).
 """
 
 from __future__ import annotations
@@ -803,8 +807,14 @@ def figure_edit(ctx: Context, size: int, kind: SchedulerKind) -> None:
         hits = sorted(s.at for s in seen if s.trigger_id == tid and s.slot == b1)
         out[f"{name}_late_s"] = (hits[0] - b1.timestamp()) if hits else None
         out[f"{name}_edit_to_due_s"] = b1.timestamp() - edits.get(name, {}).get("at", b1.timestamp())
+    # First arrival per (trigger, slot): a beat may send a slot again (a lease run out, no worker).
+    first: dict[tuple[int | None, datetime | None], Seen] = {}
+    for s in sorted(seen, key=lambda s: s.at):
+        first.setdefault((s.trigger_id, s.slot), s)
     for name, boundary in (("control", b0), ("edit", b1)):
-        lags = [s.at - boundary.timestamp() for s in seen if s.trigger_id in neighbour_ids and s.slot == boundary]
+        lags = [
+            s.at - boundary.timestamp() for s in first.values() if s.trigger_id in neighbour_ids and s.slot == boundary
+        ]
         out[f"neighbours_{name}_max_s"] = max(lags) if lags else None
         out[f"neighbours_{name}_count"] = len(lags)
     if out["neighbours_edit_max_s"] is not None and out["neighbours_control_max_s"] is not None:
@@ -1258,13 +1268,15 @@ def main() -> None:
     signal.signal(signal.SIGTERM, terminate)
     workdir = Path(tempfile.mkdtemp(prefix="beat-scale-"))
     setup_django(args.database_url, data_dir=str(workdir / "data-harness"))
-    from bench.observer import BrokerObserver
+    from bench.observer import BrokerObserver, RunLock
     from scheduler_project.celery import app
 
     app.conf.redbeat_redis_url = args.redbeat_url
     from redbeat.schedulers import ensure_conf
 
     ensure_conf(app)
+    lock = RunLock(args.broker_url, f"{platform.node()}:{os.getpid()} {ROOT}")
+    lock.acquire()
     ctx = Context(args, workdir, app, housekeeping_tasks(app), BrokerObserver(args.broker_url))
     machine = machine_summary(args)
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/beat_scale.py", *sys.argv[1:]])
@@ -1287,7 +1299,7 @@ def main() -> None:
         from bench import seed
 
         # Leave the scratch databases empty (the beats under test have been stopped).
-        for cleanup in (seed.reset_triggers, ctx.observer.flush, lambda: get_redis(app).flushdb()):
+        for cleanup in (seed.reset_triggers, ctx.observer.flush, lambda: get_redis(app).flushdb(), lock.release):
             with contextlib.suppress(Exception):
                 cleanup()
     if ctx.beats_checked:

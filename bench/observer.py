@@ -104,8 +104,13 @@ class BrokerObserver:
         self._lock = threading.Lock()
 
     def flush(self) -> None:
-        """Empty the observer's Redis database (the benchmark's own broker database)."""
+        """Empty the observer's Redis database (the benchmark's own broker database), keeping the
+        run lock (see ``RunLock``)."""
+        holder = self._client.get(RunLock.KEY)
+        ttl = self._client.ttl(RunLock.KEY)
         self._client.flushdb()
+        if holder is not None:
+            self._client.set(RunLock.KEY, holder, ex=max(ttl, 1))
 
     def start(self) -> None:
         self._stop.clear()
@@ -163,3 +168,35 @@ class BrokerObserver:
                 taken += len(values)
             self.drains += 1
         return taken
+
+
+class RunLock:
+    """One benchmark run per broker database: two would flush and drain each other's messages.
+
+    A key in that database (SET NX with a TTL), renewed by a thread while the run lasts."""
+
+    KEY = "bench:beat-scale:run"
+    TTL = 60
+
+    def __init__(self, url: str, holder: str) -> None:
+        self._client = redis.Redis.from_url(url)
+        self.holder = holder
+        self._stop = threading.Event()
+
+    def acquire(self) -> None:
+        if not self._client.set(self.KEY, self.holder, nx=True, ex=self.TTL):
+            other = self._client.get(self.KEY)
+            raise SystemExit(
+                f"another benchmark run holds the broker database ({other!r}); wait for it, or give this "
+                "run other Redis databases (--broker-url, --redbeat-url) and another --database-url"
+            )
+        threading.Thread(target=self._renew, name="run-lock", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.TTL / 3):
+            self._client.set(self.KEY, self.holder, ex=self.TTL)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._client.get(self.KEY) == self.holder.encode():
+            self._client.delete(self.KEY)

@@ -49,6 +49,9 @@ class TriggerSpec:
     # Whether the UTC cron gives exactly the same slots (checked); quiet filler only needs to
     # stay far from now in both forms.
     exact: bool = True
+    # The trigger's overlap policy ("" = the default, skip). No worker runs in the benchmarks, so
+    # every execution stays queued: a trigger due every minute needs "allow" to fire again.
+    overlap: str = ""
 
     @property
     def cadence(self) -> timing.Cadence:
@@ -147,9 +150,11 @@ def burst_layout(count: int, now: datetime, at: datetime, due: int, distinct: in
 
 
 def neighbours_layout(count: int, now: datetime, neighbours: int, distinct: int = 1000) -> list[TriggerSpec]:
-    """The first ``neighbours`` triggers fire every minute (UTC); the rest are quiet."""
+    """The first ``neighbours`` triggers fire every minute (UTC, overlap allowed); the rest are quiet."""
     return [
-        TriggerSpec("* * * * *", "UTC", _priority(i), "* * * * *") if i < neighbours else quiet_spec(i, now)
+        TriggerSpec("* * * * *", "UTC", _priority(i), "* * * * *", overlap="allow")
+        if i < neighbours
+        else quiet_spec(i, now, distinct)
         for i in range(count)
     ]
 
@@ -193,6 +198,10 @@ def _crontab_fields(spec: TriggerSpec) -> tuple[str, str, str, str, str, str]:
     # As schedules.beat._crontab_for: the normalized cron, split, plus the trigger's zone.
     minute, hour, day_of_month, month_of_year, day_of_week = timing.normalize_cron(spec.cron).split(" ")
     return (minute, hour, day_of_month, month_of_year, day_of_week, spec.zone)
+
+
+def _options(spec: TriggerSpec) -> dict[str, str]:
+    return {"overlap": spec.overlap} if spec.overlap else {}
 
 
 def _row_key(row) -> tuple[str, str, str, str, str, str]:
@@ -283,11 +292,11 @@ def seed_triggers(
     # model's cron validator, validate_cadence, beat.check_schedulable): full_clean costs ~3 ms a
     # call (foreign-key queries), too slow for thousands of distinct crons.
     t0 = time.perf_counter()
-    templates: dict[tuple[str, str], dict] = {}
+    templates: dict[tuple[str, str, str], dict] = {}
     derived: dict[tuple[str, str], tuple[datetime | None, str]] = {}
     skip = {"id", "name", "cron", "created_at", "updated_at", "periodic_task_id", "active_since", "next_run_at"}
     for spec in specs:
-        if (spec.zone, spec.priority) not in templates:
+        if (spec.zone, spec.priority, spec.overlap) not in templates:
             template = services.trigger_build(
                 owner=owner,
                 workflow=workflow,
@@ -297,9 +306,10 @@ def seed_triggers(
                 timezone_name=spec.zone,
                 priority=spec.priority,
                 now=now,
+                **_options(spec),
             )
             fields = {f.attname: getattr(template, f.attname) for f in Trigger._meta.concrete_fields}
-            templates[(spec.zone, spec.priority)] = {k: v for k, v in fields.items() if k not in skip}
+            templates[(spec.zone, spec.priority, spec.overlap)] = {k: v for k, v in fields.items() if k not in skip}
         if (spec.cron, spec.zone) not in derived:
             validate_cron(spec.cron)
             cadence = spec.cadence
@@ -385,7 +395,7 @@ def seed_triggers(
                     "periodic_task_id": task_ids[index],
                     "created_at": now,
                     "updated_at": now,
-                    "_template": trigger_templates[(spec.zone, spec.priority)],
+                    "_template": trigger_templates[(spec.zone, spec.priority, spec.overlap)],
                 }
             )
         _insert(Trigger, None, trigger_rows)
@@ -431,10 +441,10 @@ def self_check(result: SeedResult, *, owner, workflow, samples: int = 2) -> int:
 
     # Samples in different zones and priorities.
     picks: list[int] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for index, spec in enumerate(result.specs):
-        if (spec.zone, spec.priority) not in seen:
-            seen.add((spec.zone, spec.priority))
+        if (spec.zone, spec.priority, spec.overlap) not in seen:
+            seen.add((spec.zone, spec.priority, spec.overlap))
             picks.append(index)
         if len(picks) >= samples:
             break
@@ -452,6 +462,7 @@ def self_check(result: SeedResult, *, owner, workflow, samples: int = 2) -> int:
                 timezone_name=spec.zone,
                 priority=spec.priority,
                 now=result.now,
+                **_options(spec),
             )
             made = Trigger.objects.select_related("periodic_task").get(pk=made.pk)
             for f in Trigger._meta.concrete_fields:
