@@ -101,6 +101,19 @@ def require_loopback(url: str) -> None:
         raise SystemExit(f"{url}: the benchmark talks to 127.0.0.1 only")
 
 
+def ensure_database(database_url: str) -> None:
+    """Create the PostgreSQL database if it is missing (a fresh machine), so one command runs it all."""
+    import psycopg
+
+    parts = urlparse(database_url)
+    name = parts.path.lstrip("/")
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as connection:
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
+            connection.execute(f'CREATE DATABASE "{name}"')
+            log(f"created database {name}")
+
+
 def setup_django(database_url: str, settings: str = "scheduler_project.settings", data_dir: str | None = None) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = settings
     os.environ["DATABASE_URL"] = database_url
@@ -1267,7 +1280,11 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     workdir = Path(tempfile.mkdtemp(prefix="beat-scale-"))
+    ensure_database(args.database_url)
     setup_django(args.database_url, data_dir=str(workdir / "data-harness"))
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
     from bench.observer import BrokerObserver, RunLock
     from scheduler_project.celery import app
 
