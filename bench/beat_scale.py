@@ -711,15 +711,23 @@ def figure_micro(ctx: Context, size: int, kinds: list[SchedulerKind]) -> None:
         )
 
 
-def figure_burst(ctx: Context, size: int, kind: SchedulerKind) -> None:
+def figure_burst(ctx: Context, size: int, kind: SchedulerKind, beats: int = 1) -> None:
+    """Figure 4; with ``beats`` 2 (ours only: its beats share the dispatch), a second beat runs too."""
     due = min(ctx.args.burst, size)
-    log(f"figure 4 (burst: {due:,} due on one minute), {kind.key}, {size:,} triggers")
+    log(f"figure 4 (burst: {due:,} due on one minute), {kind.key}, {size:,} triggers, {beats} beat(s)")
     seed_s = size / ctx.seed_rate + 10
     at = next_boundary(time.time() + seed_s + ready_estimate(ctx, "pg", size, kind.key) + 5)
     specs, now = layout("burst", size, at=at, due=due, distinct=ctx.args.distinct_crons)
     ids, cadences = prepare(ctx, kind, specs, now)
     burst_ids = set(ids[:due])
     beat, ready = start_beat(ctx, kind, f"burst-{kind.key}-{size}", size)
+    others = []
+    for number in range(2, beats + 1):
+        other = BeatProcess(
+            kind, ctx.args.database_url, ctx.args.broker_url, ctx.args.redbeat_url, ctx.workdir, f"burst-{number}"
+        )
+        other.start()
+        others.append(other)
     started = time.time()
     died = None
     try:
@@ -738,6 +746,10 @@ def figure_burst(ctx: Context, size: int, kind: SchedulerKind) -> None:
     except BeatExited as exc:
         died = str(exc)
     finally:
+        for other in others:
+            other.stop()
+            ctx.peers |= other.peers
+            ctx.beats_checked += 1
         messages = stop_beat(ctx, beat)
     seen, _ = attribute(messages, cadences, ctx.housekeeping)
     mine = [s for s in seen if s.trigger_id in burst_ids or s.slot == at]
@@ -762,7 +774,7 @@ def figure_burst(ctx: Context, size: int, kind: SchedulerKind) -> None:
             out["projected_all_s"] = out["first_s"] + due / out["rate"]
     if not out["ready_before_slot"]:
         ctx.notes.append(f"burst {kind.key} {size:,}: beat was not up before the slot (its load is in the figure)")
-    ctx.store("pg", size, kind.key, "burst", out)
+    ctx.store("pg", size, kind.key, "burst" if beats == 1 else "burst2", out)
     if died:
         log(f"  {kind.key} beat died: {died}")
     log(
@@ -1034,7 +1046,8 @@ def cell(figure: str, row: str, d: dict) -> str:
         values = [f"{name} {d[name]['loadavg']:.1f}" for name in FIGURES if (d.get(name) or {}).get("loadavg")]
         return ", ".join(values) or "—"
     if figure == "died":
-        deaths = [f"{name}: {d[name]['died']}" for name in ("burst", "edit", "lag") if (d.get(name) or {}).get("died")]
+        figures = ("burst", "burst2", "edit", "lag")
+        deaths = [f"{name}: {d[name]['died']}" for name in figures if (d.get(name) or {}).get("died")]
         return "; ".join(deaths) or "—"
     if figure == "real":
         return (
@@ -1045,7 +1058,7 @@ def cell(figure: str, row: str, d: dict) -> str:
             return f"{fmt(d.get('new_late_s'), 's')} / {fmt(d.get('edited_late_s'), 's')}"
         if row == "stall":
             return f"{fmt(d.get('neighbours_control_max_s'), 's')} → {fmt(d.get('neighbours_edit_max_s'), 's')}"
-    if figure == "burst":
+    if figure in ("burst", "burst2"):
         if row == "all":
             if d.get("all_s") is not None:
                 text = fmt(d["all_s"], "s")
@@ -1111,6 +1124,8 @@ ROWS = [
     ("edit", "stall", "3 neighbours' max lag: minute without → with the edits", "no stall"),
     ("burst", "all", "4 burst: all in the broker, after the slot", "≤ 2 s"),
     ("burst", "rate", "4 burst: sends/s", "≥ 5,000/s"),
+    ("burst2", "all", "4 burst, two beats (ours): all in the broker, after the slot", ""),
+    ("burst2", "rate", "4 burst, two beats (ours): sends/s", ""),
     ("lag", "lag", "5 lag p50 / p99 / max (> : not arrived by the end)", "p99 ≤ 1 s"),
     ("lag", "arrived", "5 arrived / expected", "all"),
     ("lag", "steady", "5 p99 of each minute's slot", "steady"),
@@ -1307,6 +1322,8 @@ def main() -> None:
                 if name in figures:
                     for kind in kinds:
                         attempt(ctx, f"{name} {kind.key} at {size:,}", run, ctx, size, kind)
+                        if name == "burst" and kind.key == "ours":
+                            attempt(ctx, f"burst ours, two beats, at {size:,}", run, ctx, size, kind, 2)
         if "sqlite" in figures:
             for size in sqlite_sizes:
                 attempt(ctx, f"sqlite at {size:,}", figure_sqlite, ctx, size, kinds)
