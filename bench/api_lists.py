@@ -495,7 +495,9 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=50, help="rows per page for the timings")
     parser.add_argument("--reuse", action="store_true", help="keep an earlier run's rows of the same size")
     parser.add_argument("--only", default="", help="measure only the lists whose label contains this")
+    parser.add_argument("--no-record", action="store_true", help="do not append the table to bench/RESULTS.md")
     args = parser.parse_args()
+    started = time.perf_counter()
     if connection.vendor != "postgresql":
         raise SystemExit("bench/api_lists.py seeds with PostgreSQL SQL: point DATABASE_URL at a scratch PostgreSQL.")
     call_command("migrate", verbosity=0)
@@ -512,6 +514,7 @@ def main() -> None:
         f"page of {args.page_size}; Django test client in process"
     )
     runner = Runner()
+    rows: list[tuple[Case, float, float, float, int, int, str]] = []
     header = (
         f"{'list':48} {'as':6} {'p50 ms':>8} {'p99 ms':>8} {'SQL ms':>7} {'queries@5':>10} {'queries@50':>11} "
         f"{'count':>12}"
@@ -529,12 +532,58 @@ def main() -> None:
         q50, _, _ = runner.queries(case, 50)
         _, _, sql_ms = runner.queries(case, args.page_size)
         samples = runner.timings(case, args.page_size, args.requests)
+        shown = runner.shown_count(case, args.page_size)
+        rows.append((case, percentile(samples, 50), percentile(samples, 99), sql_ms, q5, q50, shown))
         print(
             f"{case.label:48} {case.who:6} {percentile(samples, 50):>8.1f} {percentile(samples, 99):>8.1f} "
-            f"{sql_ms:>7.1f} {q5:>10} {q50:>11} {runner.shown_count(case, args.page_size):>12}",
+            f"{sql_ms:>7.1f} {q5:>10} {q50:>11} {shown:>12}",
             flush=True,
         )
     make_owners_non_staff()
+    if not args.no_record:
+        record(args, rows, size, time.perf_counter() - started)
+
+
+def record(args: argparse.Namespace, rows: list, table_size: str, took: float) -> None:
+    """Append this run's table to bench/RESULTS.md (a section per run, newest last)."""
+    import platform
+    import subprocess
+    from datetime import UTC, datetime
+
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+    )
+    if dirty.stdout.strip():
+        commit += " + uncommitted changes"
+    command = "DATABASE_URL=<scratch> .venv/bin/python bench/api_lists.py " + " ".join(sys.argv[1:])
+    lines = [
+        "",
+        f"## API and admin lists, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- Command: `{command.strip()}`",
+        f"- Machine: {os.cpu_count()} cores, PostgreSQL {connection.pg_version // 10000}, Python "
+        f"{platform.python_version()}, Django {django.get_version()}; commit {commit}; load average at the end "
+        f"{os.getloadavg()[0]:.2f}; run took {took / 60:.0f} min",
+        f"- Data: {args.triggers:,} triggers, {args.executions:,} executions ({table_size} with indexes); "
+        f"{args.requests} timed requests per list after 3 warm-ups, page of {args.page_size}; Django's test "
+        "client in process, DEBUG off. SQL ms: the page's queries added up (median of 5). Goal: p99 ≤ 100 ms, "
+        "queries the same for a page of 5 and of 50.",
+        "",
+        "| list | as | p50 ms | p99 ms | SQL ms | queries @5 | queries @50 | count shown |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {case.label} | {case.who} | {p50:.1f} | {p99:.1f} | {sql_ms:.1f} | {q5} | {q50} | {shown} |"
+            for case, p50, p99, sql_ms, q5, q50, shown in rows
+        ),
+    ]
+    results = root / "bench" / "RESULTS.md"
+    with results.open("a") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print(f"\nappended to {results.relative_to(root)}")
 
 
 if __name__ == "__main__":
