@@ -354,6 +354,11 @@ class TriggerScheduler(DatabaseScheduler):
             logger.error("database unavailable, trigger dispatch waits (%s: %s)", type(exc).__name__, exc)
             close_old_connections()
             return poll
+        except Exception:
+            # A bug must not stop every trigger's dispatch (nor crash-loop a restarted beat): the
+            # transaction rolled back, so the same triggers are still due at the next tick.
+            logger.exception("trigger dispatch failed; trying again at the next tick")
+            return poll
         if next_due is None:
             return poll
         wait = (next_due - timezone.now()).total_seconds()

@@ -197,13 +197,18 @@ def publish(attempts: list[Attempt], *, producer: Any = None) -> tuple[int, Base
 
 def _mark_sent(attempts: list[Attempt], now: datetime) -> None:
     """Record that the broker has these messages: their lease grows from the hand-off to the grace."""
-    if not attempts:
-        return
-    Execution.objects.filter(
-        pk__in=[attempt.execution_id for attempt in attempts],
-        status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING],
-        sent_at__isnull=True,
-    ).update(sent_at=now, lease_expires_at=F("lease_expires_at") + (lease_grace() - _handoff()))
+    # Only the attempt that was sent: a fast worker may have claimed it, failed and parked a later
+    # attempt (sent_at empty again) before this runs, and that one must keep its own lease.
+    by_attempt: dict[int, list[str]] = {}
+    for attempt in attempts:
+        by_attempt.setdefault(attempt.attempt, []).append(attempt.execution_id)
+    for number, ids in by_attempt.items():
+        Execution.objects.filter(
+            pk__in=ids,
+            attempts=number - 1,
+            status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING],
+            sent_at__isnull=True,
+        ).update(sent_at=now, lease_expires_at=F("lease_expires_at") + (lease_grace() - _handoff()))
 
 
 def send_ledgered(attempts: list[Attempt], *, now: datetime, producer: Any = None) -> tuple[int, BaseException | None]:
@@ -245,22 +250,29 @@ def _enqueue_attempt(
     transaction.on_commit(send, robust=robust)
 
 
-def dispatch_attempt(execution: Execution, *, now: datetime, robust: bool = True) -> None:
+def dispatch_attempt(execution: Execution, *, now: datetime, robust: bool = True, unlocked: bool = False) -> None:
     """Send the execution's next attempt when it falls due (saves its lease and ``sent_at``).
 
     A short wait rides in the broker as a countdown; a long one (past
     SCHEDULER_COUNTDOWN_MAX_SECONDS) stays in the database only: its lease expires when it is
     due and recovery sends it then. Redis would re-deliver long ETAs after its visibility
     timeout, a known source of double runs.
+
+    ``unlocked``: the caller read ``execution`` without a lock, so a worker may have claimed it
+    since; then nothing is written or sent (a running attempt's lease is never overwritten).
     """
     due = execution.due_at or now
     wait = max(0.0, (due - now).total_seconds())
+    rows = Execution.objects.filter(pk=execution.pk)
+    if unlocked:
+        rows = rows.filter(status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING], attempts=execution.attempts)
     if wait > settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
-        execution.lease_expires_at, execution.sent_at = due, None
-        Execution.objects.filter(pk=execution.pk).update(lease_expires_at=due, sent_at=None)
+        if rows.update(lease_expires_at=due, sent_at=None):
+            execution.lease_expires_at, execution.sent_at = due, None
+        return
+    if not rows.update(lease_expires_at=due + lease_grace(), sent_at=now):
         return
     execution.lease_expires_at, execution.sent_at = due + lease_grace(), now
-    Execution.objects.filter(pk=execution.pk).update(lease_expires_at=execution.lease_expires_at, sent_at=now)
     _enqueue_attempt(
         execution.pk, execution.attempts + 1, queue=_queue(execution), countdown=wait or None, robust=robust
     )
@@ -364,7 +376,8 @@ def _plan_fire(trigger: Trigger, slot: datetime, now: datetime, facts: _TriggerF
             to_skip, to_run = sorted(to_skip + to_run[:-cap]), to_run[-cap:]
     if trigger.max_runs is not None:
         room = max(0, trigger.max_runs - trigger.run_count)
-        kept = to_run[len(to_run) - room :] if room else []
+        # The newest slots that fit (a slice from a negative start would keep too few).
+        kept = to_run[max(0, len(to_run) - room) :] if room else []
         # Catch-up slots left out for max_runs are recorded missed, like those past the catch-up cap.
         dropped = [missed_slot for missed_slot in to_run if missed_slot not in kept and missed_slot != slot]
         to_skip, to_run = sorted(to_skip + dropped), kept
@@ -595,6 +608,8 @@ def _dispatch_batch(*, now: datetime, cutoff: datetime, limit: int) -> _Batch:
         trigger.workflow = workflows[trigger.workflow_id]
         try:
             slot = timing.latest_slot_at_or_before(trigger.cadence, now)
+            # _plan_fire reads the window too: one that cannot be read must not fail the batch.
+            timing.parse_window(trigger.execution_window)
         except timing.ScheduleError:
             logger.exception("trigger %s has a schedule that cannot be read; pausing it", trigger.pk)
             trigger.enabled, trigger.paused_at, trigger.pause_reason = False, now, "schedule cannot be read"
@@ -673,7 +688,13 @@ def _insert_executions(rows: list[Execution]) -> None:
     columns = _copy_columns()
     names = ", ".join(connection.ops.quote_name(column) for _, column, _ in columns)
     table = connection.ops.quote_name(Execution._meta.db_table)
-    with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+    # The raw psycopg cursor's errors become Django's (DatabaseError, so beat and
+    # retry_on_deadlock see them as they see every other query's).
+    with (
+        connection.cursor() as cursor,
+        connection.wrap_database_errors,
+        cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+    ):
         for row in rows:
             copy.write_row(
                 [adapt(getattr(row, attname)) if adapt else getattr(row, attname) for attname, _, adapt in columns]
@@ -1165,7 +1186,7 @@ def _wake_waiting(execution: Execution, now: datetime) -> None:
     horizon = now + timedelta(seconds=settings.SCHEDULER_COUNTDOWN_MAX_SECONDS)
     for waiting in {pick.pk: pick for pick in picks if pick is not None}.values():
         if waiting.due_at is None or waiting.due_at <= horizon:
-            dispatch_attempt(waiting, now=now)
+            dispatch_attempt(waiting, now=now, unlocked=True)
 
 
 # --- Recover ------------------------------------------------------------------------------------
@@ -1215,16 +1236,31 @@ def leases_recover(
     return RecoveryReport(executions=len(attempts), slots=0, deferred=deferred)
 
 
+def _recover_batch(*, now: datetime, limit: int, queue_depth: QueueDepth) -> tuple[list[Attempt], int]:
+    # The queues' depths are read before any row is locked: asking the broker can take seconds
+    # when it is unwell, and workers recording those executions would wait for the locks.
+    patience = timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT_SECONDS)
+    stale = (
+        Execution.objects.filter(status__in=UNFINISHED_STATUSES, lease_expires_at__lte=now)
+        .order_by("lease_expires_at")
+        .values_list("sent_at", "trigger__priority")[:limit]
+    )
+    seen = list(stale)
+    if not seen:
+        return [], 0
+    queues = {str(queue) for sent_at, queue in seen if sent_at is not None and now - sent_at < patience}
+    return _recover_locked(now=now, limit=limit, depths={queue: queue_depth(queue) for queue in sorted(queues)})
+
+
 @retry_on_deadlock
 @transaction.atomic
-def _recover_batch(*, now: datetime, limit: int, queue_depth: QueueDepth) -> tuple[list[Attempt], int]:
+def _recover_locked(*, now: datetime, limit: int, depths: dict[str, int | None]) -> tuple[list[Attempt], int]:
     stale = list(
         Execution.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("trigger")
         .filter(status__in=UNFINISHED_STATUSES, lease_expires_at__lte=now)
         .order_by("lease_expires_at")[:limit]
     )
-    depths: dict[str, int | None] = {}
     patience = timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT_SECONDS)
     attempts: list[Attempt] = []
     deferred: list[Any] = []
@@ -1240,12 +1276,10 @@ def _recover_batch(*, now: datetime, limit: int, queue_depth: QueueDepth) -> tup
                 {"attempt": execution.attempts, "error": execution.error, "recovered_at": now.isoformat()},
             )
             execution.next_attempt_at = execution.due_at = now
-        elif execution.sent_at is not None and now - execution.sent_at < patience:
-            if queue not in depths:
-                depths[queue] = queue_depth(queue)
-            if depths[queue]:
-                deferred.append(execution.pk)
-                continue
+        elif execution.sent_at is not None and now - execution.sent_at < patience and depths.get(queue):
+            # (A queue not read, for a row that became stale after the look above: assume lost.)
+            deferred.append(execution.pk)
+            continue
         execution.lease_expires_at = now + _handoff()
         execution.sent_at = None
         execution.save(

@@ -178,6 +178,47 @@ def test_trigger_scheduler_tick__sees_an_edit_without_reload(workflow, make_sche
 
 # django-celery-beat closes the connection between ticks: real commits, not a test transaction.
 @pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler_tick__unreadable_window_pauses_that_trigger_only(workflow, make_scheduler, published):
+    """An execution window written behind the services' back that cannot be read pauses its trigger
+    (saying why); the other due triggers of the batch are dispatched."""
+    broken, sound = every_second(workflow, name="broken"), every_second(workflow, name="sound")
+    Trigger.objects.filter(pk=broken.pk).update(execution_window={"days": "weekdays"})
+    make_scheduler().tick()
+    broken.refresh_from_db()
+    assert (broken.enabled, broken.pause_reason) == (False, "schedule cannot be read")
+    assert not Execution.objects.filter(trigger=broken).exists()
+    assert Execution.objects.filter(trigger=sound, origin=ExecutionOrigin.SCHEDULE).count() == 1
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler_tick__unexpected_error_is_logged_and_retried(
+    workflow, make_scheduler, published, monkeypatch, caplog
+):
+    """A bug in the dispatch does not stop beat: the tick logs it, rolls back, and the next tick
+    dispatches the same slot."""
+    trigger = every_second(workflow)
+    real = dispatch._save_fired
+    failures = []
+
+    def fail_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "_save_fired", fail_once)
+    scheduler = make_scheduler()
+    assert scheduler.tick() > 0
+    assert "trigger dispatch failed" in caplog.text
+    assert not Execution.objects.filter(trigger=trigger).exists()
+    scheduler.tick()
+    assert Execution.objects.filter(trigger=trigger, origin=ExecutionOrigin.SCHEDULE).count() == 1
+    assert len(published["attempts"]) == 1
+
+
+# django-celery-beat closes the connection between ticks: real commits, not a test transaction.
+@pytest.mark.django_db(transaction=True)
 def test_trigger_scheduler_tick__broker_down_holds_dispatch(workflow, make_scheduler, published):
     """A refused publish leaves its execution in the ledger, and no further slot is dispatched until
     the broker answers again; then the waiting slots are handled by their catch-up policy."""

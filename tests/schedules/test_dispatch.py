@@ -188,6 +188,20 @@ def test_dispatch_due__publish_refused_leaves_ledger_and_stops(user, broker):
     assert Trigger.objects.filter(next_run_at=at(13)).count() == 3  # never claimed
 
 
+def test_mark_sent__leaves_a_later_attempt_parked_before_it_ran(queued):
+    """In a burst a worker can claim attempt 1, fail and park attempt 2 (not sent, its own lease)
+    before beat marks attempt 1 sent: that mark must not touch attempt 2."""
+    parked_until = at(14)
+    Execution.objects.filter(pk=queued.pk).update(
+        attempts=1, status=ExecutionStatus.RETRYING, sent_at=None, lease_expires_at=parked_until
+    )
+    dispatch._mark_sent([dispatch.Attempt(str(queued.pk), 1)], at(13, 0, 2))
+    execution = Execution.objects.get(pk=queued.pk)
+    assert (execution.sent_at, execution.lease_expires_at) == (None, parked_until)
+    dispatch._mark_sent([dispatch.Attempt(str(queued.pk), 2)], at(13, 0, 3))
+    assert Execution.objects.get(pk=queued.pk).sent_at == at(13, 0, 3)
+
+
 def test_leases_recover__sends_unsent_after_handoff_and_never_twice(user, broker):
     """A beat killed between its commit and its publish: the executions it wrote are sent by any beat
     once the hand-off lease runs out (not before), each once."""
@@ -305,6 +319,23 @@ def test_record_success__one_update_then_nothing_when_nobody_waits(queued, monke
     assert not any("schedules_trigger" in query["sql"].split("FROM")[0] for query in captured.captured_queries)
     execution = Execution.objects.get(pk=queued.pk)
     assert (execution.status, execution.run_id, execution.counted) == (ExecutionStatus.SUCCEEDED, "run-1", False)
+
+
+def test_wake_waiting__leaves_an_execution_claimed_since_it_was_read(queued, monkeypatch):
+    """A finisher reads a waiting execution without a lock; if a worker claims it before the
+    finisher's UPDATE, the running attempt keeps its lease and no second message goes out (an
+    overwritten lease would have let recovery start a second, concurrent call)."""
+    sent = []
+    monkeypatch.setattr(dispatch, "_enqueue_attempt", lambda execution_id, attempt, **options: sent.append(attempt))
+    stale = Execution.objects.get(pk=queued.pk)
+    dispatch.dispatch_attempt(Execution.objects.get(pk=queued.pk), now=at(13, 0, 2), unlocked=True)
+    assert sent == [1]  # not claimed yet: sent
+    claimed = dispatch.execution_claim(execution_id=queued.pk, attempt=1, now=at(13, 0, 3))
+
+    dispatch.dispatch_attempt(stale, now=at(13, 0, 4), unlocked=True)
+    execution = Execution.objects.get(pk=queued.pk)
+    assert (execution.status, execution.lease_expires_at) == (ExecutionStatus.RUNNING, claimed.lease_expires_at)
+    assert sent == [1]
 
 
 def test_record_success__after_takeover_keeps_the_other_outcome(queued, monkeypatch):

@@ -503,6 +503,15 @@ def test_trigger_fire__catchup_all_slots_beyond_max_runs_recorded_missed(workflo
     assert (trigger.run_count, trigger.status) == (2, TriggerStatus.COMPLETED)
 
 
+def test_trigger_fire__catchup_all_runs_every_missed_slot_while_max_runs_has_room(workflow, enqueued):
+    """catchup=all with more runs left than slots due: every slot runs, none is recorded missed."""
+    trigger = create(workflow, catchup="all", catchup_window_seconds=86400, max_runs=10)
+    fire(trigger, at(16))
+    assert by_status(trigger) == {"running": [at(13)], "queued": [at(14), at(15), at(16)]}
+    trigger.refresh_from_db()
+    assert (trigger.run_count, trigger.status) == (4, TriggerStatus.ACTIVE)
+
+
 @pytest.mark.parametrize("catchup", ["skip", "latest", "all"])
 def test_trigger_resume__slots_of_the_pause_never_run(workflow, enqueued, catchup):
     """After a pause, resuming never creates executions for the paused slots, under every catch-up policy."""
