@@ -32,3 +32,37 @@ class AddIndexConcurrently(migrations.AddIndex):
         if self.allow_migrate_model(schema_editor.connection.alias, model):
             schema_editor.remove_index(model, self.index, concurrently=True)
         return None
+
+
+class DropForeignKeyIndex(migrations.AlterField):
+    """AlterField to ``db_index=False`` on a ForeignKey that only drops the field's index.
+
+    Django's AlterField drops the foreign-key constraint and adds it back around the index change,
+    and ADD CONSTRAINT ... FOREIGN KEY scans the whole table while blocking writes to it (and to the
+    table it references): on millions of executions, minutes without dispatch or recorded outcomes.
+    This drops only the index Django made for the field (DROP INDEX CONCURRENTLY on PostgreSQL, so
+    writes go on; ``atomic = False`` in the migration); the state change is AlterField's.
+    """
+
+    def _index(self, schema_editor: Any, model: Any) -> str:
+        field = model._meta.get_field(self.name)
+        return schema_editor._create_index_name(model._meta.db_table, [field.column], suffix="")
+
+    def _concurrently(self, schema_editor: Any) -> str:
+        return "CONCURRENTLY " if schema_editor.connection.vendor == "postgresql" else ""
+
+    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            index = schema_editor.quote_name(self._index(schema_editor, model))
+            schema_editor.execute(f"DROP INDEX {self._concurrently(schema_editor)}IF EXISTS {index}")
+
+    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            column = schema_editor.quote_name(model._meta.get_field(self.name).column)
+            index = schema_editor.quote_name(self._index(schema_editor, model))
+            table = schema_editor.quote_name(model._meta.db_table)
+            schema_editor.execute(
+                f"CREATE INDEX {self._concurrently(schema_editor)}IF NOT EXISTS {index} ON {table} ({column})"
+            )

@@ -6,6 +6,13 @@ from django.db import migrations, models
 from schedules.migration_operations import AddIndexConcurrently
 
 
+def leave_unfinished_uncounted(apps, schema_editor):
+    """The old code counted an execution when it finished: those still unfinished now are counted
+    by stats_fold once they finish (the new code's way), so they are not counted yet."""
+    Execution = apps.get_model("schedules", "Execution")
+    Execution.objects.filter(status__in=["queued", "running", "retrying"]).update(counted=False)
+
+
 class Migration(migrations.Migration):
 
     # The indexes are built CONCURRENTLY on PostgreSQL (see AddIndexConcurrently).
@@ -39,6 +46,7 @@ class Migration(migrations.Migration):
             name='counted',
             field=models.BooleanField(default=False, editable=False),
         ),
+        migrations.RunPython(leave_unfinished_uncounted, migrations.RunPython.noop),
         migrations.AddField(
             model_name='execution',
             name='sent_at',

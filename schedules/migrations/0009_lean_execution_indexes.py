@@ -3,11 +3,12 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-from schedules.migration_operations import AddIndexConcurrently
+from schedules.migration_operations import AddIndexConcurrently, DropForeignKeyIndex
 
 
 class Migration(migrations.Migration):
-    # Partial indexes first (built CONCURRENTLY), then the single-column foreign-key indexes go:
+    # Partial indexes first (built CONCURRENTLY), then the single-column foreign-key indexes go
+    # (DROP INDEX CONCURRENTLY; the constraints stay, unlike AlterField's drop-and-re-add):
     # every lookup by these keys keeps an index to use at every moment.
     atomic = False
 
@@ -26,22 +27,22 @@ class Migration(migrations.Migration):
             model_name='execution',
             index=models.Index(condition=models.Q(('fallback_of__isnull', False)), fields=['fallback_of'], name='execution_fallback_of'),
         ),
-        migrations.AlterField(
+        DropForeignKeyIndex(
             model_name='execution',
             name='fallback_of',
             field=models.ForeignKey(blank=True, db_index=False, editable=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='fallbacks', to='schedules.execution'),
         ),
-        migrations.AlterField(
+        DropForeignKeyIndex(
             model_name='execution',
             name='retry_of',
             field=models.ForeignKey(blank=True, db_index=False, editable=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='retries', to='schedules.execution'),
         ),
-        migrations.AlterField(
+        DropForeignKeyIndex(
             model_name='execution',
             name='trigger',
             field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='executions', to='schedules.trigger'),
         ),
-        migrations.AlterField(
+        DropForeignKeyIndex(
             model_name='execution',
             name='workflow',
             field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='executions', to='workflows.workflow'),
