@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import signals, states
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, close_old_connections
 from django_celery_results.backends.database import DatabaseBackend
 from django_celery_results.models import TaskResult
 
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Results one upsert writes at most; more waiting than this are flushed at once.
 RESULTS_BATCH = 500
+# Results kept at most while the database cannot be written (then the oldest are dropped).
+MAX_PENDING = 20 * RESULTS_BATCH
 _FIELDS = (
     "status",
     "result",
@@ -49,7 +51,10 @@ class _Pending:
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards rows
+        # Held from taking a batch to its write: a shutdown flush waits for the flusher's write
+        # in progress instead of finding the buffer empty and letting the process exit under it.
+        self.writing = threading.Lock()
         self.wake = threading.Event()
         self.flusher_pid: int | None = None
 
@@ -63,23 +68,49 @@ class _Pending:
 
     def flush(self) -> int:
         """Write what is waiting in one upsert; returns how many results were written."""
-        with self.lock:
-            batch, self.rows = self.rows, {}
-        if not batch:
-            return 0
-        rows = [
-            TaskResult(task_id=task_id, **{name: row.get(name) for name in _FIELDS}) for task_id, row in batch.items()
-        ]
-        try:
-            TaskResult.objects.bulk_create(
-                rows, update_conflicts=True, unique_fields=["task_id"], update_fields=[*_FIELDS, "date_done"]
-            )
-        except (DatabaseError, InterfaceError) as exc:
-            logger.warning("could not write %s task results (%s); keeping them for the next flush", len(rows), exc)
+        with self.writing:
             with self.lock:
-                self.rows = {**batch, **self.rows}
-            return 0
-        return len(rows)
+                batch, self.rows = self.rows, {}
+            if not batch:
+                return 0
+            rows = [
+                TaskResult(task_id=task_id, **{name: row.get(name) for name in _FIELDS})
+                for task_id, row in batch.items()
+            ]
+            try:
+                self._write(rows)
+            except (DataError, IntegrityError) as exc:
+                # A row the table refuses (a value too long, say) would fail every later batch:
+                # write them one by one and drop only the refused ones.
+                logger.warning("a batch of %s task results was refused (%s); writing them one by one", len(rows), exc)
+                return self._write_each(rows)
+            except (DatabaseError, InterfaceError) as exc:
+                logger.warning("could not write %s task results (%s); keeping them for the next flush", len(rows), exc)
+                with self.lock:
+                    self.rows = {**batch, **self.rows}
+                    excess = len(self.rows) - MAX_PENDING
+                    if excess > 0:  # the database is away for long: bound the memory, oldest go first
+                        for task_id in list(self.rows)[:excess]:
+                            del self.rows[task_id]
+                        logger.warning("dropped %s task results: the database has been unreachable too long", excess)
+                return 0
+            return len(rows)
+
+    @staticmethod
+    def _write(rows: list[TaskResult]) -> None:
+        TaskResult.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["task_id"], update_fields=[*_FIELDS, "date_done"]
+        )
+
+    def _write_each(self, rows: list[TaskResult]) -> int:
+        written = 0
+        for row in rows:
+            try:
+                self._write([row])
+                written += 1
+            except (DataError, IntegrityError) as exc:
+                logger.error("task result of %s dropped: the database refuses it (%s)", row.task_id, exc)
+        return written
 
     def _ensure_flusher(self) -> None:
         # One flusher thread per process: a prefork child starts its own after the fork.

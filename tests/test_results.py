@@ -90,3 +90,71 @@ def test_batched_backend__failed_flush_keeps_results_for_the_next(db, pending, m
     monkeypatch.setattr(TaskResult.objects, "bulk_create", real)
     assert pending.flush() == 1
     assert TaskResult.objects.filter(task_id="a").exists()
+
+
+def test_batched_backend__a_refused_row_is_dropped_alone(db, pending, monkeypatch, caplog):
+    """A row the table refuses (say, a value too long) is written one by one and dropped alone, so
+    it cannot block every later batch."""
+    from django.db import DataError
+
+    backend = results.BatchedDatabaseBackend(app=app)
+    for task_id in ("good-1", "bad", "good-2"):
+        backend.store_result(task_id, 1, states.SUCCESS, request=request(task_id))
+    real = results._Pending._write
+
+    def refuse_bad(rows):
+        if any(row.task_id == "bad" for row in rows):
+            raise DataError("value too long for type character varying(100)")
+        real(rows)
+
+    monkeypatch.setattr(results._Pending, "_write", staticmethod(refuse_bad))
+    assert pending.flush() == 2
+    assert sorted(TaskResult.objects.values_list("task_id", flat=True)) == ["good-1", "good-2"]
+    assert pending.rows == {} and "task result of bad dropped" in caplog.text
+
+
+def test_batched_backend__memory_is_bounded_while_the_database_is_away(db, pending, monkeypatch):
+    """Kept results are capped (the newest stay) while flushes keep failing."""
+    from django.db import OperationalError
+
+    monkeypatch.setattr(results, "MAX_PENDING", 2)
+    backend = results.BatchedDatabaseBackend(app=app)
+    for task_id in ("old", "mid", "new"):
+        backend.store_result(task_id, 1, states.SUCCESS, request=request(task_id))
+
+    def down(rows):
+        raise OperationalError("server closed the connection")
+
+    monkeypatch.setattr(results._Pending, "_write", staticmethod(down))
+    assert pending.flush() == 0
+    assert sorted(pending.rows) == ["mid", "new"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batched_backend__shutdown_flush_waits_for_the_write_in_progress(pending, monkeypatch):
+    """The shutdown flush does not find the buffer empty while the flusher is still writing the
+    batch it took (the process would exit under it): it returns only once that write is done."""
+    import threading
+
+    backend = results.BatchedDatabaseBackend(app=app)
+    backend.store_result("a", 1, states.SUCCESS, request=request("a"))
+    real = results._Pending._write
+    writing, release = threading.Event(), threading.Event()
+
+    def slow(rows):
+        writing.set()
+        assert release.wait(10)
+        real(rows)
+
+    monkeypatch.setattr(results._Pending, "_write", staticmethod(slow))
+    flusher = threading.Thread(target=pending.flush)
+    flusher.start()
+    assert writing.wait(10)
+    shutdown = threading.Thread(target=pending.flush)
+    shutdown.start()
+    shutdown.join(0.3)
+    assert shutdown.is_alive()  # waiting for the flusher's write
+    release.set()
+    shutdown.join(10)
+    flusher.join(10)
+    assert not shutdown.is_alive() and TaskResult.objects.filter(task_id="a").exists()
