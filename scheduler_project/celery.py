@@ -1,10 +1,11 @@
 """The Celery app: configured from Django settings under the CELERY_ namespace."""
 
 import os
+import sys
 from typing import Any
 
 from celery import Celery, signals
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
 
@@ -23,3 +24,17 @@ def _reuse_a_sound_connection(**_: Any) -> None:
     (settings) makes the fixup close it only every that many tasks.
     """
     close_old_connections()
+
+
+def _greenlet_per_task() -> bool:
+    gevent = sys.modules.get("gevent.monkey")
+    return gevent is not None and gevent.is_module_patched("threading")
+
+
+@signals.task_postrun.connect(weak=False)
+def _close_a_greenlets_connection(**_: Any) -> None:
+    """Under the gevent pool each task runs in a greenlet of its own, and Django's connections
+    belong to it: no later task can reuse them, so they are closed with the task (left open, they
+    pile up until PostgreSQL refuses clients: "sorry, too many clients already")."""
+    if _greenlet_per_task():
+        connections.close_all()

@@ -6,9 +6,11 @@ Task names are explicit because PeriodicTask rows store them as strings.
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from . import dispatch, services
 
@@ -28,10 +30,21 @@ def fire_trigger(trigger_id: int, scheduled_for: str | None = None) -> dict[str,
     return {"execution_id": str(execution.pk), "attempt": 1, "status": outcome.status}
 
 
-@shared_task(name="schedules.run_execution", **_RELIABLE)
-def run_execution(execution_id: str, attempt: int) -> dict[str, object]:
+# A claim that cannot reach the database (down, or out of connection slots) has changed nothing:
+# the message is sent again after a short, growing wait rather than left to recovery's lease.
+_CLAIM_RETRIES = 5
+
+
+@shared_task(name="schedules.run_execution", bind=True, **_RELIABLE)
+def run_execution(self, execution_id: str, attempt: int) -> dict[str, object]:
     """Run one attempt of an execution (manual runs, retries and recovered executions)."""
-    execution = dispatch.execution_claim(execution_id=execution_id, attempt=attempt)
+    try:
+        execution = dispatch.execution_claim(execution_id=execution_id, attempt=attempt)
+    except (OperationalError, InterfaceError) as exc:
+        # (The next task's prerun drops the broken connection: scheduler_project/celery.py.)
+        if self.request.retries >= _CLAIM_RETRIES:
+            raise  # recovery sends it once its lease runs out
+        raise self.retry(exc=exc, countdown=min(30.0, 2.0**self.request.retries) * random.uniform(0.5, 1.0)) from exc
     if execution is None:
         return {"execution_id": execution_id, "attempt": attempt, "status": "nothing to do"}
     outcome = dispatch.execution_perform(execution=execution)

@@ -133,6 +133,36 @@ def test_run_execution__duplicate_delivery_does_nothing(trigger, calls, enqueued
     assert len(calls["calls"]) == 1
 
 
+def test_run_execution__database_unreachable_at_claim_is_retried_soon(trigger, calls, enqueued, monkeypatch):
+    """A claim that cannot reach the database changed nothing and called nothing: the message is
+    retried after a short wait (celery's retry), and after a few tries left to recovery."""
+    from celery.exceptions import Retry
+    from django.db import OperationalError
+
+    execution = services.trigger_run_now(trigger=trigger)
+
+    def full(**kwargs):
+        raise OperationalError("FATAL:  sorry, too many clients already")
+
+    monkeypatch.setattr(dispatch, "execution_claim", full)
+    retried = []
+    monkeypatch.setattr(
+        tasks.run_execution, "retry", lambda exc, countdown: retried.append(countdown) or Retry(exc=exc)
+    )
+    with pytest.raises(Retry):
+        tasks.run_execution(execution_id=str(execution.pk), attempt=1)
+    assert len(retried) == 1 and 0.5 <= retried[0] <= 1.0
+    assert calls["calls"] == []
+    assert Execution.objects.get(pk=execution.pk).attempts == 0
+    tasks.run_execution.push_request(retries=tasks._CLAIM_RETRIES)
+    try:
+        with pytest.raises(OperationalError):
+            tasks.run_execution.run(execution_id=str(execution.pk), attempt=1)
+    finally:
+        tasks.run_execution.pop_request()
+    assert len(retried) == 1
+
+
 def test_run_execution__retry_attempt_reports_its_number(trigger, calls, enqueued):
     """The retry message (attempt 2) runs the second attempt."""
     execution = services.trigger_run_now(trigger=trigger)
