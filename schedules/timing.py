@@ -749,7 +749,7 @@ def _minutes(text: object, what: str) -> int:
 
 def parse_window(value: object) -> Window | None:
     """Read an execution window; {} (or None) means no window. Raises ScheduleError."""
-    if not value:
+    if value is None or value == {}:
         return None
     if not isinstance(value, dict) or set(value) - {"days", "ranges"}:
         raise ScheduleError(

@@ -201,6 +201,8 @@ def test_trigger_create__interval(api, workflow):
         ({"kind": "interval", "cron": "", "interval_seconds": 0}, "interval_seconds"),
         ({"min_backoff_seconds": 100, "max_backoff_seconds": 10}, "min_backoff_seconds"),
         ({"execution_window": {"days": [9]}}, "execution_window"),
+        ({"execution_window": False}, "execution_window"),
+        ({"execution_window": []}, "execution_window"),
         ({"inputs": [1]}, "inputs"),
         ({"notify_emails": "not an address"}, "notify_emails"),
         ({"start_at": "2030-01-02T00:00:00Z", "end_at": "2030-01-01T00:00:00Z"}, "end_at"),
