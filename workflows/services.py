@@ -11,6 +11,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
@@ -93,6 +94,36 @@ def audit_record(
 def audit_changes(obj: models.Model, before: dict[str, Any]) -> dict[str, list[Any]]:
     """The fields of ``obj`` that differ from ``before``, as {name: [old, new]} (audit_record drops secrets)."""
     return {name: [old, getattr(obj, name)] for name, old in before.items() if getattr(obj, name) != old}
+
+
+@transaction.atomic
+def user_create(
+    *, username: str, email: str = "", is_staff: bool = False, is_superuser: bool = False, password: str | None = None
+) -> AbstractBaseUser:
+    """Create a user who owns workflows and triggers.
+
+    Without a password the user can't log in to the admin (an API-only user: give it a token);
+    a password must pass ``AUTH_PASSWORD_VALIDATORS``. Errors are a ValidationError by field
+    (``username``, ``email``, ``password``); nothing is saved then.
+    """
+    user_model = get_user_model()
+    user = user_model(
+        **{user_model.USERNAME_FIELD: username},
+        email=email,
+        is_staff=is_staff or is_superuser,
+        is_superuser=is_superuser,
+    )
+    if password is None:
+        user.set_unusable_password()
+    else:
+        try:
+            password_validation.validate_password(password, user)
+        except ValidationError as exc:
+            raise ValidationError({"password": exc.messages}) from None
+        user.set_password(password)
+    user.full_clean()  # username rules and uniqueness, e-mail format
+    user.save()
+    return user
 
 
 @transaction.atomic
