@@ -1,4 +1,4 @@
-"""URL routes: the admin, the API (/api/), its schema (/api/schema/) and docs (/api/docs/)."""
+"""URL routes: the landing page (/), the admin, the API (/api/), its schema (/api/schema/) and docs (/api/docs/)."""
 
 from django.contrib import admin
 from django.urls import include, path, register_converter
@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from scheduler_project.api import IdConverter
+from scheduler_project.views import ApiRootView, home
 from schedules.api import (
     ExecutionViewSet,
     HealthView,
@@ -24,6 +25,7 @@ router.register("triggers", TriggerViewSet, basename="trigger")
 router.register("executions", ExecutionViewSet, basename="execution")
 
 urlpatterns = [
+    path("", home, name="home"),
     path("admin/", admin.site.urls),
     # POST: the signed execution endpoint (Workflow.execution_url); GET: the workflow's runs for its owner.
     path("api/workflows/<id:workflow_id>/runs/", WorkflowRunsView.as_view(), name="workflow-runs"),
@@ -36,6 +38,7 @@ urlpatterns = [
     path("api/health/", HealthView.as_view(), name="health"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", ApiRootView.as_view(), name="api-root"),
     path("api/", include(router.urls)),
 ]
 
