@@ -198,6 +198,10 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 # start-up by schedules.checks). https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env_int("CELERY_VISIBILITY_TIMEOUT_SECONDS", 3600, minimum=60)
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The folder comes from the options below, not the URL; a bare "filesystem://" makes every
+    # connection log "No hostname was supplied. Reverting to default 'localhost'".
+    if CELERY_BROKER_URL == "filesystem://":
+        CELERY_BROKER_URL = "filesystem://localhost/"
     BROKER_DIR = DATA_DIR / "broker"
     for _folder in ("queue", "processed", "control"):
         (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
