@@ -6,8 +6,9 @@ schedules.selectors do the reads; errors become answers in scheduler_project.api
 
 from __future__ import annotations
 
+import functools
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import QuerySet
@@ -75,10 +76,25 @@ class LocalDateTimeField(serializers.Field):
 
 
 class PreviewRunSerializer(serializers.Serializer):
-    at = serializers.DateTimeField(help_text="The slot, in UTC.")
+    at = serializers.DateTimeField(default_timezone=UTC, help_text="The slot, in UTC.")
     local = LocalDateTimeField(help_text="The same instant in the trigger's time zone.")
     runs = serializers.BooleanField(help_text="False: the slot would not call the workflow (see reason).")
     reason = serializers.CharField(help_text="outside_window, paused, workflow_inactive or empty.")
+
+    @classmethod
+    def rows(cls, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``cls(runs, many=True).data``, with fields built once per process instead of per call: a
+        trigger list calls this for every row, and building the serializer cost more than the preview."""
+        fields = cls._shared_fields()
+        return [
+            {name: None if run[name] is None else field.to_representation(run[name]) for name, field in fields}
+            for run in runs
+        ]
+
+    @classmethod
+    @functools.cache
+    def _shared_fields(cls) -> tuple[tuple[str, serializers.Field], ...]:
+        return tuple((field.field_name, field) for field in cls()._readable_fields)
 
 
 class OwnersWorkflowField(serializers.PrimaryKeyRelatedField):
@@ -221,7 +237,7 @@ class TriggerSerializer(StrictFieldsMixin, ModelSerializer):
             runs = selectors.trigger_preview(trigger, count=PREVIEW_COUNT, now=self.context.get("now"))
         except ScheduleError:
             return []
-        return PreviewRunSerializer(runs, many=True).data
+        return PreviewRunSerializer.rows(runs)
 
 
 class PreviewTriggerSerializer(TriggerSerializer):
@@ -467,6 +483,16 @@ class TriggerViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
 
     def get_serializer_context(self) -> dict[str, Any]:
         return {**super().get_serializer_context(), "now": timezone.now()}
+
+    def paginate_queryset(self, queryset: QuerySet[Trigger]) -> list[Trigger] | None:
+        """Pages the ids (filtered and ordered as asked), then loads that page alone with its
+        annotations. In one query PostgreSQL computes a row's subqueries (last_status,
+        finished_executions) for the rows OFFSET skips too: page 20 cost twenty pages of them."""
+        ids = super().paginate_queryset(queryset.values_list("pk", flat=True))
+        if ids is None:
+            return None
+        rows = queryset.order_by().in_bulk(ids)
+        return [rows[pk] for pk in ids if pk in rows]  # a trigger deleted in between is left out
 
     def _object(self) -> Trigger:
         """The trigger in the URL among the user's, without this action's filters (those are for its list)."""
