@@ -16,15 +16,16 @@ import os
 import socket
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from celery import schedules as celery_schedules
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections, transaction
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -258,7 +259,17 @@ def lease_release(*, name: str, holder: str) -> None:
 
 # --- The scheduler run by `celery beat` ---------------------------------------------------------
 
+
+def _as_datetime(value: Any) -> datetime | None:
+    """A datetime read by a raw cursor: aware from PostgreSQL; naive UTC (or text) from SQLite."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else parse_datetime(str(value))
+    return parsed if parsed is None or timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
+
+
 PERIODIC_LEASE = "periodic-tasks"
+_COMPARED = object()  # the look's change stamp was compared this tick
 _RECOVER_EVERY_SECONDS = 1.0
 _LEASE_RENEW_SECONDS = 1.0
 
@@ -288,6 +299,11 @@ class TriggerScheduler(DatabaseScheduler):
         # What the broker refused last (empty while it takes messages): sent again before anything new.
         self._refused: list[Any] = []
         self._reload = False
+        # When the ordinary periodic tasks last changed, as the tick's look read it (None: not read).
+        self._looked_change: Any = None  # (stamp,) fresh from the look, _COMPARED, or None: no look
+        self._stamp_seen = False
+        self._look_sql: tuple[str, tuple[Any, ...]] | None = None
+        self._connections_checked_at = float("-inf")
         super().__init__(*args, **kwargs)
 
     def enabled_models_qs(self) -> Any:
@@ -296,7 +312,22 @@ class TriggerScheduler(DatabaseScheduler):
         return self.Model.objects.enabled().exclude(task=FIRE_TASK)
 
     def schedule_changed(self) -> bool:
-        changed = super().schedule_changed()
+        if self._looked_change is None:
+            return self._reloaded(super().schedule_changed())  # outside a tick: django-celery-beat's check
+        if self._looked_change is _COMPARED:
+            # celery's tick reads self.schedule two or three times; each read would ask again.
+            return self._reloaded(False)
+        # The tick's look read PeriodicTasks.last_update already (django-celery-beat's own check
+        # costs a connection check and a query per read of self.schedule).
+        (changed_at,) = self._looked_change
+        self._looked_change = _COMPARED
+        last, self._last_timestamp = self._last_timestamp, changed_at
+        seen, self._stamp_seen = self._stamp_seen, True
+        # The first stamp only sets the baseline (the schedule was just read); after it, a stamp
+        # that appears (there was no row: no change had ever been recorded) or moves on is a change.
+        return self._reloaded(seen and changed_at is not None and (last is None or changed_at > last))
+
+    def _reloaded(self, changed: bool) -> bool:
         if self._reload:
             # Just became the lease holder: read what the previous holder ran (last_run_at).
             self._reload = False
@@ -305,9 +336,12 @@ class TriggerScheduler(DatabaseScheduler):
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         self._touch_heartbeat()
-        wait = self._dispatch_triggers()
-        if self._holds_lease():
-            wait = min(wait, super().tick(*args, **kwargs))
+        try:
+            wait = self._dispatch_triggers()
+            if self._holds_lease():
+                wait = min(wait, super().tick(*args, **kwargs))
+        finally:
+            self._looked_change = None  # between ticks, schedule_changed asks the database itself
         return max(0.0, wait)
 
     def close(self) -> None:
@@ -335,7 +369,7 @@ class TriggerScheduler(DatabaseScheduler):
                 )
                 self._refused = []
                 now = timezone.now()  # the send may have waited for the connection
-            next_due = dispatch.next_due_at()
+            next_due = self._look()
             dispatched = 0
             if next_due is not None and next_due <= now:
                 report = dispatch.dispatch_due()  # each batch on the clock as it is then
@@ -366,6 +400,29 @@ class TriggerScheduler(DatabaseScheduler):
             # Due, but held by another beat's transaction (SKIP LOCKED): look again very soon.
             wait = 0.05
         return min(poll, max(0.0, wait))
+
+    def _look(self) -> datetime | None:
+        """One round trip per tick: when the soonest trigger is due (the due index), and when the
+        ordinary periodic tasks last changed (django-celery-beat's PeriodicTasks row, kept for
+        schedule_changed). The SQL is the ORM's, compiled once."""
+        if time.monotonic() - self._connections_checked_at >= _LEASE_RENEW_SECONDS:
+            # Django drops an old or broken connection here (and pings it with CONN_HEALTH_CHECKS):
+            # once a second, not on every tick as django-celery-beat's schedule_changed does.
+            self._connections_checked_at = time.monotonic()
+            close_old_connections()
+        if self._look_sql is None:
+            from . import dispatch
+
+            due_sql, due_params = dispatch.next_due_query().query.sql_with_params()
+            changed = PeriodicTasks.objects.filter(ident=1).values_list("last_update", flat=True)[:1]
+            changed_sql, changed_params = changed.query.sql_with_params()
+            self._look_sql = (f"SELECT ({due_sql}), ({changed_sql})", (*due_params, *changed_params))
+        sql, params = self._look_sql
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            next_due, changed_at = cursor.fetchone()
+        self._looked_change = (_as_datetime(changed_at),)
+        return _as_datetime(next_due)
 
     def _holds_lease(self) -> bool:
         if time.monotonic() - self._lease_checked_at < _LEASE_RENEW_SECONDS:

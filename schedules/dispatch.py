@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Exists, F
+from django.db.models import Exists, F, QuerySet
 from django.utils import timezone
 
 from workflows.client import WorkflowCall, call_workflow
@@ -749,14 +749,18 @@ def _hand_off(execution: Execution, now: datetime, attempts: list[Attempt]) -> N
         attempts.append(Attempt(str(execution.pk), 1, queue, round(wait, 3) if wait > 0 else None))
 
 
-def next_due_at() -> datetime | None:
-    """When the soonest trigger falls due (one row from the due index), or None."""
+def next_due_query() -> QuerySet[Trigger]:
+    """The soonest trigger's next_run_at: one row from the due index (the partial index trigger_due)."""
     return (
         Trigger.objects.filter(enabled=True, completed_at__isnull=True, next_run_at__isnull=False)
         .order_by("next_run_at")
-        .values_list("next_run_at", flat=True)
-        .first()
+        .values_list("next_run_at", flat=True)[:1]
     )
+
+
+def next_due_at() -> datetime | None:
+    """When the soonest trigger falls due, or None."""
+    return next(iter(next_due_query()), None)
 
 
 # --- Claim: a worker starts an attempt ----------------------------------------------------------

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery import schedules as celery_schedules
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask, PeriodicTasks
 from django_celery_beat.schedulers import ModelEntry
@@ -16,7 +18,7 @@ from scheduler_project.celery import app as celery_app
 from schedules import beat, dispatch, services
 from schedules import tasks as _tasks  # noqa: F401 - registers the tasks with the app
 from schedules.beat import FIRE_TASK, TriggerScheduler
-from schedules.models import BeatLease, Execution, ExecutionOrigin, ExecutionStatus, Trigger
+from schedules.models import BeatLease, Execution, ExecutionOrigin, ExecutionStatus, Trigger, TriggerKind
 
 LA = "America/Los_Angeles"
 NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
@@ -362,3 +364,42 @@ def test_trigger_task__sunday_as_7_in_range_loads_in_stock_scheduler(workflow, c
     trigger = create(workflow, cron=cron)
     entry = ModelEntry(PeriodicTask.objects.get(pk=trigger.periodic_task_id), app=celery_app)
     assert isinstance(entry.schedule, celery_schedules.crontab)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler__idle_tick_is_one_query(workflow, make_scheduler):
+    """Nothing due, housekeeping done this second: a tick is one round trip (the due index and
+    django-celery-beat's change stamp together), not the three it took (ping, due index, stamp)."""
+    services.trigger_create(
+        owner=workflow.owner,
+        workflow=workflow,
+        name="Yearly",
+        kind=TriggerKind.CRON,
+        cron="0 0 1 1 *",
+        timezone_name="UTC",
+    )
+    scheduler = make_scheduler()
+    scheduler.tick()  # loads, takes the lease, recovers: the once-a-second work
+    with CaptureQueriesContext(connection) as captured:
+        scheduler.tick()
+    sql = [query["sql"] for query in captured]
+    assert len(sql) == 1, "\n".join(sql)
+    assert "schedules_trigger" in sql[0] and "django_celery_beat_periodictasks" in sql[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_trigger_scheduler__an_ordinary_periodic_task_added_later_reaches_the_lease_holder(make_scheduler):
+    """schedule_changed reads the stamp the tick's look fetched: a task added after beat loaded is
+    in its schedule after the next tick, and a tick without a change does not reload."""
+    scheduler = make_scheduler()
+    scheduler.tick()
+    assert scheduler.leader and "nightly-report" not in scheduler.schedule
+    every_minute, _ = IntervalSchedule.objects.get_or_create(every=60, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(name="nightly-report", task="reports.nightly", interval=every_minute)
+    scheduler.tick()
+    assert "nightly-report" in scheduler.schedule
+    reloads = []
+    original = scheduler.all_as_schedule
+    scheduler.all_as_schedule = lambda: reloads.append(1) or original()
+    scheduler.tick()
+    assert not reloads
