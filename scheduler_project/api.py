@@ -9,7 +9,8 @@ from datetime import UTC
 from typing import Any
 
 from django import forms
-from django.core.exceptions import NON_FIELD_ERRORS
+from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import EmptyPage, Page, Paginator
 from django.db import IntegrityError, models
@@ -17,6 +18,7 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils.functional import cached_property
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeRangeField
 from drf_spectacular.extensions import OpenApiSerializerExtension
@@ -101,6 +103,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     from schedules.exceptions import ScheduleError, TriggerNotFound, TriggerStateError
     from workflows.exceptions import SecretUndecryptable, WorkflowError, WorkflowInUse
 
+    if isinstance(exc, RequestDataTooBig):
+        return _answer({DETAIL: [too_big_message()]}, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, DjangoValidationError):
         return _answer(_django_validation_errors(exc), status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, TriggerNotFound):
@@ -157,6 +161,25 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     if request.path.startswith("/api/"):
         return JsonResponse(error_body({DETAIL: ["not found."]}), status=404)
     return defaults.page_not_found(request, exception)
+
+
+def too_big_message() -> str:
+    return f"the request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+
+
+@csrf_exempt  # nothing here changes: a DELETE to an unknown URL is a 404, not a CSRF page
+def api_not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any /api/ URL no route matches: JSON 404 even with DEBUG on (Django would show its debug page)."""
+    return JsonResponse(error_body({DETAIL: ["not found."]}), status=404)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400: JSON under /api/ (a body over DATA_UPLOAD_MAX_MEMORY_SIZE is a 413), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        if isinstance(exception, RequestDataTooBig):
+            return JsonResponse(error_body({DETAIL: [too_big_message()]}), status=413)
+        return JsonResponse(error_body({DETAIL: ["bad request."]}), status=400)
+    return defaults.bad_request(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -149,7 +149,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # JSON only: /api/docs/ is the interactive page.
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # DRF's, refusing JSON nested too deep or with unpaired surrogates (a 400, not a 500).
+    "DEFAULT_PARSER_CLASSES": ["scheduler_project.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "scheduler_project.api.Pagination",
     "PAGE_SIZE": SCHEDULER_API_PAGE_SIZE,
     "DEFAULT_FILTER_BACKENDS": [

@@ -1,11 +1,11 @@
 """URL routes: the landing page (/), the admin, the API (/api/), its schema (/api/schema/) and docs (/api/docs/)."""
 
 from django.contrib import admin
-from django.urls import include, path, register_converter
+from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from scheduler_project.api import IdConverter
+from scheduler_project.api import IdConverter, api_not_found
 from scheduler_project.views import ApiRootView, home
 from schedules.api import (
     ExecutionViewSet,
@@ -40,7 +40,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", ApiRootView.as_view(), name="api-root"),
     path("api/", include(router.urls)),
+    re_path(r"^api/", api_not_found),  # last: every other /api/ URL is a JSON 404, DEBUG or not
 ]
 
+handler400 = "scheduler_project.api.bad_request"
 handler404 = "scheduler_project.api.not_found"
 handler500 = "scheduler_project.api.server_error"

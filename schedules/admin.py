@@ -27,6 +27,7 @@ from workflows.admin import (
     copy_saved,
     pretty_json,
 )
+from workflows.fields import JSONFormField
 
 from . import services, timing
 from .exceptions import ScheduleError
@@ -102,6 +103,7 @@ class TriggerAdminForm(forms.ModelForm):
     class Meta:
         model = Trigger
         fields = list(_FORM_FIELDS)
+        field_classes = {"inputs": JSONFormField, "execution_window": JSONFormField}
         widgets = {"timezone": forms.Select(choices=[(name, name) for name in sorted(available_timezones())])}
         help_texts = {
             "run_at": "For kind once: when to run, in UTC, e.g. 2026-12-01 09:00.",

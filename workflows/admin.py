@@ -22,6 +22,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from scheduler_project.api import CappedPaginator
 
 from . import services
+from .fields import JSONFormField
 from .models import AuditEvent, Workflow, WorkflowRun
 from .validators import validate_secret
 
@@ -194,6 +195,7 @@ class WorkflowAdminForm(forms.ModelForm):
         # Kept off the model part of the form, so the stored secret is never the field's
         # initial value and a blank entry never reaches the instance.
         exclude = ["secret"]  # noqa: DJ006 - the one field to keep out; the admin's fieldsets pick the rest
+        field_classes = {"default_inputs": JSONFormField, "headers": JSONFormField}
 
     def clean_headers(self) -> Any:
         # An emptied JSON box cleans to None; the column is NOT NULL and means "none".

@@ -24,6 +24,7 @@ from standardwebhooks import Webhook
 
 from . import network
 from .exceptions import TargetRefused, WorkflowCallError, WorkflowRejected, WorkflowUnavailable
+from .validators import json_loads
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 def _run_id_from(body: bytes) -> str:
     try:
-        data = json.loads(body)
+        data = json_loads(body)  # an endpoint's answer nested 1,000 deep must not crash the worker
     except (ValueError, UnicodeDecodeError):
         return ""
     if isinstance(data, dict):

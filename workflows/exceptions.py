@@ -52,3 +52,7 @@ class WorkflowInUse(WorkflowError):
     """The workflow still has triggers pointing at it."""
 
     field = "workflow"
+
+
+class RunBodyInvalid(WorkflowError):
+    """A signed run request whose body can't be recorded (e.g. JSON nested too deep)."""

@@ -1,4 +1,5 @@
-"""A text field kept encrypted in the database (Fernet, keys from SCHEDULER_SECRET_KEYS) and plaintext in Python."""
+"""Fields: a text field kept encrypted in the database (Fernet, keys from SCHEDULER_SECRET_KEYS)
+and plaintext in Python; the admin's JSON form field."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from functools import lru_cache
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django import forms
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.forms.fields import InvalidJSONInput
 
 from .exceptions import SecretUndecryptable
+from .validators import MAX_JSON_DEPTH
 
 
 @lru_cache(maxsize=4)
@@ -69,3 +74,21 @@ class EncryptedTextField(models.TextField):
         if lookup_name != "isnull":
             return None
         return super().get_lookup(lookup_name)
+
+
+class JSONFormField(forms.JSONField):
+    """Django's JSON form field, with JSON nested too deep for Python's parser as a field error
+    (forms.JSONField lets the RecursionError through: a 500). Deep but parseable JSON and unpaired
+    surrogates are refused by the model field's validators (validate_storable_json)."""
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise ValidationError(f"is nested deeper than {MAX_JSON_DEPTH} levels.", code="invalid") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:  # the form shown again with the error: the text as typed
+            return InvalidJSONInput(data)

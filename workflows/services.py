@@ -21,8 +21,9 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from . import network
-from .exceptions import SignatureInvalid
+from .exceptions import RunBodyInvalid, SignatureInvalid
 from .models import AuditEvent, Workflow, WorkflowRun, generate_secret
+from .validators import MAX_JSON_DEPTH
 
 _EDITABLE = frozenset(
     {"name", "endpoint_url", "http_method", "headers", "secret", "timeout_seconds", "default_inputs", "is_active"}
@@ -224,6 +225,9 @@ def run_signature_verify(
             error = exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise SignatureInvalid("body or signature headers are malformed") from exc
+        except RecursionError:
+            # Signed, but JSON nested too deep for Python's parser (standardwebhooks parses it).
+            raise RunBodyInvalid(f"is nested deeper than {MAX_JSON_DEPTH} levels.") from None
     raise SignatureInvalid(str(error)) from error
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from scheduler_project.api import too_big_message
+
 from . import services
-from .exceptions import SignatureInvalid
+from .exceptions import RunBodyInvalid, SignatureInvalid
 from .models import Workflow
+from .validators import json_problem
 
 logger = logging.getLogger(__name__)
 MAX_KEY_LENGTH = 255
@@ -25,13 +29,23 @@ def workflow_runs(request: HttpRequest, workflow_id: int) -> JsonResponse:
         return JsonResponse({"errors": {"workflow": ["not found"]}}, status=404)
     headers = {name.lower(): value for name, value in request.headers.items()}
     try:
-        payload = services.run_signature_verify(workflow=workflow, body=request.body, headers=headers)
+        body = request.body
+    except RequestDataTooBig:
+        return JsonResponse({"errors": {"body": [too_big_message()]}}, status=413)
+    try:
+        payload = services.run_signature_verify(workflow=workflow, body=body, headers=headers)
     except SignatureInvalid as exc:
         logger.info("run request for workflow %s refused: %s", workflow.pk, exc)
         return JsonResponse({"errors": {"signature": [str(exc)]}}, status=401)
+    except RunBodyInvalid as exc:
+        return JsonResponse({"errors": {"body": [str(exc)]}}, status=400)
     if not isinstance(payload, dict):
         return JsonResponse({"errors": {"body": ["must be a JSON object"]}}, status=400)
-    if b"\\u0000" in request.body.lower():
+    problem = json_problem(payload)
+    if problem is not None:
+        path, message = problem
+        return JsonResponse({"errors": {"body": [f"{path}: {message}" if path else message]}}, status=400)
+    if b"\\u0000" in body.lower():
         # PostgreSQL cannot store NUL in text or JSON: refuse it here rather than fail on save.
         return JsonResponse({"errors": {"body": ["must not contain NUL characters (\\u0000)"]}}, status=400)
     # The signed webhook-id is the idempotency key: an unsigned header could be changed to

@@ -17,6 +17,7 @@ from django.core.management.base import CommandError
 from django.db.models import QuerySet
 
 from workflows.models import Workflow
+from workflows.validators import JSONTooDeep, json_loads, json_problem
 
 EMPTY = "-"
 
@@ -37,7 +38,9 @@ def parse_json_object(text: str | None, *, option: str) -> dict[str, Any] | None
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = json_loads(text)
+    except JSONTooDeep as exc:
+        raise CommandError(f"{option}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise CommandError(
             f"{option}: not valid JSON ({exc.msg} at column {exc.colno}); "
@@ -45,6 +48,10 @@ def parse_json_object(text: str | None, *, option: str) -> dict[str, Any] | None
         ) from None
     if not isinstance(value, dict):
         raise CommandError(f"""{option}: must be a JSON object, for example '{{"region": "us"}}'.""")
+    problem = json_problem(value)
+    if problem is not None:
+        path, message = problem
+        raise CommandError(f"{option}: {path}: {message}" if path else f"{option}: {message}")
     return value
 
 
