@@ -112,6 +112,7 @@ def free_port() -> int:
         (201, b'{"id": 42}', "42"),
         (204, b"", ""),
         (200, b"not json", ""),
+        (200, b'{"a": ' * 3000 + b"1" + b"}" * 3000, ""),  # deeper than Python's parser goes: still a success
     ],
 )
 def test_call_workflow__2xx_returns_result_with_run_id(server, status, body, run_id):
