@@ -104,6 +104,14 @@ def free_port() -> int:
 # --- outcomes -----------------------------------------------------------------------------------
 
 
+def test_call_workflow__2xx_nested_deeper_than_the_parser_goes_is_a_success_without_run_id(server):
+    """An answer nested 3,000 deep was a RecursionError in the worker."""
+    body = b'{"a": ' * 3000 + b"1" + b"}" * 3000
+    server.answer = lambda handler: handler.reply(200, body)
+    result = call_workflow(make_call(server.url + "/run"))
+    assert isinstance(result, CallResult) and (result.http_status, result.run_id) == (200, "")
+
+
 @pytest.mark.parametrize(
     ("status", "body", "run_id"),
     [
@@ -114,14 +122,6 @@ def free_port() -> int:
         (200, b"not json", ""),
     ],
 )
-def test_call_workflow__2xx_nested_deeper_than_the_parser_goes_is_a_success_without_run_id(server):
-    """An answer nested 3,000 deep was a RecursionError in the worker."""
-    body = b'{"a": ' * 3000 + b"1" + b"}" * 3000
-    server.answer = lambda handler: handler.reply(200, body)
-    result = call_workflow(make_call(server.url + "/run"))
-    assert isinstance(result, CallResult) and (result.http_status, result.run_id) == (200, "")
-
-
 def test_call_workflow__2xx_returns_result_with_run_id(server, status, body, run_id):
     """A 2xx answer is a CallResult with the run id from the JSON body (or empty)."""
     server.answer = lambda handler: handler.reply(status, body)
