@@ -2,7 +2,8 @@
 
 A cron expression is matched against naive wall-clock times in the trigger's IANA zone (the
 matcher below follows Vixie cron: when day-of-month and day-of-week are both restricted a day
-matching either runs; a field written `*` or `*/n` is unrestricted), and each matching wall time
+matching either runs; a day field is unrestricted when it starts with `*`, so `*` and `*/n` are
+and `1,*/10` is not), and each matching wall time
 is mapped to UTC here. croniter only validates: on aware times it runs fixed-time jobs twice in a
 fold and mishandles Lord Howe's 30-minute shift (pallets-eco/croniter#258).
 
@@ -484,7 +485,9 @@ def _compile(expression: str) -> _CronSpec:
         days=frozenset(_values(day, 1, 31)),
         months=tuple(_values(month, 1, 12)),
         weekdays=frozenset(value % 7 for value in _values(weekday, 0, 7)),
-        either_day=not _is_wildcard(day) and not _is_wildcard(weekday),
+        # Vixie cron's rule: a day field is unrestricted when it starts with "*" (DOM_STAR, DOW_STAR),
+        # so "*/10" is unrestricted and "1,*/10" is restricted. croniter differs on "*/10" (restricted).
+        either_day=not day.startswith("*") and not weekday.startswith("*"),
         wildcard_hour=_is_wildcard(hour),
     )
 

@@ -402,6 +402,27 @@ def test_upcoming__star_step_day_of_month_is_unrestricted():
     assert slots == [utc(2027, 3, 1), utc(2027, 3, 15), utc(2027, 3, 29)]
 
 
+@pytest.mark.parametrize(
+    ("expression", "expected_days"),
+    [
+        # Both restricted (neither starts with "*"): a day matching either runs (OR).
+        ("0 9 1,*/10 * MON", ["Mon 01", "Mon 08", "Thu 11", "Mon 15", "Sun 21", "Mon 22", "Mon 29", "Wed 31"]),
+        ("0 9 13 * FRI", ["Fri 05", "Fri 12", "Sat 13", "Fri 19", "Fri 26"]),
+        # Day-of-month starts with "*": unrestricted, so both must match (AND), as in Vixie cron.
+        ("0 9 */10,5 * MON", ["Mon 01"]),
+        ("0 9 */10 * MON", ["Mon 01"]),
+        # One field restricted, the other "*": the restricted one alone.
+        ("0 9 1,15 * *", ["Mon 01", "Mon 15"]),
+        ("0 9 * * MON", ["Mon 01", "Mon 08", "Mon 15", "Mon 22", "Mon 29"]),
+    ],
+)
+def test_day_fields__restricted_unless_they_start_with_a_star(expression, expected_days):
+    """Vixie cron: a day field starting with "*" is unrestricted; when both are restricted, either
+    matches (March 2027 starts on a Monday). `0 9 1,*/10 * MON` was read as AND before."""
+    slots = [slot for slot in timing.upcoming(cron(expression), utc(2027, 2, 28, 23), 40) if (slot.year, slot.month) == (2027, 3)]
+    assert [f"{slot:%a %d}" for slot in slots] == expected_days
+
+
 # --- presets ------------------------------------------------------------------------------------
 
 
