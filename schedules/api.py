@@ -361,8 +361,10 @@ class StatsQuerySerializer(StatsLastSerializer):
     )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if ("trigger" in attrs) == ("workflow" in attrs):
-            raise serializers.ValidationError({"trigger": ["give trigger or workflow (one of them)."]})
+        if "trigger" in attrs and "workflow" in attrs:
+            raise serializers.ValidationError(
+                {"trigger": ["give trigger or workflow, not both (neither: all your executions)."]}
+            )
         return attrs
 
 
@@ -653,22 +655,26 @@ class ExecutionViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
         parameters=[StatsQuerySerializer],
         responses={
             200: OpenApiResponse(
-                _TRIGGER_OR_WORKFLOW_STATS, description="TriggerStats or, with ?workflow=, WorkflowStats."
+                _TRIGGER_OR_WORKFLOW_STATS,
+                description="TriggerStats with ?trigger=; WorkflowStats with ?workflow=, or with neither: over "
+                "all your executions (staff: everyone's), next_runs across all your triggers.",
             ),
             404: OpenApiResponse(description="No such trigger or workflow among yours."),
         },
     )
     @action(detail=False, methods=["get"], filter_backends=[], pagination_class=None)
     def stats(self, request: Request) -> Response:
-        """Stats of one trigger (?trigger=ID) or one workflow (?workflow=ID)."""
+        """Stats of one trigger (?trigger=ID), one workflow (?workflow=ID), or all your executions (neither)."""
         query = StatsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         last = query.validated_data["last"]
         if "trigger" in query.validated_data:
             trigger = get_object_or_404(triggers_of(request.user), pk=query.validated_data["trigger"])
             return Response(TriggerStatsSerializer(selectors.trigger_stats(trigger, last=last)).data)
-        workflow = get_object_or_404(workflows_of(request.user), pk=query.validated_data["workflow"])
-        return Response(WorkflowStatsSerializer(selectors.workflow_stats(workflow, last=last)).data)
+        if "workflow" in query.validated_data:
+            workflow = get_object_or_404(workflows_of(request.user), pk=query.validated_data["workflow"])
+            return Response(WorkflowStatsSerializer(selectors.workflow_stats(workflow, last=last)).data)
+        return Response(WorkflowStatsSerializer(selectors.owner_stats(request.user, last=last)).data)
 
 
 class TriggerExecutionsView(generics.ListAPIView):

@@ -297,6 +297,31 @@ def workflow_stats(
     return figures
 
 
+def owner_stats(user: Any, *, last: int = 10, next_count: int = 5, now: datetime | None = None) -> dict[str, Any]:
+    """workflow_stats' figures over every trigger ``user`` owns (staff: everyone's).
+
+    The counts come from the running stats (one row per trigger and workflow) plus what is not
+    folded yet; next_runs are the soonest ``next_count`` slots of all the triggers, read off the
+    due index: the triggers due first hold them (each one's first slot is its next_run_at).
+    """
+    now = now or timezone.now()
+    everyone = bool(user.is_staff)
+    stats = ExecutionStats.objects.all() if everyone else ExecutionStats.objects.filter(trigger__owner=user)
+    finished = Execution.objects.all() if everyone else Execution.objects.filter(trigger__owner=user)
+    figures = _summarize([*stats.only(*_COUNTERS, "duration_histogram", "duration_max_ms"), *_uncounted(finished)])
+    figures["last_statuses"] = _last_statuses(Execution.objects.all() if everyone else executions_owned_by(user), last)
+    triggers = Trigger.objects.filter(enabled=True, completed_at__isnull=True, next_run_at__isnull=False)
+    if not everyone:
+        triggers = triggers.filter(owner=user)
+    upcoming = [
+        {"at": at, "trigger_id": trigger.pk, "trigger": trigger.name}
+        for trigger in triggers.order_by("next_run_at")[:next_count]
+        for at in _upcoming(trigger, now, next_count)
+    ]
+    figures["next_runs"] = sorted(upcoming, key=lambda run: (run["at"], run["trigger_id"]))[:next_count]
+    return figures
+
+
 # --- Preview and describe -----------------------------------------------------------------------
 
 # Why a previewed slot would not run ("" when it runs).

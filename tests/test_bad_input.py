@@ -176,3 +176,12 @@ def test_admin__deeply_nested_json_is_a_form_error(admin_client, user):
     assert response.status_code == 200  # the form again, with the error
     assert "nested deeper than" in response.content.decode()
     assert not Workflow.objects.exists()
+
+
+def test_api__max_attempts_over_20_is_refused_and_the_schema_says_so(api, workflow, client):
+    body = {"name": "Many tries", "workflow": workflow.pk, "cron": "0 9 * * *", "max_attempts": 21}
+    assert_error_shape(api.post("/api/triggers/", body, format="json"), 400, "max_attempts", "20")
+    assert not Trigger.objects.exists()
+    schema = client.get("/api/schema/?format=json").json()["components"]["schemas"]
+    for name in ("TriggerRequest", "WorkflowRequest"):
+        assert schema[name]["properties"]["max_attempts"]["maximum"] == 20

@@ -571,7 +571,8 @@ def test_stats__trigger_workflow_and_query_forms(api, trigger):
     assert by_workflow["total"] == 2 and by_workflow["last_statuses"] == ["failed"]
     assert by_workflow["next_runs"][0]["trigger_id"] == trigger.pk
     assert api.get(f"/api/executions/stats/?workflow={trigger.workflow_id}&last=1").json() == by_workflow
-    for query in ("", f"trigger={trigger.pk}&workflow={trigger.workflow_id}", "trigger=x", "workflow=1&last=-1"):
+    both = f"trigger={trigger.pk}&workflow={trigger.workflow_id}"
+    for query in (both, "trigger=x", "workflow=1&last=-1", "last=101"):
         response = api.get(f"/api/executions/stats/?{query}")
         assert response.status_code == 400, query
     assert api.get("/api/executions/stats/?trigger=999999").status_code == 404

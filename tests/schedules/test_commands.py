@@ -852,6 +852,17 @@ def test_workflow_command__stats_adds_up_its_triggers(workflow):
     assert len(next_runs) == 3 and any("'second'" in line for line in next_runs)
 
 
+def test_execution_stats__owner_alone_or_everything(workflow, other_user):
+    """Without --workflow: all of --owner's executions, or every execution."""
+    _finished(TriggerFactory(workflow=workflow, name="mine"), ExecutionStatus.SUCCEEDED, minutes_ago=5, duration_ms=50)
+    theirs = TriggerFactory(workflow=WorkflowFactory(owner=other_user), name="theirs")
+    _finished(theirs, ExecutionStatus.FAILED, minutes_ago=3, duration_ms=70)
+    mine = run("execution", "stats", "--owner", workflow.owner.username)
+    assert f"All executions of {workflow.owner.username}'s triggers" in mine and "Total         1" in mine
+    everything = run("execution", "stats")
+    assert "All executions (counts" in everything and "Total         2" in everything
+
+
 def test_workflow_command__stats_unknown_workflow_fails(db):
     """An unknown workflow is refused, naming WORKFLOW."""
     with pytest.raises(CommandError, match=r"--workflow: no workflow has the id or name 'nope'"):

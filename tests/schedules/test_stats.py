@@ -254,6 +254,30 @@ def test_workflow_stats__adds_up_its_triggers(workflow, django_assert_max_num_qu
     ]
 
 
+def test_owner_stats__adds_up_every_trigger_of_the_owner_only(workflow, other_user, django_assert_max_num_queries):
+    """All of a user's executions: every workflow's triggers counted, another user's left out, the
+    not-yet-folded ones included, next runs from the triggers due first; staff see everyone's."""
+    morning = TriggerFactory(workflow=workflow, cron="0 9 * * 1-5")
+    second_workflow = WorkflowFactory(owner=workflow.owner)
+    evening = TriggerFactory(workflow=second_workflow, cron="0 18 * * *")
+    _recorded(morning, at=_hours_ago(30), duration_ms=200)
+    _recorded(evening, at=_hours_ago(18), status=ExecutionStatus.FAILED, duration_ms=600)
+    _execution(evening, at=_hours_ago(2), status=ExecutionStatus.SUCCEEDED, duration_ms=100)  # not folded yet
+    theirs = TriggerFactory(workflow=WorkflowFactory(owner=other_user))
+    _recorded(theirs, at=_hours_ago(5), duration_ms=9000)
+
+    with django_assert_max_num_queries(6):
+        figures = selectors.owner_stats(workflow.owner, last=5, now=NOW)
+    assert (figures["total"], figures["succeeded"], figures["failed"]) == (3, 2, 1)
+    assert figures["last_statuses"] == ["succeeded", "failed", "succeeded"]
+    assert [(run["at"], run["trigger_id"]) for run in figures["next_runs"]][:2] == [
+        (datetime(2026, 3, 2, 18, 0, tzinfo=UTC), evening.pk),
+        (datetime(2026, 3, 3, 9, 0, tzinfo=UTC), morning.pk),
+    ]
+    workflow.owner.is_staff = True
+    assert selectors.owner_stats(workflow.owner, last=5, now=NOW)["total"] == 4
+
+
 # --- executions_prune -----------------------------------------------------------------------------
 
 

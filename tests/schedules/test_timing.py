@@ -419,7 +419,8 @@ def test_upcoming__star_step_day_of_month_is_unrestricted():
 def test_day_fields__restricted_unless_they_start_with_a_star(expression, expected_days):
     """Vixie cron: a day field starting with "*" is unrestricted; when both are restricted, either
     matches (March 2027 starts on a Monday). `0 9 1,*/10 * MON` was read as AND before."""
-    slots = [slot for slot in timing.upcoming(cron(expression), utc(2027, 2, 28, 23), 40) if (slot.year, slot.month) == (2027, 3)]
+    slots = timing.upcoming(cron(expression), utc(2027, 2, 28, 23), 40)
+    slots = [slot for slot in slots if (slot.year, slot.month) == (2027, 3)]
     assert [f"{slot:%a %d}" for slot in slots] == expected_days
 
 

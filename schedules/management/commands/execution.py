@@ -1,4 +1,4 @@
-"""`manage.py execution show|retry EXECUTION_ID`, `execution stats --workflow W`: details, retries, stats."""
+"""`manage.py execution show|retry EXECUTION_ID` and `execution stats [--workflow W] [--owner U]`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from kombu.exceptions import OperationalError
 
 from schedules import services
-from schedules.selectors import workflow_stats
+from schedules.selectors import owner_stats, workflow_stats
 from workflows.management.commands._common import EMPTY, format_utc, positive_int, table, user_get, workflow_get
 from workflows.services import audit_source
 
@@ -27,9 +27,15 @@ class Command(BaseCommand):
         show.add_argument("execution", metavar="EXECUTION_ID", help="Its id (a UUID, see `trigger history`).")
         retry = sub.add_parser("retry", help="Run a failed execution again as a new execution (origin retry).")
         retry.add_argument("execution", metavar="EXECUTION_ID", help="A failed execution's id.")
-        stats = sub.add_parser("stats", help="A workflow's counts, success rate and durations over all its triggers.")
-        stats.add_argument("--workflow", required=True, metavar="WORKFLOW", help="The workflow's id or name.")
-        stats.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
+        stats = sub.add_parser(
+            "stats",
+            help="Counts, success rate and durations: of a workflow (all its triggers), of a user's executions "
+            "(--owner alone), or of every execution (neither).",
+        )
+        stats.add_argument("--workflow", metavar="WORKFLOW", help="The workflow's id or name.")
+        stats.add_argument(
+            "--owner", metavar="USERNAME", help="Alone: all of this user's executions; with --workflow: whose workflow."
+        )
         stats.add_argument("--last", type=positive_int, default=10, metavar="N", help="Latest statuses to show.")
         stats.add_argument("--next", type=positive_int, default=5, metavar="N", help="Next runs to show.")
 
@@ -91,11 +97,17 @@ class Command(BaseCommand):
         from .trigger import stats_rows
 
         owner = user_get(options["owner"]) if options["owner"] else None
-        workflow = workflow_get(options["workflow"], owner=owner, option="--workflow")
-        figures = workflow_stats(workflow, last=options["last"], next_count=options["next"])
-        self.stdout.write(
-            f"Workflow {workflow.pk} {workflow.name!r}, all its triggers (counts include pruned executions)"
-        )
+        if options["workflow"]:
+            workflow = workflow_get(options["workflow"], owner=owner, option="--workflow")
+            figures = workflow_stats(workflow, last=options["last"], next_count=options["next"])
+            title = f"Workflow {workflow.pk} {workflow.name!r}, all its triggers"
+        elif owner is not None:
+            figures = owner_stats(owner, last=options["last"], next_count=options["next"])
+            title = f"All executions of {owner.get_username()}'s triggers"
+        else:
+            figures = owner_stats(_Everyone(), last=options["last"], next_count=options["next"])
+            title = "All executions"
+        self.stdout.write(f"{title} (counts include pruned executions)")
         rows = stats_rows(figures, last=options["last"])
         width = max(len(label) for label, _ in rows)
         for label, value in rows:
@@ -105,6 +117,12 @@ class Command(BaseCommand):
             self.stdout.write(f"  {format_utc(run['at'])}  trigger {run['trigger_id']} {run['trigger']!r}")
         if not figures["next_runs"]:
             self.stdout.write("  none")
+
+
+class _Everyone:
+    """owner_stats' view of a caller who sees every user's executions (as staff do)."""
+
+    is_staff = True
 
 
 def _attempt_table(attempts: list[Any]) -> str:
