@@ -115,3 +115,11 @@ def env_rate(name: str, default: str) -> str:
     if not number.isdigit() or int(number) < 1 or not period or period[0] not in _RATE_PERIODS:
         raise ImproperlyConfigured(f"{name}={value!r}: give requests per period, e.g. 60/min, 1000/hour or 5/s.")
     return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """Return a setting that must be one of ``choices`` (compared in lower case)."""
+    value = os.environ.get(name, default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r}: use one of {', '.join(choices)}.")
+    return value

@@ -13,9 +13,10 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from .env import env_bool, env_fernet_keys, env_int, env_list, env_rate, env_str
+from .env import env_bool, env_choice, env_fernet_keys, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Where the embedded defaults keep their files (SQLite database, filesystem broker, beat heartbeat).
 DATA_DIR = Path(env_str("SCHEDULER_DATA_DIR", str(BASE_DIR / "var")))
 
@@ -115,13 +116,29 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# plain: one readable line per record; json: one JSON object per line (time, level, logger, message,
+# and trigger_id, execution_id, workflow_id, task_id when known) for a log pipeline. The worker and
+# beat use it too (scheduler_project/celery.py puts it on Celery's handlers).
+SCHEDULER_LOG_FORMAT = env_choice("SCHEDULER_LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "scheduler_project.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": SCHEDULER_LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": env_choice("LOG_LEVEL", "INFO", _LOG_LEVELS).upper()},
 }
+
+# --- Metrics (README "Observability") --------------------------------------------------------
+# /metrics on the web answers only this bearer token; unset, it is open with DEBUG on and closed with DEBUG off.
+SCHEDULER_METRICS_TOKEN = env_str("SCHEDULER_METRICS_TOKEN", "")
+# The worker's and beat's own metrics (call durations, retries, tick times) on a port each; 0 = off.
+SCHEDULER_WORKER_METRICS_PORT = env_int("SCHEDULER_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+SCHEDULER_BEAT_METRICS_PORT = env_int("SCHEDULER_BEAT_METRICS_PORT", 0, minimum=0, maximum=65535)
+# Where those two listen: loopback by default; 0.0.0.0 in a container that Prometheus scrapes from outside.
+SCHEDULER_METRICS_BIND_ADDRESS = env_str("SCHEDULER_METRICS_BIND_ADDRESS", "127.0.0.1")
 
 # --- API ------------------------------------------------------------------------------------
 # The throttles count requests in this cache. A memory cache counts each process apart (with
