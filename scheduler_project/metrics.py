@@ -14,6 +14,7 @@ https://prometheus.github.io/client_python/multiprocess/
 
 from __future__ import annotations
 
+import glob
 import hmac
 import logging
 import os
@@ -79,9 +80,11 @@ def prepare_worker_multiprocess() -> str:
     empty directory for their counts. Returns the directory."""
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
-        # Counts left by an earlier run would be added to this one's: start empty.
-        shutil.rmtree(directory, ignore_errors=True)
+        # Counts left by an earlier run would be added to this one's: start without them (only
+        # prometheus-client's own *.db files: the directory may hold other things).
         os.makedirs(directory, exist_ok=True)
+        for leftover in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(leftover)
     else:
         directory = tempfile.mkdtemp(prefix="scheduler-worker-metrics-")
         os.environ[MULTIPROC_ENV] = directory

@@ -241,3 +241,16 @@ def test_serve_beat_metrics__serves_this_process_on_its_port():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_prepare_worker_multiprocess__given_directory_loses_only_old_counts(tmp_path, monkeypatch):
+    """A PROMETHEUS_MULTIPROC_DIR set by the operator is emptied of earlier counts (*.db) only."""
+    from prometheus_client import values
+
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # put back after the test
+    (tmp_path / "counter_123.db").write_bytes(b"old")
+    (tmp_path / "keep.txt").write_text("not ours")
+    assert metrics.prepare_worker_multiprocess() == str(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.txt"]
+    assert values.ValueClass is not values.MutexValue  # file-backed from now on in this process
