@@ -12,9 +12,10 @@ RUN groupadd --system app \
 
 WORKDIR /app
 
-# Requirements first, so a code change doesn't reinstall every package.
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# Requirements first, so a code change doesn't reinstall every package. Only the runtime ones:
+# requirements.txt adds the test and lint tools, which the image has no use for.
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN pip install --no-cache-dir -r requirements/runtime.txt
 
 # The code stays owned by root: the app user can read it, not change it.
 COPY . .

@@ -1,5 +1,5 @@
 # Sourced by bin/dev and bin/test: creates .venv from requirements.txt when it is missing, and
-# reinstalls when requirements.txt is newer than the last install.
+# reinstalls when requirements.txt or a file it includes (requirements/*.txt) is newer than the last install.
 ensure_venv() {
     local who=$1
     local stamp=.venv/.requirements-installed
@@ -16,7 +16,11 @@ ensure_venv() {
             exit 1
         }
     fi
-    if [[ ! -f $stamp || requirements.txt -nt $stamp ]]; then
+    local stale=0 file
+    for file in requirements.txt requirements/*.txt; do
+        [[ -f $stamp && ! $file -nt $stamp ]] || stale=1
+    done
+    if ((stale)); then
         echo "$who: installing requirements.txt into .venv" >&2
         .venv/bin/python -m pip install --disable-pip-version-check --quiet -r requirements.txt
         touch "$stamp"

@@ -1,5 +1,7 @@
-"""The Celery app: configured from Django settings under the CELERY_ namespace."""
+"""The Celery app: configured from Django settings under the CELERY_ namespace; the worker's and
+beat's metrics ports and JSON logs are set up here, from Celery's signals."""
 
+import logging
 import os
 import sys
 from typing import Any
@@ -38,3 +40,63 @@ def _close_a_greenlets_connection(**_: Any) -> None:
     pile up until PostgreSQL refuses clients: "sorry, too many clients already")."""
     if _greenlet_per_task():
         connections.close_all()
+
+
+@signals.celeryd_init.connect(weak=False)
+def _worker_metrics_directory(**_: Any) -> None:
+    """With SCHEDULER_WORKER_METRICS_PORT, the worker's processes (the prefork children make the
+    calls) keep their counts in one directory that the main process adds up; celeryd_init is the
+    worker's first signal, before the pool forks."""
+    from django.conf import settings
+
+    if not settings.SCHEDULER_WORKER_METRICS_PORT:
+        return
+    from . import metrics
+
+    metrics.prepare_worker_multiprocess()
+
+
+@signals.worker_init.connect(weak=False)
+def _serve_worker_metrics(**_: Any) -> None:
+    from django.conf import settings
+
+    if settings.SCHEDULER_WORKER_METRICS_PORT:
+        from . import metrics
+
+        metrics.serve_worker_metrics(
+            port=settings.SCHEDULER_WORKER_METRICS_PORT, address=settings.SCHEDULER_METRICS_BIND_ADDRESS
+        )
+
+
+@signals.worker_shutdown.connect(weak=False)
+def _remove_worker_metrics_directory(**_: Any) -> None:
+    metrics = sys.modules.get("scheduler_project.metrics")
+    if metrics is not None:
+        metrics.remove_worker_multiprocess()
+
+
+@signals.beat_init.connect(weak=False)
+def _serve_beat_metrics(**_: Any) -> None:
+    from django.conf import settings
+
+    if settings.SCHEDULER_BEAT_METRICS_PORT:
+        from . import metrics
+
+        metrics.serve_beat_metrics(
+            port=settings.SCHEDULER_BEAT_METRICS_PORT, address=settings.SCHEDULER_METRICS_BIND_ADDRESS
+        )
+
+
+@signals.after_setup_logger.connect(weak=False)
+@signals.after_setup_task_logger.connect(weak=False)
+def _json_log_lines(logger: logging.Logger, **_: Any) -> None:
+    """Celery configures the worker's and beat's logging itself (not from Django's LOGGING): with
+    SCHEDULER_LOG_FORMAT=json its handlers write our JSON lines too."""
+    from django.conf import settings
+
+    if settings.SCHEDULER_LOG_FORMAT != "json":
+        return
+    from .logs import JsonFormatter
+
+    for handler in logger.handlers:
+        handler.setFormatter(JsonFormatter())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
@@ -114,4 +115,29 @@ def env_rate(name: str, default: str) -> str:
     number, _, period = value.partition("/")
     if not number.isdigit() or int(number) < 1 or not period or period[0] not in _RATE_PERIODS:
         raise ImproperlyConfigured(f"{name}={value!r}: give requests per period, e.g. 60/min, 1000/hour or 5/s.")
+    return value
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def env_proxy_ssl_header(name: str, default: str) -> tuple[str, str] | None:
+    """Return Django's SECURE_PROXY_SSL_HEADER from "Header-Name: value" (empty: None, trust no header)."""
+    value = os.environ.get(name, default).strip()
+    if not value:
+        return None
+    header, separator, expected = (part.strip() for part in value.partition(":"))
+    if not separator or not _HEADER_NAME.match(header) or not expected:
+        raise ImproperlyConfigured(
+            f"{name}={value!r}: give the header the proxy sets and its HTTPS value, e.g. 'X-Forwarded-Proto: https', "
+            "or leave it empty to trust none."
+        )
+    return "HTTP_" + header.upper().replace("-", "_"), expected
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """Return a setting that must be one of ``choices`` (compared in lower case)."""
+    value = os.environ.get(name, default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r}: use one of {', '.join(choices)}.")
     return value

@@ -13,9 +13,10 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from .env import env_bool, env_fernet_keys, env_int, env_list, env_rate, env_str
+from .env import env_bool, env_choice, env_fernet_keys, env_int, env_list, env_proxy_ssl_header, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Where the embedded defaults keep their files (SQLite database, filesystem broker, beat heartbeat).
 DATA_DIR = Path(env_str("SCHEDULER_DATA_DIR", str(BASE_DIR / "var")))
 
@@ -30,6 +31,30 @@ if not DEBUG and SECRET_KEY.startswith("django-insecure"):
 SCHEDULER_SECRET_KEYS = env_fernet_keys("SCHEDULER_SECRET_KEYS", fallback_secret=SECRET_KEY if DEBUG else None)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# --- HTTPS ----------------------------------------------------------------------------------
+# With DEBUG off the service is taken to be served over HTTPS by a TLS-terminating proxy that sets
+# X-Forwarded-Proto (the production posture `manage.py check --deploy` asks for); SCHEDULER_HTTPS=0
+# turns every default below off for a plain-HTTP deployment (a private network, a local try-out),
+# and each setting can be set on its own. https://docs.djangoproject.com/en/5.2/ref/middleware/#http-strict-transport-security
+SCHEDULER_HTTPS = env_bool("SCHEDULER_HTTPS", not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SCHEDULER_HTTPS)
+# Plain HTTP stays allowed where other services call this one inside its network: the signed run
+# endpoint (workers call SCHEDULER_PUBLIC_BASE_URL, e.g. http://web:8000), health and metrics.
+SECURE_REDIRECT_EXEMPT = [r"^api/workflows/\d+/runs/$", r"^api/health/$", r"^metrics$"]
+# HSTS starts short, as cookiecutter-django's production settings do: raise it (e.g. 31536000) once
+# HTTPS is known to work, since browsers then refuse plain HTTP for that long.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 60 if SCHEDULER_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", SCHEDULER_HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", SCHEDULER_HTTPS)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", SCHEDULER_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SCHEDULER_HTTPS)
+# The header the proxy sets on HTTPS requests, as "Name: value"; empty = trust none. Set it only
+# when every request passes through a proxy that overwrites it (clients could forge it otherwise).
+# https://docs.djangoproject.com/en/5.2/ref/settings/#secure-proxy-ssl-header
+SECURE_PROXY_SSL_HEADER = env_proxy_ssl_header(
+    "SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto: https" if SCHEDULER_HTTPS else ""
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -115,13 +140,29 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# plain: one readable line per record; json: one JSON object per line (time, level, logger, message,
+# and trigger_id, execution_id, workflow_id, task_id when known) for a log pipeline. The worker and
+# beat use it too (scheduler_project/celery.py puts it on Celery's handlers).
+SCHEDULER_LOG_FORMAT = env_choice("SCHEDULER_LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "scheduler_project.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": SCHEDULER_LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": env_choice("LOG_LEVEL", "INFO", _LOG_LEVELS).upper()},
 }
+
+# --- Metrics (README "Observability") --------------------------------------------------------
+# /metrics on the web answers only this bearer token; unset, it is open with DEBUG on and closed with DEBUG off.
+SCHEDULER_METRICS_TOKEN = env_str("SCHEDULER_METRICS_TOKEN", "")
+# The worker's and beat's own metrics (call durations, retries, tick times) on a port each; 0 = off.
+SCHEDULER_WORKER_METRICS_PORT = env_int("SCHEDULER_WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+SCHEDULER_BEAT_METRICS_PORT = env_int("SCHEDULER_BEAT_METRICS_PORT", 0, minimum=0, maximum=65535)
+# Where those two listen: loopback by default; 0.0.0.0 in a container that Prometheus scrapes from outside.
+SCHEDULER_METRICS_BIND_ADDRESS = env_str("SCHEDULER_METRICS_BIND_ADDRESS", "127.0.0.1")
 
 # --- API ------------------------------------------------------------------------------------
 # The throttles count requests in this cache. A memory cache counts each process apart (with
@@ -310,7 +351,7 @@ SCHEDULER_RETENTION_INTERVAL_SECONDS = env_int("SCHEDULER_RETENTION_INTERVAL_SEC
 # A due slot that no fire has claimed this long after its time is taken by the recovery task.
 SCHEDULER_MISSED_SLOT_GRACE_SECONDS = env_int("SCHEDULER_MISSED_SLOT_GRACE_SECONDS", 90, minimum=1)
 # Responses are read up to this size; history keeps only the first SCHEDULER_RESPONSE_EXCERPT_BYTES.
-SCHEDULER_MAX_RESPONSE_BYTES = env_int("SCHEDULER_MAX_RESPONSE_BYTES", 1024 * 1024, minimum=1024)
+SCHEDULER_MAX_RESPONSE_BYTES = env_int("SCHEDULER_MAX_RESPONSE_BYTES", 1_048_576, minimum=1024)  # 1 MiB
 SCHEDULER_RESPONSE_EXCERPT_BYTES = env_int("SCHEDULER_RESPONSE_EXCERPT_BYTES", 4096, minimum=0)
 # Longest retry backoff a trigger may ask for; must stay below the broker's visibility timeout.
 SCHEDULER_MAX_BACKOFF_CAP_SECONDS = env_int("SCHEDULER_MAX_BACKOFF_CAP_SECONDS", 1800, minimum=1)

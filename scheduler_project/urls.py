@@ -1,4 +1,4 @@
-"""URL routes: the landing page (/), the admin, the API (/api/), its schema (/api/schema/) and docs (/api/docs/)."""
+"""URL routes: the landing page (/), the admin, /metrics, the API (/api/), its schema and docs."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path, register_converter
@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
 from scheduler_project.api import IdConverter, api_not_found
-from scheduler_project.views import ApiRootView, home
+from scheduler_project.views import ApiRootView, home, metrics
 from schedules.api import (
     ExecutionViewSet,
     HealthView,
@@ -27,6 +27,8 @@ router.register("executions", ExecutionViewSet, basename="execution")
 urlpatterns = [
     path("", home, name="home"),
     path("admin/", admin.site.urls),
+    # Prometheus: the scheduler's state (token-protected; see README "Observability").
+    path("metrics", metrics, name="metrics"),
     # POST: the signed execution endpoint (Workflow.execution_url); GET: the workflow's runs for its owner.
     path("api/workflows/<id:workflow_id>/runs/", WorkflowRunsView.as_view(), name="workflow-runs"),
     path("api/workflows/<id:pk>/stats/", WorkflowStatsView.as_view(), name="workflow-stats"),

@@ -45,3 +45,39 @@ class ApiRootView(APIView):
     )
     def get(self, request: Request) -> Response:
         return Response({name: request.build_absolute_uri(reverse(route)) for name, route, _about in RESOURCES})
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """GET /metrics: the scheduler's state for Prometheus (scheduler_project/metrics.py).
+
+    With SCHEDULER_METRICS_TOKEN set it answers only ``Authorization: Bearer <token>``; without
+    one it is open while DEBUG is on (local) and closed when DEBUG is off, so a deployment never
+    publishes it by accident.
+    """
+    from django.conf import settings
+    from django.db import DatabaseError
+    from django.http import JsonResponse
+
+    from . import metrics as scheduler_metrics
+
+    if request.method != "GET":
+        return JsonResponse({"errors": {"method": ["use GET"]}}, status=405, headers={"Allow": "GET"})
+    token = settings.SCHEDULER_METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not scheduler_metrics.token_matches(given.strip(), token):
+            return JsonResponse(
+                {"errors": {"authorization": ["send Authorization: Bearer <SCHEDULER_METRICS_TOKEN>"]}},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    elif not settings.DEBUG:
+        return JsonResponse(
+            {"errors": {"metrics": ["closed: set SCHEDULER_METRICS_TOKEN and scrape with that bearer token"]}},
+            status=403,
+        )
+    try:
+        body, content_type = scheduler_metrics.render(scheduler_metrics.state_registry())
+    except DatabaseError as exc:
+        return JsonResponse({"errors": {"database": [f"unavailable ({type(exc).__name__})"]}}, status=503)
+    return HttpResponse(body, content_type=content_type)

@@ -35,6 +35,8 @@ from django_celery_beat.models import (
 )
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from scheduler_project import metrics
+
 from . import timing
 from .models import BeatLease, Trigger, TriggerKind
 
@@ -335,6 +337,7 @@ class TriggerScheduler(DatabaseScheduler):
         return changed
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        started = time.perf_counter()
         self._touch_heartbeat()
         try:
             wait = self._dispatch_triggers()
@@ -342,6 +345,7 @@ class TriggerScheduler(DatabaseScheduler):
                 wait = min(wait, super().tick(*args, **kwargs))
         finally:
             self._looked_change = None  # between ticks, schedule_changed asks the database itself
+            metrics.BEAT_TICK_SECONDS.observe(time.perf_counter() - started)
         return max(0.0, wait)
 
     def close(self) -> None:
@@ -374,6 +378,7 @@ class TriggerScheduler(DatabaseScheduler):
             if next_due is not None and next_due <= now:
                 report = dispatch.dispatch_due()  # each batch on the clock as it is then
                 dispatched = report.triggers
+                metrics.BEAT_DISPATCHED.inc(report.triggers)
                 if report.error is not None:
                     self._refused = report.refused
                     logger.error("broker unreachable: dispatch holds until it is back (%s)", report.error)

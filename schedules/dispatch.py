@@ -42,6 +42,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, F, QuerySet
 from django.utils import timezone
 
+from scheduler_project import metrics
 from workflows.client import WorkflowCall, call_workflow
 from workflows.exceptions import WorkflowCallError
 from workflows.models import Workflow
@@ -61,6 +62,14 @@ from .models import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _ids(obj: Trigger | Execution) -> dict[str, Any]:
+    """The ids a log line about ``obj`` carries (extra=...), for SCHEDULER_LOG_FORMAT=json."""
+    if isinstance(obj, Execution):
+        return {"execution_id": str(obj.pk), "trigger_id": obj.trigger_id, "workflow_id": obj.workflow_id}
+    return {"trigger_id": obj.pk, "workflow_id": obj.workflow_id}
+
 
 # Executions a person started: they skip the trigger's overlap ordering and do not count as runs.
 PERSONAL_ORIGINS = (
@@ -245,7 +254,13 @@ def _enqueue_attempt(
             Execution.objects.filter(pk=execution_id, attempts=attempt - 1).update(sent_at=None)
             if not robust:
                 raise error
-            logger.error("could not send attempt %s of execution %s: %s", attempt, execution_id, error)
+            logger.error(
+                "could not send attempt %s of execution %s: %s",
+                attempt,
+                execution_id,
+                error,
+                extra={"execution_id": execution_id},
+            )
 
     transaction.on_commit(send, robust=robust)
 
@@ -456,10 +471,10 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
     now = now or timezone.now()
     trigger = Trigger.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=trigger_id).first()
     if trigger is None:
-        logger.info("fire for trigger %s ignored: it no longer exists", trigger_id)
+        logger.info("fire for trigger %s ignored: it no longer exists", trigger_id, extra={"trigger_id": trigger_id})
         return None
     if not trigger.enabled or trigger.completed_at is not None:
-        logger.info("fire for trigger %s ignored: it is %s", trigger_id, trigger.status)
+        logger.info("fire for trigger %s ignored: it is %s", trigger_id, trigger.status, extra=_ids(trigger))
         return None
     cadence = trigger.cadence
     if scheduled_for is None:
@@ -467,13 +482,19 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
         if scheduled_for is None:
             return None
     elif timing.latest_slot_at_or_before(cadence, scheduled_for) != scheduled_for:
-        logger.info("fire for trigger %s ignored: %s is not one of its slots", trigger_id, scheduled_for.isoformat())
+        logger.info(
+            "fire for trigger %s ignored: %s is not one of its slots",
+            trigger_id,
+            scheduled_for.isoformat(),
+            extra=_ids(trigger),
+        )
         return None
     if trigger.active_since is not None and scheduled_for < trigger.active_since:
         logger.info(
             "fire for trigger %s ignored: slot %s is from before it was resumed or changed",
             trigger_id,
             scheduled_for.isoformat(),
+            extra=_ids(trigger),
         )
         return None
 
@@ -490,10 +511,16 @@ def trigger_fire(*, trigger_id: int, scheduled_for: datetime | None, now: dateti
             trigger_id,
             scheduled_for.isoformat(),
             newest.isoformat(),
+            extra=_ids(trigger),
         )
         scheduled_for = newest
     if has_execution(scheduled_for):
-        logger.info("slot %s of trigger %s already has its execution", scheduled_for.isoformat(), trigger_id)
+        logger.info(
+            "slot %s of trigger %s already has its execution",
+            scheduled_for.isoformat(),
+            trigger_id,
+            extra=_ids(trigger),
+        )
         if _skip_handled_slot(trigger, scheduled_for):
             trigger.save(update_fields=["next_run_at"])
         return None
@@ -611,14 +638,21 @@ def _dispatch_batch(*, now: datetime, cutoff: datetime, limit: int) -> _Batch:
             # _plan_fire reads the window too: one that cannot be read must not fail the batch.
             timing.parse_window(trigger.execution_window)
         except timing.ScheduleError:
-            logger.exception("trigger %s has a schedule that cannot be read; pausing it", trigger.pk)
+            logger.exception(
+                "trigger %s has a schedule that cannot be read; pausing it", trigger.pk, extra=_ids(trigger)
+            )
             trigger.enabled, trigger.paused_at, trigger.pause_reason = False, now, "schedule cannot be read"
             trigger.save(update_fields=["enabled", "paused_at", "pause_reason"])
             beat.trigger_sync(trigger)
             continue
         if slot is None or slot < trigger.next_run_at or (trigger.active_since and slot < trigger.active_since):
             # next_run_at is not one of its slots (set behind the services' back): start again from now.
-            logger.warning("trigger %s: next_run_at %s is not a due slot; recomputed", trigger.pk, trigger.next_run_at)
+            logger.warning(
+                "trigger %s: next_run_at %s is not a due slot; recomputed",
+                trigger.pk,
+                trigger.next_run_at,
+                extra=_ids(trigger),
+            )
             trigger.next_run_at = timing.next_slot_after(trigger.cadence, now)
             if trigger.next_run_at is None:
                 trigger.completed_at = now
@@ -995,12 +1029,21 @@ def execution_perform(*, execution: Execution) -> AttemptOutcome:
         },
     )
     started = timezone.now()
+    outcome = _perform(execution, call, attempt, started)
+    metrics.observe_attempt(origin=execution.origin, status=outcome.status)
+    return outcome
+
+
+def _perform(execution: Execution, call: WorkflowCall, attempt: int, started: datetime) -> AttemptOutcome:
+    workflow = execution.workflow
     try:
         result = call_workflow(call)
     except WorkflowCallError as exc:
         return _record_failure(execution.pk, attempt, started, exc)
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is recorded and retried, never lost
-        logger.exception("unexpected error calling workflow %s for execution %s", workflow.pk, execution.pk)
+        logger.exception(
+            "unexpected error calling workflow %s for execution %s", workflow.pk, execution.pk, extra=_ids(execution)
+        )
         error = WorkflowCallError(f"internal error: {type(exc).__name__}")
         error.retryable = True
         return _record_failure(execution.pk, attempt, started, error)
@@ -1045,7 +1088,9 @@ def _record_success(execution: Execution, attempt: int, started: datetime, resul
     held = Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING, attempts=attempt)
     if not held.update(**outcome):
         # Someone took over after our lease ran out; their outcome stands.
-        logger.warning("attempt %s of execution %s finished after it was taken over", attempt, execution.pk)
+        logger.warning(
+            "attempt %s of execution %s finished after it was taken over", attempt, execution.pk, extra=_ids(execution)
+        )
         current = Execution.objects.filter(pk=execution.pk).values_list("status", flat=True).first()
         return AttemptOutcome(status=current or ExecutionStatus.SUCCEEDED)
     for name, value in outcome.items():
@@ -1078,7 +1123,9 @@ def _record_failure(execution_id: Any, attempt: int, started: datetime, error: W
     )
     if execution.status in FINISHED_STATUSES or execution.attempts != attempt:
         # Someone took over after our lease ran out; their outcome stands.
-        logger.warning("attempt %s of execution %s finished after it was taken over", attempt, execution_id)
+        logger.warning(
+            "attempt %s of execution %s finished after it was taken over", attempt, execution_id, extra=_ids(execution)
+        )
         return AttemptOutcome(status=execution.status)
     entry: dict[str, Any] = {"attempt": attempt, "started_at": started.isoformat(), "finished_at": now.isoformat()}
     execution.http_status = error.http_status if isinstance(error, WorkflowCallError) else None
@@ -1271,7 +1318,12 @@ def _recover_locked(*, now: datetime, limit: int, depths: dict[str, int | None])
     for execution in stale:
         queue = _queue(execution)
         if execution.status == ExecutionStatus.RUNNING:
-            logger.warning("execution %s lost its worker during attempt %s", execution.pk, execution.attempts)
+            logger.warning(
+                "execution %s lost its worker during attempt %s",
+                execution.pk,
+                execution.attempts,
+                extra=_ids(execution),
+            )
             # The attempt in progress died with its worker: it counts, and the next one is due now.
             execution.status = ExecutionStatus.RETRYING
             execution.error = f"worker lost during attempt {execution.attempts}"

@@ -22,6 +22,8 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 from standardwebhooks import Webhook
 
+from scheduler_project import metrics
+
 from . import network
 from .exceptions import TargetRefused, WorkflowCallError, WorkflowRejected, WorkflowUnavailable
 from .validators import json_loads
@@ -168,8 +170,26 @@ def call_workflow(call: WorkflowCall) -> CallResult:
 
     Raises WorkflowUnavailable (retryable) or WorkflowRejected (final; TargetRefused when the
     SSRF guard refuses the host). The whole exchange, redirects included, ends within
-    ``timeout_seconds``.
+    ``timeout_seconds``. Its duration goes to the scheduler_workflow_call_duration_seconds
+    histogram (an in-memory observe: nothing on this path waits for the metrics).
     """
+    started = time.monotonic()
+    outcome = "error"  # an exception that is not ours
+    try:
+        result = _call_workflow(call)
+        outcome = "ok"
+        return result
+    except WorkflowUnavailable:
+        outcome = "retryable"
+        raise
+    except WorkflowRejected:
+        outcome = "rejected"
+        raise
+    finally:
+        metrics.observe_call(outcome, time.monotonic() - started)
+
+
+def _call_workflow(call: WorkflowCall) -> CallResult:
     body = encode_body(call.payload)
     headers = {
         **call.headers,

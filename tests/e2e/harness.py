@@ -1,4 +1,4 @@
-"""Real processes for end-to-end tests: celery worker, celery beat and gunicorn, started with the
+"""Real processes for end-to-end tests: celery worker, celery beat, gunicorn and flower, started with the
 same command lines as docker-compose.yml, plus a scripted HTTP endpoint on 127.0.0.1."""
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ BIN = Path(sys.executable).parent
 WORKER_COMMAND = [str(BIN / "celery"), "-A", "scheduler_project", "worker", "-l", "info"]
 BEAT_COMMAND = [str(BIN / "celery"), "-A", "scheduler_project", "beat", "-l", "info"]
 GUNICORN_COMMAND = [str(BIN / "gunicorn"), "scheduler_project.wsgi:application", "--workers", "2", "--timeout", "60"]
+# docker-compose's flower service adds --address and --port as the tests do.
+FLOWER_COMMAND = [str(BIN / "celery"), "-A", "scheduler_project", "flower"]
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -886,6 +886,7 @@ def test_rebuild_beat_command__repairs_and_deletes_orphans(trigger):
 
 def test_demo_command__twice_creates_one_of_each(db, settings):
     """demo creates admin, the demo workflow (built-in endpoint) and an every-minute trigger once."""
+    settings.DEBUG = True  # as bin/dev runs it (pytest-django turns DEBUG off)
     settings.SCHEDULER_PUBLIC_BASE_URL = "http://localhost:8123"
     first = run("demo")
     second = run("demo")
@@ -906,13 +907,31 @@ def test_demo_command__twice_creates_one_of_each(db, settings):
     assert "http://localhost:8123/admin/" in second
 
 
-def test_demo_command__keeps_existing_admin(db):
+def test_demo_command__keeps_existing_admin(db, settings):
     """demo reuses an existing admin user and never changes its password."""
+    settings.DEBUG = True
     UserFactory(username="admin")
     out = run("demo")
     admin = get_user_model().objects.get(username="admin")
     assert admin.check_password("password") and not admin.is_superuser
     assert "already exists" in out and Trigger.objects.get().owner == admin
+
+
+def test_demo_command__refuses_with_debug_off(db, settings):
+    """With DEBUG off, demo stops with a one-line error naming --insecure-demo and creates nothing."""
+    settings.DEBUG = False
+    with pytest.raises(CommandError) as caught:
+        run("demo")
+    assert "--insecure-demo" in str(caught.value) and "\n" not in str(caught.value)
+    assert not get_user_model().objects.exists() and not Workflow.objects.exists()
+
+
+def test_demo_command__insecure_demo_flag_runs_with_debug_off(db, settings):
+    """With DEBUG off, demo --insecure-demo sets the demo up as usual."""
+    settings.DEBUG = False
+    out = run("demo", "--insecure-demo")
+    assert get_user_model().objects.get(username="admin").is_superuser
+    assert Trigger.objects.get().name == "Every minute" and "admin / admin" in out
 
 
 # --- healthcheck ----------------------------------------------------------------------------------
@@ -951,7 +970,10 @@ def test_healthcheck_command__beat_fails_when_heartbeat_is_old(heartbeat):
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self.send_response(200 if self.path == "/ok" else 503)
+        if self.path == "/behind-proxy":  # answers as Django does with SECURE_SSL_REDIRECT on
+            self.send_response(200 if self.headers.get("X-Forwarded-Proto") == "https" else 301)
+        else:
+            self.send_response(200 if self.path == "/ok" else 503)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -987,6 +1009,15 @@ def test_healthcheck_command__web_fails_on_closed_port():
         port = probe.getsockname()[1]
     with pytest.raises(CommandError, match=r"web: cannot reach"):
         run("healthcheck", "web", "--url", f"http://127.0.0.1:{port}/")
+
+
+def test_healthcheck_command__web_asks_as_the_tls_proxy_does(http_server, settings):
+    """healthcheck web sends SECURE_PROXY_SSL_HEADER's header, so the HTTPS redirect spares it (else: 301)."""
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    assert "web ok" in run("healthcheck", "web", "--url", f"{http_server}/behind-proxy")
+    settings.SECURE_PROXY_SSL_HEADER = None
+    with pytest.raises(CommandError, match=r"answered HTTP 301, expected 200"):
+        run("healthcheck", "web", "--url", f"{http_server}/behind-proxy")
 
 
 def test_healthcheck_command__web_default_url_uses_public_base_url(http_server, settings):

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from schedules import services as schedule_services
@@ -25,7 +25,21 @@ TRIGGER_NAME = "Every minute"
 class Command(BaseCommand):
     help = "Set up the demo: superuser admin/admin, 'Demo workflow' and an every-minute trigger (idempotent)."
 
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--insecure-demo",
+            action="store_true",
+            help="Create admin/admin even with DEBUG off (a server others can reach gets a known login).",
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        # With DEBUG off this is a deployment, maybe on a public port: a known superuser login
+        # there is an open door, so it takes an explicit flag.
+        if not settings.DEBUG and not options["insecure_demo"]:
+            raise CommandError(
+                "demo: DEBUG is off, and demo creates the superuser admin/admin; "
+                "pass --insecure-demo if this server is private and that is what you want."
+            )
         with errors_as_command_errors({}), transaction.atomic():
             user, user_created = self._user()
             workflow = Workflow.objects.filter(owner=user, name=WORKFLOW_NAME).first()

@@ -41,7 +41,13 @@ class Command(BaseCommand):
                 # The check is about this server: ignore HTTP(S)_PROXY from the environment.
                 session.trust_env = False
                 # Exactly this URL must answer 200: a redirect (to https, to a login page) is not healthy.
-                response = session.get(url, timeout=TIMEOUT_SECONDS, allow_redirects=False)
+                # Behind a TLS-terminating proxy (SECURE_PROXY_SSL_HEADER) ask as the proxy does, so the
+                # HTTPS redirect (SECURE_SSL_REDIRECT) leaves this direct, plain-HTTP check alone.
+                headers = {}
+                if settings.SECURE_PROXY_SSL_HEADER:
+                    meta_name, value = settings.SECURE_PROXY_SSL_HEADER
+                    headers[meta_name.removeprefix("HTTP_").replace("_", "-")] = value
+                response = session.get(url, timeout=TIMEOUT_SECONDS, allow_redirects=False, headers=headers)
         except requests.RequestException as exc:
             raise CommandError(f"web: cannot reach {shown} ({type(exc).__name__}).") from None
         if response.status_code != 200:
