@@ -44,6 +44,11 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def in_ci() -> bool:
+    """CI=true turns skips of tests that need a real service, libfaketime or a browser into failures."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def database_url() -> str:
     """A DATABASE_URL for the test database that this test process is using."""
     data = connection.settings_dict

@@ -27,7 +27,7 @@ from schedules.models import (
 )
 from tests.factories import TriggerFactory, WorkflowFactory
 
-from .harness import Endpoint, Reply, wait_for
+from .harness import Endpoint, Reply, in_ci, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -133,7 +133,7 @@ class PrivateRedis:
     def __init__(self, tmp_path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed (Debian package redis-server)") if _in_ci() else pytest.skip(
+            pytest.fail("redis-server is not installed (Debian package redis-server)") if in_ci() else pytest.skip(
                 "redis-server is not installed"
             )
         self.binary = binary
@@ -165,11 +165,6 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(timeout=10)
 
-
-def _in_ci() -> bool:
-    import os
-
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
 def test_broker_lost_at_fire_time_and_back_empty__every_slot_recorded_by_its_catchup_policy(stack, user, tmp_path):

@@ -4,7 +4,6 @@ and worker processes fire the triggers; nothing here calls a task directly."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ from schedules import services
 from schedules.models import Execution, ExecutionOrigin, ExecutionStatus, SkipReason, Trigger, TriggerStatus
 from tests.factories import TriggerFactory, WorkflowFactory
 
-from .harness import Endpoint, FakeClock, Reply, libfaketime_path, wait_for
+from .harness import Endpoint, FakeClock, Reply, in_ci, libfaketime_path, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -349,9 +348,6 @@ LEAD = timedelta(seconds=8)
 SOON = timedelta(seconds=10)
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
 
 @pytest.fixture
 def faketime_library() -> Path:
@@ -362,7 +358,7 @@ def faketime_library() -> Path:
             "libfaketime is not installed: `pip install -r requirements.txt` (the libfaketime package bundles it) "
             "or `apt-get install libfaketime`"
         )
-        if _in_ci():
+        if in_ci():
             pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
         pytest.skip(message)
     return library
@@ -377,7 +373,7 @@ class OnFakeClock:
         problem = self.clock.problem()
         if problem:
             message = f"libfaketime does not work here: {problem}"
-            if _in_ci():
+            if in_ci():
                 pytest.fail(message)
             pytest.skip(message)
         self.heartbeat = directory / "beat-heartbeat"
