@@ -8,7 +8,16 @@ from collections.abc import Callable
 
 import pytest
 
-from .harness import BEAT_COMMAND, GUNICORN_COMMAND, WORKER_COMMAND, Endpoint, Process, child_env, purge_broker
+from .harness import (
+    BEAT_COMMAND,
+    GUNICORN_COMMAND,
+    WORKER_COMMAND,
+    Endpoint,
+    Process,
+    child_env,
+    in_ci,
+    purge_broker,
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -127,3 +136,35 @@ def endpoint():
     server = Endpoint()
     yield server
     server.close()
+
+
+@pytest.fixture
+def browser_factory(tmp_path, request):
+    """Opens headless Chromium (Debian's chromium + chromium-driver) on a base URL; closed after the
+    test, with a screenshot and the page's text shown if the test failed. Skipped without the
+    packages, except in CI (where .ci/run installs them)."""
+    from .browser import Browser, chromium_paths
+
+    if chromium_paths() is None:
+        message = "chromium and chromedriver are not installed: apt-get install chromium chromium-driver"
+        if in_ci():
+            pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
+        pytest.skip(message)
+    opened: list[Browser] = []
+
+    def open_browser(base_url: str) -> Browser:
+        browser = Browser(base_url, tmp_path)
+        opened.append(browser)
+        return browser
+
+    yield open_browser
+    report = getattr(request.node, "rep_call", None)
+    for browser in opened:
+        if report is not None and report.failed:
+            try:
+                failed_at = browser.screenshot("failure")
+                print(f"browser at {browser.driver.current_url}; screenshot {failed_at}")
+                print(browser.text()[-3000:])
+            except Exception as exc:  # noqa: BLE001 - the report must not hide the test's own failure
+                print(f"(no screenshot: {exc})")
+        browser.quit()
