@@ -134,6 +134,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Times shown as 2026-12-07 09:00:00 UTC everywhere (scheduler_project/formats/en/formats.py).
+FORMAT_MODULE_PATH = "scheduler_project.formats"
 USE_I18N = True
 USE_TZ = True
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import available_timezones
 
@@ -11,15 +11,19 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, ValidationError
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from kombu.exceptions import OperationalError
 
 from workflows.admin import (
+    CappedChangeList,
     CappedCountAdminMixin,
     OwnedAdminMixin,
     OwnedWorkflowFilter,
@@ -31,9 +35,10 @@ from workflows.fields import JSONFormField
 
 from . import services, timing
 from .exceptions import ScheduleError
-from .models import Execution, ExecutionStatus, Trigger, TriggerStatus
+from .models import Execution, ExecutionStatus, Trigger, TriggerKind, TriggerStatus
 from .selectors import (
     WORKFLOW_SECRETS,
+    executions_by_id,
     executions_owned_by,
     trigger_describe,
     trigger_preview,
@@ -44,7 +49,23 @@ from .selectors import (
 # The form's fieldsets; each field is passed to trigger_create / trigger_update by the same name.
 _FIELDSETS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
     (None, ("name", "workflow", "enabled", "inputs")),
-    ("Schedule", ("kind", "cron", "timezone", "run_at", "interval_seconds", "dst_policy", "anchor_at")),
+    (
+        "Schedule",
+        (
+            "kind",
+            "preset",
+            "preset_time",
+            "preset_day",
+            "preset_minute",
+            "cron",
+            "timezone",
+            "delay_minutes",
+            "run_at",
+            "interval_seconds",
+            "dst_policy",
+            "anchor_at",
+        ),
+    ),
     ("Bounds", ("start_at", "end_at", "max_runs")),
     ("Window & jitter", ("execution_window", "jitter_seconds")),
     ("When things go wrong", ("catchup", "catchup_window_seconds", "overlap", "priority")),
@@ -61,7 +82,10 @@ _FIELDSETS: tuple[tuple[str | None, tuple[str, ...]], ...] = (
     ("Failures", ("pause_after_failures", "notify_emails", "notify_webhook_url", "fallback_workflow")),
     ("Retention", ("keep_succeeded", "keep_failed", "retention_days")),
 )
-_FORM_FIELDS = tuple(name for _, names in _FIELDSETS for name in names)
+# Ways to write a schedule that the form turns into cron or run_at (as the API's preset and
+# delay_seconds, and the command's --preset and --in, do); they are not stored.
+_SHORTCUT_FIELDS = ("preset", "preset_time", "preset_day", "preset_minute", "delay_minutes")
+_FORM_FIELDS = tuple(name for _, names in _FIELDSETS for name in names if name not in _SHORTCUT_FIELDS)
 # trigger_create takes these by name; the other form fields go in as its keyword options.
 _SCHEDULE_FIELDS = services.SCHEDULE_FIELDS
 _DATETIME_FIELDS = ("run_at", "anchor_at", "start_at", "end_at")
@@ -83,22 +107,109 @@ def _error_text(exc: Exception) -> str:
     return f"{field}: {exc}" if field else str(exc)
 
 
+def _utc(at: datetime) -> str:
+    """The admin's one time format (Django's too, scheduler_project/formats): 2026-05-04 16:00:00 UTC."""
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
 def _when(at: datetime | None, zone_name: str) -> str:
-    """'2026-05-04 16:00 UTC' plus, for other zones, the same instant in the trigger's zone."""
+    """'2026-05-04 16:00:00 UTC' plus, for other zones, the same instant in the trigger's zone."""
     if at is None:
         return ""
-    utc = f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    utc = _utc(at)
     if zone_name == "UTC":
         return utc
     try:
         zone = timing.zone(zone_name)
     except ScheduleError:
         return utc
-    return format_html("{}<br><small>{} {}</small>", utc, f"{at.astimezone(zone):%Y-%m-%d %H:%M}", zone_name)
+    local = f"{at.astimezone(zone):%Y-%m-%d %H:%M:%S %Z}"
+    return format_html('{}<br><small title="{}">{}</small>', utc, zone_name, local)
+
+
+# Badge colours (schedules/static/schedules/admin.css) by trigger status and execution status.
+_BADGES = {
+    TriggerStatus.ACTIVE: "ok",
+    TriggerStatus.PAUSED: "warn",
+    TriggerStatus.COMPLETED: "muted",
+    ExecutionStatus.SUCCEEDED: "ok",
+    ExecutionStatus.FAILED: "bad",
+    ExecutionStatus.SKIPPED: "muted",
+    ExecutionStatus.QUEUED: "info",
+    ExecutionStatus.RUNNING: "info",
+    ExecutionStatus.RETRYING: "warn",
+}
+_ERROR_EXCERPT = 70
+
+
+def _badge(status: str, label: str, title: str = "") -> str:
+    return format_html('<span class="ws-badge ws-{}" title="{}">{}</span>', _BADGES.get(status, "muted"), title, label)
+
+
+def _excerpt(text: str, limit: int = _ERROR_EXCERPT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _execution_status(execution: Execution) -> str:
+    """A coloured status, with why it was skipped or is waiting, and the error on hover and in brief."""
+    badge = _badge(execution.status, ExecutionStatus(execution.status).label, execution.error)
+    reason = execution.get_skip_reason_display() or execution.wait_reason
+    if reason:
+        return format_html("{}<br><small>{}</small>", badge, reason)
+    if execution.error and execution.status in (ExecutionStatus.FAILED, ExecutionStatus.RETRYING):
+        return format_html(
+            '{}<br><small class="ws-error" title="{}">{}</small>', badge, execution.error, _excerpt(execution.error)
+        )
+    return badge
+
+
+_PRESET_LABELS = {
+    "hourly": "Every hour, at a minute past",
+    "daily": "Every day, at a time",
+    "weekdays": "Weekdays (Monday to Friday), at a time",
+    "weekly": "Every week, on a day, at a time",
+    "monthly": "Every month, on a day, at a time",
+}
 
 
 class TriggerAdminForm(forms.ModelForm):
-    """The model form, plus the checks the services run before saving (run_at in the past, ...)."""
+    """The model form, plus the checks the services run before saving (run_at in the past, ...).
+
+    A cron schedule can be picked from the presets and a once trigger set to run in N minutes; both
+    become the stored cron or run_at here, by the same rules as the API and the commands.
+    """
+
+    preset = forms.ChoiceField(
+        required=False,
+        choices=[("", "(none: write a cron expression)"), *((name, _PRESET_LABELS[name]) for name in timing.PRESETS)],
+        help_text="For kind cron, instead of writing a cron expression; the cron below is then made from it.",
+    )
+    preset_time = forms.CharField(
+        required=False,
+        label="At (HH:MM)",
+        widget=forms.TextInput(attrs={"placeholder": "09:00", "size": 6}),
+        help_text="With a daily, weekdays, weekly or monthly preset: the time in the trigger's zone, e.g. 09:00.",
+    )
+    preset_day = forms.CharField(
+        required=False,
+        label="Day",
+        widget=forms.TextInput(attrs={"size": 6}),
+        help_text="With a weekly preset: MON..SUN or 0-6 (0 = Sunday); with a monthly preset: 1-31.",
+    )
+    preset_minute = forms.CharField(
+        required=False,
+        label="Minute past the hour",
+        widget=forms.TextInput(attrs={"size": 4}),
+        help_text="With the hourly preset: 0-59.",
+    )
+    delay_minutes = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=services.MAX_DELAY_SECONDS // 60,
+        label="Or run once in N minutes",
+        help_text="For kind once, instead of a run at time: from the moment you save, e.g. 10.",
+    )
 
     class Meta:
         model = Trigger
@@ -114,6 +225,8 @@ class TriggerAdminForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Stored fields a shortcut filled in (the save passes them on as changed).
+        self.derived_fields: set[str] = set()
         # The schedule as stored, to tell trigger_validate whether this edit changes it.
         self._schedule_before = (
             {name: getattr(self.instance, name) for name in _SCHEDULE_FIELDS} if self.instance.pk else None
@@ -141,7 +254,41 @@ class TriggerAdminForm(forms.ModelForm):
                 value, stored = cleaned.get(name), getattr(self.instance, name)
                 if value is not None and stored is not None and value == stored.replace(microsecond=0):
                     cleaned[name] = stored
+        self._apply_preset(cleaned)
+        self._apply_delay(cleaned)
         return cleaned
+
+    def _apply_preset(self, cleaned: dict[str, Any]) -> None:
+        params = {name: cleaned.get(f"preset_{name}") for name in ("time", "day", "minute")}
+        given = {name: value.strip() for name, value in params.items() if value and value.strip()}
+        preset = cleaned.get("preset")
+        if not preset:
+            for name in given:
+                self.add_error(f"preset_{name}", "only goes with a preset.")
+            return
+        if cleaned.get("kind") != TriggerKind.CRON:
+            self.add_error("preset", f"only for kind cron, not {cleaned.get('kind') or 'none'}.")
+        elif "cron" in self.changed_data and cleaned.get("cron"):
+            self.add_error("preset", "give a preset or a cron expression, not both.")
+        else:
+            try:
+                cleaned["cron"] = timing.preset_cron(preset, **given)
+            except ScheduleError as exc:
+                self.add_error(f"preset_{exc.field}" if exc.field in params else "preset", str(exc))
+            else:
+                self.derived_fields.add("cron")
+
+    def _apply_delay(self, cleaned: dict[str, Any]) -> None:
+        minutes = cleaned.get("delay_minutes")
+        if minutes is None:
+            return
+        if cleaned.get("kind") != TriggerKind.ONCE:
+            self.add_error("delay_minutes", f"only for kind once, not {cleaned.get('kind') or 'none'}.")
+        elif "run_at" in self.changed_data and cleaned.get("run_at"):
+            self.add_error("delay_minutes", "give a run at time or a number of minutes, not both.")
+        else:
+            cleaned["run_at"] = timezone.now() + timedelta(minutes=minutes)
+            self.derived_fields.add("run_at")
 
     def _post_clean(self) -> None:
         # Like auth's UserCreationForm: once the instance holds the form's values, run the
@@ -168,6 +315,18 @@ class TriggerAdminForm(forms.ModelForm):
                 # valid form, so a marker error (removed again in render_change_form) keeps it unsaved.
                 self.preview = trigger_describe(trigger, count=_UPCOMING_COUNT)
                 self.add_error(None, ValidationError("Preview only: nothing was saved.", code=_PREVIEW_ONLY))
+
+
+def _drop_preview_marker(form: TriggerAdminForm) -> None:
+    """Remove the "preview only" error that kept a previewed form from saving; keep any other."""
+    kept = [error for error in form.errors[NON_FIELD_ERRORS].as_data() if error.code != _PREVIEW_ONLY]
+    del form.errors[NON_FIELD_ERRORS]
+    if kept:
+        form.add_error(None, kept)
+
+
+def _preview_tables(preview: dict[str, Any], zone_name: str) -> dict[str, str]:
+    return {"rules": _rules_table(preview), "runs": preview_table(preview["next_runs"], zone_name)}
 
 
 def _for_each(
@@ -272,20 +431,30 @@ class BackfillForm(forms.Form):
     )
 
 
+class TriggerChangeList(CappedChangeList):
+    """A page of triggers, each with its last outcome (``last_run``) loaded in one query for the page."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        self.result_list = list(self.result_list)
+        outcomes = executions_by_id(trigger.last_outcome_id for trigger in self.result_list)
+        for trigger in self.result_list:
+            trigger.last_outcome = outcomes.get(trigger.last_outcome_id)
+
+
 @admin.register(Trigger)
 class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     form = TriggerAdminForm
+    # What a glance needs, within 1,400 px beside the admin's sidebar: the schedule in words names
+    # its kind and zone, so kind and zone are filters, not columns (priority likewise).
     list_display = [
         "name",
         "workflow",
-        "kind",
         "schedule",
-        "timezone",
         "status_column",
-        "runs",
-        "priority",
         "next_run",
-        "last_status",
+        "last_run",
+        "runs",
         "executions_link",
     ]
     # The workflow filter names only the user's own workflows (a superuser's: all).
@@ -305,8 +474,8 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
         "runs_remaining",
         "completed_at",
         "consecutive_failures",
-        "next_run_at",
-        "last_run_at",
+        "next_run_detail",
+        "last_run_detail",
         "periodic_task",
         "pause_reason",
         "paused_at",
@@ -316,8 +485,14 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     ]
     actions = ["pause_triggers", "resume_triggers", "run_triggers_now", "backfill_triggers"]
 
+    class Media:
+        css = {"all": ["schedules/admin.css"]}
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Trigger]:
-        return triggers_with_last_status(super().get_queryset(request))
+        return triggers_with_last_status(super().get_queryset(request), last_outcome=True)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return TriggerChangeList
 
     def render_change_form(
         self,
@@ -332,18 +507,59 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
         preview = getattr(form, "preview", None)
         if preview is not None:
             # The form is valid; it only carries the preview marker (see TriggerAdminForm._post_clean).
-            kept = [error for error in form.errors[NON_FIELD_ERRORS].as_data() if error.code != _PREVIEW_ONLY]
-            del form.errors[NON_FIELD_ERRORS]
-            if kept:
-                form.add_error(None, kept)
+            _drop_preview_marker(form)
             context["errors"] = helpers.AdminErrorList(form, [])
-            context["trigger_preview"] = {
-                "rules": _rules_table(preview),
-                "runs": preview_table(preview["next_runs"], form.instance.timezone),
-            }
+            context["trigger_preview"] = _preview_tables(preview, form.instance.timezone)
         if self.has_change_permission(request, obj) if change else self.has_add_permission(request):
             context["preview_button"] = PREVIEW_BUTTON
+            context["preview_url"] = self._preview_url(obj)
         return super().render_change_form(request, context, add=add, change=change, form_url=form_url, obj=obj)
+
+    # --- The form's live preview ------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.preview_view)
+        return [
+            path("preview/", view, name="schedules_trigger_preview"),
+            path("<path:object_id>/preview/", view, name="schedules_trigger_preview_change"),
+            *super().get_urls(),
+        ]
+
+    def _preview_url(self, obj: Trigger | None) -> str:
+        if obj is None:
+            return reverse("admin:schedules_trigger_preview")
+        return reverse("admin:schedules_trigger_preview_change", args=[obj.pk])
+
+    def preview_view(self, request: HttpRequest, object_id: str | None = None) -> HttpResponse:
+        """The add/change form's values, checked as a save would check them and described (rules and
+        next runs) without saving: the HTML fragment the form's live preview shows as the user types."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        obj = None
+        if object_id is not None:
+            obj = self.get_object(request, unquote(object_id))
+            if obj is None or not self.has_change_permission(request, obj):
+                raise Http404("No such trigger.")
+        elif not self.has_add_permission(request):
+            raise PermissionDenied
+        form_class = self.get_form(request, obj, change=obj is not None)
+        data = request.POST.copy()
+        data[PREVIEW_BUTTON] = "1"
+        form = form_class(data, instance=obj)
+        form.is_valid()
+        preview = getattr(form, "preview", None)
+        if preview is not None:
+            _drop_preview_marker(form)
+        errors = [
+            (form.fields[name].label if name in form.fields else "", message)
+            for name, messages_ in form.errors.items()
+            for message in messages_
+        ]
+        context = {
+            "trigger_preview": _preview_tables(preview, form.instance.timezone) if preview and not errors else None,
+            "preview_errors": errors,
+        }
+        return TemplateResponse(request, "admin/schedules/trigger/preview.html", context)
 
     def get_fieldsets(self, request: HttpRequest, obj: Trigger | None = None) -> list[tuple[str | None, dict]]:
         fieldsets: list[tuple[str | None, dict]] = [(title, {"fields": list(names)}) for title, names in _FIELDSETS]
@@ -361,8 +577,8 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
                             "runs_remaining",
                             "completed_at",
                             "consecutive_failures",
-                            "next_run_at",
-                            "last_run_at",
+                            "next_run_detail",
+                            "last_run_detail",
                             "pause_reason",
                             "paused_at",
                             "paused_by",
@@ -379,7 +595,8 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Trigger, form: forms.ModelForm, change: bool) -> None:
         if change:
-            fields = {name: form.cleaned_data[name] for name in form.changed_data if name in _FORM_FIELDS}
+            changed = {*form.changed_data, *form.derived_fields}
+            fields = {name: form.cleaned_data[name] for name in _FORM_FIELDS if name in changed}
             saved = services.trigger_update(trigger=obj, actor=request.user, **fields)
         else:
             fields = {name: form.cleaned_data[name] for name in _FORM_FIELDS}
@@ -487,9 +704,10 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     @admin.display(description="Status")
     def status_column(self, obj: Trigger) -> str:
         status = obj.status
+        badge = _badge(status, TriggerStatus(status).label)
         if status == TriggerStatus.PAUSED and obj.pause_reason:
-            return f"Paused ({obj.pause_reason})"
-        return TriggerStatus(status).label
+            return format_html("{}<br><small>{}</small>", badge, obj.pause_reason)
+        return badge
 
     @admin.display(description="Runs")
     def runs(self, obj: Trigger) -> str:
@@ -508,12 +726,27 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
             return "(completed)"
         return _when(obj.next_run_at, obj.timezone) if obj.enabled else "(paused)"
 
-    # Last status and executions are not sortable: each is a subquery per trigger, and sorting on
+    @admin.display(description="Next run at")
+    def next_run_detail(self, obj: Trigger) -> str:
+        if obj.completed_at is not None:
+            return "(completed)"
+        when = _when(obj.next_run_at, obj.timezone) or "none"
+        return when if obj.enabled else format_html("{}<br><small>(paused: it does not run then)</small>", when)
+
+    @admin.display(description="Last run at")
+    def last_run_detail(self, obj: Trigger) -> str:
+        return _when(obj.last_run_at, obj.timezone) or "never"
+
+    # Last run and executions are not sortable: each is a subquery per trigger, and sorting on
     # one evaluates it for every trigger in the table before the page can be cut.
-    @admin.display(description="Last status")
-    def last_status(self, obj: Trigger) -> str | None:
-        # Annotated by selectors.triggers_with_last_status in get_queryset.
-        return ExecutionStatus(obj.last_status).label if obj.last_status else None
+    @admin.display(description="Last run")
+    def last_run(self, obj: Trigger) -> str:
+        """The newest execution that succeeded or failed (TriggerChangeList loads them), not a skip."""
+        execution = getattr(obj, "last_outcome", None)
+        if execution is None:
+            return "-"
+        at = execution.finished_at or execution.started_at or execution.scheduled_for
+        return format_html("{}<br><small>{}</small>", _execution_status(execution), _utc(at))
 
     @admin.display(description="Executions")
     def executions_link(self, obj: Trigger) -> str:
@@ -570,10 +803,17 @@ def preview_table(items: list[dict[str, Any]], zone_name: str) -> str:
     """A trigger_preview list as a table: UTC, local time, and whether it runs."""
     if not items:
         return "none"
+    if zone_name == "UTC":
+        # One time column: a UTC trigger's local time is the UTC time again.
+        rows = ((_utc(item["at"]), _PREVIEW_REASONS.get(item["reason"], item["reason"])) for item in items)
+        return format_html(
+            "<table><thead><tr><th>When (UTC)</th><th></th></tr></thead><tbody>{}</tbody></table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td></tr>", rows),
+        )
     rows = (
         (
-            f"{item['at']:%Y-%m-%d %H:%M} UTC",
-            f"{item['local']:%Y-%m-%d %H:%M %Z}",
+            _utc(item["at"]),
+            f"{item['local']:%Y-%m-%d %H:%M:%S %Z}",
             _PREVIEW_REASONS.get(item["reason"], item["reason"]),
         )
         for item in items
@@ -594,20 +834,16 @@ class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
 
     owner_field = "trigger__owner"
 
+    # Within 1,400 px: why it was skipped or waits, and the error, sit under the status; the
+    # workflow, run id and finish time are on the execution's page (and the workflow a filter).
     list_display = [
         "scheduled_for",
-        "trigger",
-        "workflow",
-        "status",
-        "origin",
-        "skip_reason",
-        "wait_reason",
+        "trigger_column",
+        "status_column",
         "attempts",
         "http_status",
-        "duration_ms",
-        "run_id",
+        "duration",
         "started_at",
-        "finished_at",
     ]
     list_filter = [
         "status",
@@ -659,6 +895,24 @@ class ExecutionAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = ["attempt_log", "inputs_json", "metadata_json", "retry_of", "fallback_of"]
     actions = ["retry_executions"]
+
+    class Media:
+        css = {"all": ["schedules/admin.css"]}
+
+    @admin.display(description="Trigger")
+    def trigger_column(self, obj: Execution) -> str:
+        """The trigger, and under it where the execution came from (schedule, run now, backfill, ...)."""
+        return format_html("{}<br><small>{}</small>", obj.trigger, obj.get_origin_display())
+
+    @admin.display(description="Status")
+    def status_column(self, obj: Execution) -> str:
+        return _execution_status(obj)
+
+    @admin.display(description="Duration")
+    def duration(self, obj: Execution) -> str:
+        if obj.duration_ms is None:
+            return "-"
+        return f"{obj.duration_ms} ms" if obj.duration_ms < 1000 else f"{obj.duration_ms / 1000:.1f} s"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Execution]:
         # The workflows' secrets are decrypted on load; no execution page shows them.

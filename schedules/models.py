@@ -493,7 +493,8 @@ class Execution(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.trigger_id} @ {self.scheduled_for:%Y-%m-%d %H:%M:%S}Z ({self.status})"
+        # The admin's one time format (titles, breadcrumbs, messages): 2026-12-07 09:00:00 UTC.
+        return f"trigger {self.trigger_id} @ {self.scheduled_for:%Y-%m-%d %H:%M:%S} UTC ({self.status})"
 
 
 # Duration buckets (upper bounds in ms, inclusive) for ExecutionStats.duration_histogram: each is

@@ -29,6 +29,7 @@ from .models import (
     Execution,
     ExecutionOrigin,
     ExecutionStats,
+    ExecutionStatus,
     OverlapPolicy,
     Priority,
     SkipReason,
@@ -45,8 +46,18 @@ BEAT_STALE_SECONDS = 60
 WORKFLOW_SECRETS = ("workflow__secret", "workflow__previous_secret")
 
 
-def triggers_with_last_status(queryset: QuerySet[Trigger] | None = None) -> QuerySet[Trigger]:
+# What a trigger's last run came to: a skip (overlap, window, missed) is not a run, and counting
+# it would let a skip hide the failure before it.
+OUTCOME_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED)
+
+
+def triggers_with_last_status(
+    queryset: QuerySet[Trigger] | None = None, *, last_outcome: bool = False
+) -> QuerySet[Trigger]:
     """Triggers with ``last_status`` and ``finished_executions`` annotated (no query per row).
+
+    With ``last_outcome``, ``last_outcome_id`` instead of ``last_status``: the newest execution that
+    succeeded or failed (load a page's with ``executions_by_id``).
 
     last_status is the status of the execution with the newest slot; finished_executions is the
     trigger's ExecutionStats total plus its finished executions not folded into it yet (fallbacks
@@ -76,14 +87,28 @@ def triggers_with_last_status(queryset: QuerySet[Trigger] | None = None) -> Quer
         .values("total")
     )
     # The workflows' secrets are decrypted when loaded, and a trigger list never shows them.
+    newest = (
+        {"last_outcome_id": Subquery(last.filter(status__in=OUTCOME_STATUSES).values("pk")[:1])}
+        if last_outcome
+        else {"last_status": Subquery(last.values("status")[:1])}
+    )
     return (
         queryset.select_related("workflow", "owner")
         .defer(*WORKFLOW_SECRETS)
         .annotate(
-            last_status=Subquery(last.values("status")[:1]),
+            **newest,
             finished_executions=Coalesce(Subquery(finished), 0) + Coalesce(Subquery(uncounted), 0),
         )
     )
+
+
+def executions_by_id(ids: Iterable[Any]) -> dict[Any, Execution]:
+    """The executions with these ids (None ignored), in one query, without their inputs and metadata."""
+    wanted = {pk for pk in ids if pk is not None}
+    if not wanted:
+        return {}
+    rows = Execution.objects.filter(pk__in=wanted).defer("inputs", "metadata")
+    return {execution.pk: execution for execution in rows}
 
 
 # Owners with up to this many triggers have their executions filtered by trigger id, the ids written

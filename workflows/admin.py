@@ -10,20 +10,22 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.paginator import InvalidPage
-from django.db.models import Count, ForeignKey, Model, QuerySet
+from django.db.models import Count, Field, ForeignKey, Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.decorators import method_decorator
-from django.utils.html import format_html
+from django.utils.html import conditional_escape, format_html
 from django.views.decorators.debug import sensitive_post_parameters
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
 from scheduler_project.api import CappedPaginator
 
 from . import services
 from .fields import JSONFormField
-from .models import AuditEvent, Workflow, WorkflowRun
+from .models import ApiToken, AuditEvent, Workflow, WorkflowRun, mask_token
 from .validators import validate_secret
 
 SECRET_HELP = (
@@ -113,6 +115,14 @@ class OwnedAdminMixin:
         # Filtering by owner would list every user's name; a non-superuser only has their own rows.
         filters = list(super().get_list_filter(request))
         return filters if self.sees_everything(request) else [name for name in filters if name != self.owner_field]
+
+    def formfield_for_dbfield(self, db_field: Field, request: HttpRequest, **kwargs: Any) -> Any:
+        # The admin prints help texts as HTML (|safe), and ours are plain text: a path such as
+        # /api/workflows/<id>/runs/ lost its "<id>" as an unknown tag.
+        formfield = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if formfield is not None and formfield.help_text:
+            formfield.help_text = conditional_escape(formfield.help_text)
+        return formfield
 
     def formfield_for_foreignkey(self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
         # A foreign key to an owned model (a trigger's workflow, its fallback) offers only the user's
@@ -416,3 +426,34 @@ class AuditEventAdmin(OwnedAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
+
+
+# DRF's token admin lists every key in full (and names tokens by key in titles, delete pages,
+# messages and the admin log): ours is the same admin on a proxy that masks the key.
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(TokenAdmin):
+    """API tokens, with keys masked everywhere; the full key is shown once, on the page after adding
+    it (like a new GitHub token). ``manage.py token create`` prints a new key the same single time."""
+
+    list_display = ("masked_key", "user", "created")
+
+    @admin.display(description="Key")
+    def masked_key(self, obj: ApiToken) -> str:
+        return mask_token(obj.key)
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: str | None = None) -> HttpResponse:
+        # Rendered into this response only: a message would carry the key in a cookie, and a
+        # redirect would need it stored somewhere to show it again.
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "API token created",
+            "token": obj,
+            "key": obj.key,
+        }
+        response = TemplateResponse(request, "admin/workflows/apitoken/created.html", context)
+        add_never_cache_headers(response)
+        return response

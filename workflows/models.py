@@ -12,6 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, URLVali
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
+from rest_framework.authtoken.models import TokenProxy
 
 from .fields import EncryptedTextField
 from .validators import SECRET_PREFIX, validate_headers, validate_json_object, validate_secret
@@ -181,3 +182,25 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_type} {self.object_repr}"
+
+
+# How much of an API token the admin shows: enough to tell tokens apart, never enough to use one.
+TOKEN_SHOWN_CHARS = 4
+
+
+def mask_token(key: str) -> str:
+    """``3f9a…`` for a 40-character key: the first characters only."""
+    return f"{key[:TOKEN_SHOWN_CHARS]}…" if key else ""
+
+
+class ApiToken(TokenProxy):
+    """DRF's token as the admin shows it: its key masked wherever the admin names the object (lists,
+    titles, delete pages, messages, the admin log). The full key is shown once, when it is made."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "API token"
+        verbose_name_plural = "API tokens"
+
+    def __str__(self) -> str:
+        return f"{self.user} ({mask_token(self.key)})"

@@ -113,7 +113,12 @@ class Browser:
         return path
 
     def console_errors(self) -> list[str]:
-        return [entry["message"] for entry in self.driver.get_log("browser") if entry.get("level") == "SEVERE"]
+        """The page's script errors and failed loads (the browser's own favicon probe aside)."""
+        return [
+            entry["message"]
+            for entry in self.driver.get_log("browser")
+            if entry.get("level") == "SEVERE" and "/favicon.ico" not in entry["message"]
+        ]
 
     def quit(self) -> None:
         self.driver.quit()

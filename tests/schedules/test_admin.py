@@ -6,6 +6,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
@@ -110,29 +111,52 @@ def _fire_tasks() -> int:
 # --- Trigger list -------------------------------------------------------------------------------
 
 
-def test_trigger_admin__changelist_shows_schedule_state_and_last_status(admin_client, workflow):
-    """The trigger list shows the schedule in words, next run in UTC and local time, and the last status."""
+def test_trigger_admin__changelist_shows_schedule_state_and_last_run(admin_client, workflow):
+    """The trigger list shows the schedule in words, next run in UTC and local time with seconds, and
+    the last run's outcome with its time and error."""
     trigger = TriggerFactory(workflow=workflow, name="LA report", cron="0 9 * * 1-5", timezone="America/Los_Angeles")
     _execution(trigger, status=ExecutionStatus.SUCCEEDED, minutes_ago=60)
-    _execution(trigger, status=ExecutionStatus.FAILED, minutes_ago=5)
+    failed = _execution(
+        trigger,
+        status=ExecutionStatus.FAILED,
+        minutes_ago=5,
+        finished_at=timezone.now() - timedelta(minutes=4),
+        error="HTTP 503 from the endpoint",
+    )
     response = admin_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
     content = response.content.decode()
-    for header in ("Schedule", "Timezone", "Status", "Runs", "Priority", "Next run", "Last status", "Executions"):
+    for header in ("Schedule", "Status", "Runs", "Next run", "Last run", "Executions"):
         assert header in content
     assert trigger.description in content
     local = trigger.next_run_at.astimezone(trigger.cadence.zone)
-    assert f"{trigger.next_run_at:%Y-%m-%d %H:%M} UTC" in content
-    assert f"{local:%Y-%m-%d} 09:00 America/Los_Angeles" in content
-    assert "Failed" in content
+    assert f"{trigger.next_run_at:%Y-%m-%d %H:%M:%S} UTC" in content
+    assert f"{local:%Y-%m-%d} 09:00:00 {local:%Z}" in content
+    assert 'class="ws-badge ws-bad" title="HTTP 503 from the endpoint">Failed<' in content
+    assert f"{failed.finished_at:%Y-%m-%d %H:%M:%S} UTC" in content
     assert f"{reverse(EXECUTIONS)}?trigger__id__exact={trigger.pk}" in content
+
+
+def test_trigger_admin__last_run_is_the_last_outcome_not_a_skip(admin_client, workflow):
+    """An overlap skip after a failure does not hide it: the last run shown is the failure, and a
+    trigger whose executions were all skipped has no last run."""
+    trigger = TriggerFactory(workflow=workflow, name="flaky")
+    _execution(trigger, status=ExecutionStatus.FAILED, minutes_ago=10, error="boom")
+    _execution(trigger, status=ExecutionStatus.SKIPPED, minutes_ago=1, skip_reason="overlap")
+    skipped_only = TriggerFactory(workflow=workflow, name="skipped only")
+    _execution(skipped_only, status=ExecutionStatus.SKIPPED, minutes_ago=1, skip_reason="overlap")
+    response = admin_client.get(reverse(CHANGELIST))
+    rows = {row.name: row for row in response.context["cl"].result_list}
+    assert rows["flaky"].last_outcome.status == ExecutionStatus.FAILED
+    assert rows["skipped only"].last_outcome is None
+    assert ">Failed<" in response.content.decode()
 
 
 def test_trigger_admin__changelist_shows_pause_reason(admin_client, trigger):
     """A paused trigger's state column says it is paused and why, and it shows no next run."""
     services.trigger_pause(trigger=trigger, reason="maintenance window")
     content = admin_client.get(reverse(CHANGELIST)).content.decode()
-    assert "Paused (maintenance window)" in content
+    assert ">Paused</span><br><small>maintenance window</small>" in content
     assert "(paused)" in content  # no next run while paused
 
 
@@ -381,26 +405,29 @@ def test_trigger_admin__run_now_with_broker_down_is_warning(admin_client, trigge
 
 
 def test_execution_admin__changelist_shows_columns(admin_client, trigger):
-    """The execution list shows slot, trigger, workflow, status, attempts, HTTP status, duration and run id."""
-    _execution(trigger, attempts=2, http_status=202, duration_ms=87, run_id="run-abc")
+    """The execution list shows slot (with seconds and zone), trigger and origin, a coloured status
+    with the error, attempts, HTTP status, duration and start."""
+    execution = _execution(
+        trigger,
+        status=ExecutionStatus.FAILED,
+        attempts=2,
+        http_status=503,
+        duration_ms=1870,
+        error="HTTP 503 from endpoint",
+        started_at=timezone.now(),
+    )
+    skipped = _execution(trigger, status=ExecutionStatus.SKIPPED, minutes_ago=1, skip_reason="overlap")
     response = admin_client.get(reverse(EXECUTIONS))
     assert response.status_code == 200
     content = response.content.decode()
-    for text in (
-        "Scheduled for",
-        "Attempts",
-        "Http status",
-        "Duration ms",
-        "Run id",
-        "Origin",
-        "Skip reason",
-        "Wait reason",
-        "Started at",
-        "Finished at",
-    ):
+    for text in ("Scheduled for", "Trigger", "Status", "Attempts", "Http status", "Duration", "Started at"):
         assert text in content
-    for text in (trigger.name, trigger.workflow.name, "Succeeded", "202", "87", "run-abc"):
+    for text in (trigger.name, "Schedule", "503", "1.9 s", "HTTP 503 from endpoint", "ws-badge ws-bad"):
         assert text in content
+    assert f"{execution.scheduled_for:%Y-%m-%d %H:%M:%S} UTC" in content
+    assert f"{execution.started_at:%Y-%m-%d %H:%M:%S} UTC" in content
+    assert f"{skipped.scheduled_for:%Y-%m-%d %H:%M:%S} UTC" in content
+    assert "Previous execution still unfinished" in content
 
 
 def test_execution_admin__trigger_link_filters_by_trigger(admin_client, workflow):
@@ -896,3 +923,150 @@ def test_trigger_admin__writes_record_the_acting_user(admin_client, admin_user, 
         (action, admin_user, workflow.owner, "admin") for action in ("created", "updated", "deleted")
     ]
     assert events[1].changes["name"] == ["Weekday report", "Renamed"]
+
+
+# --- Presets, "in N minutes" and the live preview ---------------------------------------------
+
+
+def test_trigger_admin__preset_makes_the_cron(admin_client, workflow):
+    """A preset with its time becomes the stored cron (as the API's preset does); nothing else to type."""
+    data = _form(workflow, cron="", preset="weekdays", preset_time="09:30", timezone="Europe/Paris")
+    assert admin_client.post(reverse("admin:schedules_trigger_add"), data).status_code == 302
+    trigger = Trigger.objects.get(name="Weekday report")
+    assert (trigger.kind, trigger.cron, trigger.timezone) == ("cron", "30 9 * * 1-5", "Europe/Paris")
+    assert PeriodicTask.objects.filter(name=f"trigger:{trigger.pk}").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"preset": "weekly", "preset_time": "09:00"}, "preset_day", "the weekly preset needs day and time"),
+        ({"preset": "daily", "preset_time": "25:00"}, "preset_time", "time must be"),
+        ({"preset": "hourly", "preset_minute": "60"}, "preset_minute", "minute must be"),
+        ({"preset": "daily", "preset_time": "09:00", "cron": "0 8 * * *"}, "preset", "not both"),
+        ({"preset": "daily", "preset_time": "09:00", "kind": "interval", "interval_seconds": "60"}, "preset", "cron"),
+        ({"preset_time": "09:00"}, "preset_time", "only goes with a preset"),
+        ({"delay_minutes": "10"}, "delay_minutes", "only for kind once"),
+        ({"delay_minutes": "0", "kind": "once", "cron": ""}, "delay_minutes", "greater than or equal to 1"),
+    ],
+)
+def test_trigger_admin__shortcut_errors_name_the_field_and_create_nothing(
+    admin_client, workflow, overrides, field, message
+):
+    """A wrong preset, preset parameter or 'in N minutes' is an error on that field; nothing is saved."""
+    data = _form(workflow, **{"cron": "", **overrides})
+    response = admin_client.post(reverse("admin:schedules_trigger_add"), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert field in errors, errors
+    assert message in " ".join(errors[field])
+    assert not Trigger.objects.exists()
+
+
+def test_trigger_admin__in_n_minutes_makes_a_once_trigger(admin_client, workflow):
+    """'Run once in N minutes' sets run_at to now + N minutes."""
+    before = timezone.now()
+    data = _form(workflow, kind="once", cron="", delay_minutes="10")
+    assert admin_client.post(reverse("admin:schedules_trigger_add"), data).status_code == 302
+    trigger = Trigger.objects.get(name="Weekday report")
+    assert trigger.kind == "once"
+    assert before + timedelta(minutes=10) <= trigger.run_at <= timezone.now() + timedelta(minutes=10)
+    assert trigger.next_run_at == trigger.run_at
+
+
+def test_trigger_admin__preset_on_a_change_replaces_the_cron(admin_client, trigger):
+    """Choosing a preset on a saved trigger's form changes its cron (and beat's entry) on save."""
+    url = reverse("admin:schedules_trigger_change", args=[trigger.pk])
+    data = _change_form(trigger, preset="monthly", preset_day="1", preset_time="06:00", timezone=trigger.timezone)
+    assert admin_client.post(url, data).status_code == 302
+    trigger.refresh_from_db()
+    assert trigger.cron == "0 6 1 * *"
+
+
+def test_trigger_admin__live_preview_describes_the_values_typed(admin_client, workflow):
+    """The form's live preview endpoint answers the next runs and rules of the posted values, and saves nothing."""
+    data = _form(workflow, cron="", preset="weekdays", preset_time="09:00", timezone="UTC")
+    response = admin_client.post(reverse("admin:schedules_trigger_preview"), data)
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "At 09:00, Monday through Friday (UTC)" in content
+    assert "Next runs" in content and content.count(">runs<") == 5
+    assert "When (UTC)" in content  # one time column for a UTC trigger
+    assert not Trigger.objects.exists()
+    assert _fire_tasks() == 0
+
+
+def test_trigger_admin__live_preview_of_invalid_values_lists_the_errors(admin_client, workflow):
+    """Invalid values answer the field errors in words (label: message), not a preview."""
+    response = admin_client.post(reverse("admin:schedules_trigger_preview"), _form(workflow, cron="61 * * * *"))
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "Not valid yet" in content and "Cron:" in content
+    assert "Next runs" not in content
+
+
+def test_trigger_admin__live_preview_of_a_change_leaves_the_trigger_as_it_is(admin_client, trigger):
+    """The change form's live preview shows the edit's schedule without changing the trigger."""
+    before = Trigger.objects.get(pk=trigger.pk)
+    url = reverse("admin:schedules_trigger_preview_change", args=[trigger.pk])
+    response = admin_client.post(url, _change_form(trigger, cron="15 6 * * *", timezone="Asia/Tokyo"))
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "At 06:15 (Asia/Tokyo)" in content
+    assert "JST" in content  # a second column in the trigger's zone
+    trigger.refresh_from_db()
+    assert (trigger.cron, trigger.updated_at) == (before.cron, before.updated_at)
+
+
+def test_trigger_admin__live_preview_is_post_only_and_owned(client, admin_client, trigger, other_user):
+    """GET is refused, another user's trigger is not found, and a logged-out user is sent to log in."""
+    url = reverse("admin:schedules_trigger_preview_change", args=[trigger.pk])
+    assert admin_client.get(url).status_code == 405
+    assert admin_client.post(reverse("admin:schedules_trigger_preview_change", args=["nope"])).status_code == 404
+    assert client.post(url, _change_form(trigger)).status_code == 302  # to the login page
+    other_user.is_staff = True
+    other_user.save()
+    for codename in ("view_trigger", "change_trigger", "add_trigger"):
+        other_user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(other_user)
+    assert client.post(url, _change_form(trigger)).status_code == 404
+
+
+def test_trigger_admin__form_puts_the_preview_under_the_schedule(admin_client, trigger):
+    """The add and change forms show the preview box right after the Schedule fieldset, with its live URL."""
+    for url, preview_url in (
+        (reverse("admin:schedules_trigger_add"), reverse("admin:schedules_trigger_preview")),
+        (
+            reverse("admin:schedules_trigger_change", args=[trigger.pk]),
+            reverse("admin:schedules_trigger_preview_change", args=[trigger.pk]),
+        ),
+    ):
+        content = admin_client.get(url).content.decode()
+        schedule, preview, bounds = (
+            content.index(text) for text in (">Schedule</h2>", 'id="trigger-preview"', ">Bounds</h2>")
+        )
+        assert schedule < preview < bounds
+        assert f'data-preview-url="{preview_url}"' in content
+        assert "schedules/trigger_form.js" in content
+
+
+def test_trigger_admin__change_page_shows_times_with_zone_and_seconds(admin_client, workflow):
+    """Next and last run on the change page are in UTC and the trigger's zone, with seconds."""
+    trigger = TriggerFactory(workflow=workflow, cron="0 9 * * *", timezone="America/Los_Angeles")
+    last = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+    Trigger.objects.filter(pk=trigger.pk).update(last_run_at=last)
+    content = admin_client.get(reverse("admin:schedules_trigger_change", args=[trigger.pk])).content.decode()
+    local = trigger.next_run_at.astimezone(trigger.cadence.zone)
+    assert f"{trigger.next_run_at:%Y-%m-%d %H:%M:%S} UTC" in content
+    assert f"{local:%Y-%m-%d %H:%M:%S %Z}" in content
+    assert f"{last:%Y-%m-%d %H:%M:%S} UTC" in content
+
+
+def test_execution_admin__detail_times_have_seconds_and_zone(admin_client, trigger):
+    """The execution page shows every time in the one format: 2026-12-07 09:00:00 UTC."""
+    at = timezone.now().replace(microsecond=0)
+    execution = _execution(trigger, started_at=at, finished_at=at + timedelta(seconds=3))
+    content = admin_client.get(reverse("admin:schedules_execution_change", args=[execution.pk])).content.decode()
+    assert f"{at:%Y-%m-%d %H:%M:%S} UTC" in content
+    assert f"{at + timedelta(seconds=3):%Y-%m-%d %H:%M:%S} UTC" in content
+    assert " a.m." not in content and " p.m." not in content

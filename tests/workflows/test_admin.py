@@ -201,3 +201,10 @@ def test_workflow_admin__writes_record_the_acting_user(admin_client, admin_user,
         (action, admin_user, user, "admin") for action in ("created", "updated", "secret_rotated", "deleted")
     ]
     assert events[1].changes == {"name": ["Nightly export", "Renamed"]}
+
+
+def test_workflow_admin__help_text_is_shown_as_text(admin_client):
+    """A help text naming a path with <id> shows it as written, not swallowed as an HTML tag."""
+    content = admin_client.get(reverse("admin:workflows_workflow_add")).content.decode()
+    assert "/api/workflows/&lt;id&gt;/runs/" in content
+    assert "/api/workflows/<id>/runs/" not in content
