@@ -551,7 +551,7 @@ class TriggerAdmin(CappedCountAdminMixin, OwnedAdminMixin, admin.ModelAdmin):
         if preview is not None:
             _drop_preview_marker(form)
         errors = [
-            (form.fields[name].label if name in form.fields else "", message)
+            (form[name].label if name in form.fields else "", message)
             for name, messages_ in form.errors.items()
             for message in messages_
         ]

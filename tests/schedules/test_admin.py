@@ -1070,3 +1070,10 @@ def test_execution_admin__detail_times_have_seconds_and_zone(admin_client, trigg
     assert f"{at:%Y-%m-%d %H:%M:%S} UTC" in content
     assert f"{at + timedelta(seconds=3):%Y-%m-%d %H:%M:%S} UTC" in content
     assert " a.m." not in content and " p.m." not in content
+
+
+def test_trigger_admin__live_preview_names_shortcut_fields_by_their_label(admin_client, workflow):
+    """An error on a preset field is named by the label the form shows, e.g. 'At (HH:MM)'."""
+    data = _form(workflow, cron="", preset="daily", preset_time="9h")
+    content = admin_client.post(reverse("admin:schedules_trigger_preview"), data).content.decode()
+    assert "At (HH:MM): time must be" in content
