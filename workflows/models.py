@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from .fields import EncryptedTextField
-from .validators import SECRET_PREFIX, validate_headers, validate_json_object, validate_secret
+from .validators import SECRET_PREFIX, validate_headers, validate_json_object, validate_secret, validate_timezone_name
 
 
 def generate_secret() -> str:
@@ -181,3 +181,22 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_type} {self.object_repr}"
+
+
+class UserPreferences(models.Model):
+    """What a user chose for the web UI: the time zone its pages show times in."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone_name],
+        help_text="IANA time zone the web pages show times in, e.g. 'Europe/Paris'.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "user preferences"
+
+    def __str__(self) -> str:
+        return f"preferences of {self.user_id}"
