@@ -169,7 +169,7 @@ class AuditEvent(models.Model):
     # The owner of the object acted on, so users can list the events of their own objects.
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.CASCADE, related_name="+")
     action = models.CharField(max_length=32, help_text="created, updated, paused, resumed, ran, deleted, ...")
-    source = models.CharField(max_length=16, default="scheduler", help_text="admin, api, command or scheduler.")
+    source = models.CharField(max_length=16, default="scheduler", help_text="admin, api, web, command or scheduler.")
     object_type = models.CharField(max_length=32, help_text="workflow, trigger or execution")
     object_id = models.CharField(max_length=64)
     object_repr = models.CharField(max_length=200)
