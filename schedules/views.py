@@ -206,23 +206,24 @@ def trigger_preview(request: HttpRequest) -> HttpResponse:
 
 
 def _chart(executions: list[Execution]) -> dict[str, Any]:
-    """Bars for the SVG chart: one per execution, oldest left, height the duration, colour the outcome."""
+    """Bars for the SVG chart: one per execution in CHART_EXECUTIONS fixed slots, newest on the right,
+    height the duration (a short stub for runs without one), colour the outcome."""
     width, height, gap = 600, 120, 2
     longest = max((execution.duration_ms or 0 for execution in executions), default=0) or 1
-    count = max(len(executions), 1)
-    bar = max((width - gap * count) / count, 2)
+    bar = (width - gap * CHART_EXECUTIONS) / CHART_EXECUTIONS
+    offset = CHART_EXECUTIONS - len(executions)
     bars = []
     for index, execution in enumerate(executions):
         duration = execution.duration_ms or 0
         size = max(height * duration / longest, 4)
         bars.append(
             {
-                "x": round(index * (bar + gap), 1),
+                "x": round((offset + index) * (bar + gap), 1),
                 "y": round(height - size, 1),
                 "w": round(bar, 1),
                 "h": round(size, 1),
                 "status": execution.status,
-                "title": f"{execution.scheduled_for:%Y-%m-%d %H:%M} UTC: {execution.status}"
+                "title": f"{timezone.localtime(execution.scheduled_for):%Y-%m-%d %H:%M %Z}: {execution.status}"
                 + (f", {duration} ms" if execution.duration_ms is not None else ""),
             }
         )

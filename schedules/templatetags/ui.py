@@ -80,3 +80,15 @@ def percent(value: float | None) -> str:
 def as_json(value: Any) -> str:
     """Indented JSON for a <pre> (autoescaped by the template)."""
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+@register.filter
+def wall(at: datetime | None) -> str:
+    """A datetime in its own zone, unconverted: 'Mon 09:00 EST' (the schedule's wall clock)."""
+    return "" if at is None else f"{at:%a %H:%M} {at.tzname()}"
+
+
+@register.simple_tag(takes_context=True)
+def same_zone(context: template.Context, at: datetime | None) -> bool:
+    """Whether ``at`` reads the same in the user's zone (then its own wall clock adds nothing)."""
+    return at is None or timezone.localtime(at).utcoffset() == at.utcoffset()

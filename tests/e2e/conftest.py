@@ -8,7 +8,16 @@ from collections.abc import Callable
 
 import pytest
 
-from .harness import BEAT_COMMAND, GUNICORN_COMMAND, WORKER_COMMAND, Endpoint, Process, child_env, purge_broker
+from .harness import (
+    BEAT_COMMAND,
+    GUNICORN_COMMAND,
+    WORKER_COMMAND,
+    Endpoint,
+    Process,
+    child_env,
+    in_ci,
+    purge_broker,
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -127,3 +136,24 @@ def endpoint():
     server = Endpoint()
     yield server
     server.close()
+
+
+@pytest.fixture
+def browser_factory(tmp_path):
+    """browser_factory(base_url) -> tests.e2e.browser.Browser (headless Chromium from Debian's packages);
+    each one is closed after the test. Skips without chromium and chromedriver, fails in CI."""
+    from .browser import Browser, chromium_paths
+
+    if chromium_paths() is None:
+        message = "chromium and chromedriver are not installed (Debian packages chromium, chromium-driver)"
+        pytest.fail(message) if in_ci() else pytest.skip(message)
+    browsers: list[Browser] = []
+
+    def make(base_url: str) -> Browser:
+        browser = Browser(base_url, tmp_path)
+        browsers.append(browser)
+        return browser
+
+    yield make
+    for browser in browsers:
+        browser.quit()
