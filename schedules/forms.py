@@ -13,8 +13,9 @@ from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
 from scheduler_project.api import NON_FIELD as API_NON_FIELD
-from scheduler_project.api import _django_validation_errors
+from scheduler_project.api import _django_validation_errors, _has_nul
 from workflows.models import Workflow
+from workflows.validators import validate_json_object
 
 from . import timing
 from .exceptions import ScheduleError
@@ -63,7 +64,7 @@ def add_service_error(form: forms.BaseForm, exc: ValidationError | ScheduleError
             form.add_error(None, [f"{name}: {message}" for message in messages])
 
 
-def parse_json_object(text: str, *, field: str) -> dict[str, Any]:
+def parse_json_object(text: str) -> dict[str, Any]:
     """A JSON object from a text box ('' is {}); ValidationError naming what is wrong and where."""
     text = (text or "").strip()
     if not text:
@@ -74,6 +75,9 @@ def parse_json_object(text: str, *, field: str) -> dict[str, Any]:
         raise ValidationError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
     if not isinstance(value, dict):
         raise ValidationError(f'must be a JSON object, e.g. {{"report": "weekly"}}, not {type(value).__name__}.')
+    if _has_nul(value):  # PostgreSQL's jsonb cannot store one (the API's refuse_nul)
+        raise ValidationError("must not contain NUL characters (\\u0000).")
+    validate_json_object(value)  # what the database can store: Unicode text, not too deep
     return value
 
 
@@ -197,7 +201,7 @@ class ScheduleForm(forms.Form):
         return initial
 
     def clean_inputs(self) -> dict[str, Any]:
-        return parse_json_object(self.cleaned_data.get("inputs", ""), field="inputs")
+        return parse_json_object(self.cleaned_data.get("inputs", ""))
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -325,7 +329,7 @@ class RunNowForm(forms.Form):
     )
 
     def clean_inputs(self) -> dict[str, Any] | None:
-        value = parse_json_object(self.cleaned_data.get("inputs", ""), field="inputs")
+        value = parse_json_object(self.cleaned_data.get("inputs", ""))
         return value or None
 
 

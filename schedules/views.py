@@ -98,7 +98,7 @@ def _query_string(request: HttpRequest, **changes: Any) -> str:
 def trigger_list(request: HttpRequest) -> HttpResponse:
     """My schedules: search by name, filter by status and workflow, 25 a page."""
     queryset = selectors.triggers_with_last_execution(_triggers(request)).select_related("paused_by")
-    search = request.GET.get("q", "").strip()[:200]
+    search = request.GET.get("q", "").replace("\x00", "").strip()[:200]  # PostgreSQL refuses NUL
     status = request.GET.get("status", "")
     workflow_id = request.GET.get("workflow", "")
     if search:

@@ -375,3 +375,26 @@ def test_second_user_sees_nothing_of_the_first(client, trigger):
     client.force_login(UserFactory())
     page = client.get("/app/schedules/").content.decode()
     assert trigger.name not in page and "No schedules yet" in page
+
+
+def test_bad_input__never_a_server_error(signed_in, trigger):
+    """NUL characters in a search or in JSON inputs, and odd page numbers, are answered, not a 500."""
+    assert signed_in.get("/app/schedules/?q=a%00b&page=abc&workflow=99999999999999999999999").status_code == 200
+    response = signed_in.post(f"/app/schedules/{trigger.pk}/run/", {"inputs": '{"a": "\\u0000"}'}, follow=True)
+    assert "NUL" in response.content.decode()
+    assert not Execution.objects.exists()
+    data = _create_data(trigger.workflow, name="nul", inputs='{"a": "\\u0000"}')
+    assert "NUL" in " ".join(signed_in.post("/app/schedules/new/", data).context["form"].errors["inputs"])
+
+
+def test_pages__label_every_field_and_load_assets_from_this_server(signed_in, trigger):
+    """Every input, select and textarea has a <label for>, and CSS, JS and icon come from this server."""
+    for path in ("/app/schedules/new/", f"/app/schedules/{trigger.pk}/", "/app/schedules/", "/app/settings/"):
+        page = signed_in.get(path).content.decode()
+        fields = re.findall(r'<(?:input|select|textarea)\b(?![^>]*type="(?:hidden|submit)")[^>]*\bid="([^"]+)"', page)
+        assert fields, path
+        for field_id in fields:
+            assert f'for="{field_id}"' in page, (path, field_id)
+        for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css|svg))"', page):
+            assert asset.startswith("/static/"), asset
+            assert signed_in.get(asset).status_code == 200, asset
