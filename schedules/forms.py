@@ -101,12 +101,16 @@ class ScheduleForm(forms.Form):
         label="Run once",
     )
     run_date = forms.DateField(required=False, label="Date", widget=forms.DateInput(attrs={"type": "date"}))
-    run_time = forms.TimeField(required=False, label="Time", widget=forms.TimeInput(attrs={"type": "time"}))
+    run_time = forms.TimeField(
+        required=False, label="Time", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
+    )
     delay_minutes = forms.IntegerField(
         required=False, min_value=1, max_value=MAX_DELAY_MINUTES, label="In how many minutes", initial=1
     )
     preset = forms.ChoiceField(choices=PRESET_CHOICES, required=False, initial="daily", label="Repeat")
-    time = forms.CharField(required=False, initial="09:00", label="At", widget=forms.TimeInput(attrs={"type": "time"}))
+    time = forms.CharField(
+        required=False, initial="09:00", label="At", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
+    )
     minute = forms.IntegerField(required=False, min_value=0, max_value=59, initial=0, label="Minute past the hour")
     weekday = forms.ChoiceField(choices=WEEKDAY_CHOICES, required=False, label="On")
     month_day = forms.IntegerField(required=False, min_value=1, max_value=31, initial=1, label="Day of the month")
@@ -142,8 +146,12 @@ class ScheduleForm(forms.Form):
     window_days = forms.MultipleChoiceField(
         choices=WINDOW_DAY_CHOICES, required=False, widget=forms.CheckboxSelectMultiple, label="Only on"
     )
-    window_start = forms.TimeField(required=False, label="Only from", widget=forms.TimeInput(attrs={"type": "time"}))
-    window_end = forms.TimeField(required=False, label="until", widget=forms.TimeInput(attrs={"type": "time"}))
+    window_start = forms.TimeField(
+        required=False, label="Only from", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
+    )
+    window_end = forms.TimeField(
+        required=False, label="until", widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
+    )
     pause_after_failures = forms.IntegerField(
         required=False, min_value=1, label="Pause after failures in a row", help_text="Blank: never."
     )
@@ -244,6 +252,11 @@ class ScheduleForm(forms.Form):
             else:
                 zone = timing.zone(data["timezone"])
                 fields["run_at"] = datetime.combine(data["run_date"], data["run_time"]).replace(tzinfo=zone)
+                kept = self.trigger.run_at if self.trigger is not None else None
+                if kept is not None and kept.replace(second=0, microsecond=0) == fields["run_at"]:
+                    # The form shows minutes: an unchanged time keeps its seconds (else an edit of the
+                    # name alone would move an "in N minutes" schedule, or refuse a past one).
+                    fields["run_at"] = kept
             return fields
         preset = data.get("preset") or PRESET_CRON
         if preset == PRESET_INTERVAL:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable
+from datetime import time, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -142,7 +143,10 @@ def _schedule_form_page(request: HttpRequest, form: ScheduleForm, trigger: Trigg
 @require_http_methods(["GET", "POST"])
 @page
 def trigger_create(request: HttpRequest) -> HttpResponse:
-    initial: dict[str, Any] = {"timezone": request.user_zone.key}  # type: ignore[attr-defined]
+    zone = request.user_zone  # type: ignore[attr-defined]
+    tomorrow = timezone.localtime(timezone.now(), zone).date() + timedelta(days=1)
+    # "Run this tomorrow at 9 AM" is the usual one-off: offered, in the user's zone.
+    initial: dict[str, Any] = {"timezone": zone.key, "run_date": tomorrow, "run_time": time(9, 0)}
     if request.GET.get("workflow", "").isdigit():  # "Schedule it" on a workflow's page
         initial["workflow"] = request.GET["workflow"][:18]
     form = ScheduleForm(request.POST or None, owner=request.user, initial=initial)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -398,3 +399,34 @@ def test_pages__label_every_field_and_load_assets_from_this_server(signed_in, tr
         for asset in re.findall(r'(?:src|href)="([^"]+\.(?:js|css|svg))"', page):
             assert asset.startswith("/static/"), asset
             assert signed_in.get(asset).status_code == 200, asset
+
+
+def test_trigger_edit__a_once_schedule_keeps_its_seconds_when_its_time_is_unchanged(signed_in, workflow):
+    """The form shows minutes; renaming an "in N minutes" schedule does not move it."""
+    run_at = (timezone.now() + timedelta(hours=2)).replace(second=37, microsecond=0)
+    trigger = TriggerFactory(workflow=workflow, kind="once", run_at=run_at)
+    initial = signed_in.get(f"/app/schedules/{trigger.pk}/edit/").context["form"].initial
+    data = _create_data(
+        workflow,
+        name="renamed",
+        mode="once",
+        when="at",
+        run_date=initial["run_date"].isoformat(),
+        run_time=initial["run_time"].strftime("%H:%M"),
+        timezone=trigger.timezone,
+    )
+    assert signed_in.post(f"/app/schedules/{trigger.pk}/edit/", data).status_code == 302
+    trigger.refresh_from_db()
+    assert (trigger.name, trigger.run_at) == ("renamed", run_at)
+
+
+def test_trigger_create__offers_tomorrow_at_nine_in_the_users_zone(signed_in, user):
+    """The "run once at" fields start at tomorrow 09:00 in the user's zone."""
+    UserPreferences.objects.create(user=user, timezone="Asia/Tokyo")
+    form = signed_in.get("/app/schedules/new/").context["form"]
+    tomorrow = timezone.localtime(timezone.now(), ZoneInfo("Asia/Tokyo")).date() + timedelta(days=1)
+    assert (form.initial["timezone"], form.initial["run_date"], form.initial["run_time"].hour) == (
+        "Asia/Tokyo",
+        tomorrow,
+        9,
+    )
