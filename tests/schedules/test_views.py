@@ -430,3 +430,14 @@ def test_trigger_create__offers_tomorrow_at_nine_in_the_users_zone(signed_in, us
         tomorrow,
         9,
     )
+
+
+def test_trigger_preview__staff_editing_someone_elses_schedule_previews_with_their_workflows(client, trigger):
+    """The edit page's preview reads the schedule's owner's workflows (a user only reaches their own)."""
+    staff = UserFactory(is_staff=True)
+    client.force_login(staff)
+    data = _create_data(trigger.workflow)
+    page = client.post(f"/app/schedules/preview/?trigger={trigger.pk}", data).content.decode()
+    assert "Monday through Friday" in page
+    client.force_login(UserFactory())
+    assert client.post(f"/app/schedules/preview/?trigger={trigger.pk}", data).status_code == 404
