@@ -27,6 +27,7 @@ urlpatterns = [
     path("schedules/<id:pk>/run/", views.trigger_run_now, name="trigger-run"),
     path("schedules/<id:pk>/backfill/", views.trigger_backfill, name="trigger-backfill"),
     path("schedules/<id:pk>/delete/", views.trigger_delete, name="trigger-delete"),
+    path("executions/<uuid:pk>/retry/", views.execution_retry, name="execution-retry"),
     path("workflows/", views.workflow_list, name="workflow-list"),
     path("workflows/<id:pk>/", views.workflow_detail, name="workflow-detail"),
 ]

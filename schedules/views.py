@@ -366,6 +366,21 @@ def trigger_backfill(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect(reverse("ui:trigger-detail", kwargs={"pk": trigger.pk}) + "#history")
 
 
+@require_POST
+@page
+def execution_retry(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
+    """Run a failed execution again (a new execution with the same inputs)."""
+    executions = owned(Execution.objects.all(), request.user, "trigger__owner")
+    execution = get_object_or_404(executions.select_related("trigger", "workflow"), pk=pk)
+    try:
+        services.execution_retry(execution=execution, actor=request.user)
+    except (ValidationError, ScheduleError) as exc:
+        _action_error(request, exc)
+    else:
+        messages.success(request, "Retry queued: it appears in the history below.")
+    return redirect(reverse("ui:trigger-detail", kwargs={"pk": execution.trigger_id}) + "#history")
+
+
 @require_http_methods(["GET", "POST"])
 @page
 def trigger_delete(request: HttpRequest, pk: int) -> HttpResponse:

@@ -84,6 +84,10 @@ def test_web_ui__create_list_run_now_pause_and_a_second_user_sees_nothing(stack,
     # Run regularly, weekdays at 09:00 New York time.
     browser.open("/app/schedules/new/")
     browser.fill("#id_name", "Weekday report")
+    browser.choose("#id_preset", value="cron")  # a mistake first: the preview explains it as you type
+    browser.fill("#id_cron", "0 25 * * *")
+    browser.wait_for_text("#preview", "Not valid yet")
+    assert "Cron expression" in browser.text("#preview")
     browser.choose("#id_preset", value="weekdays")
     browser.choose("#id_timezone", value="America/New_York")
     browser.fill("#id_inputs", '{"report": "daily", "region": "us"}')

@@ -441,3 +441,19 @@ def test_trigger_preview__staff_editing_someone_elses_schedule_previews_with_the
     assert "Monday through Friday" in page
     client.force_login(UserFactory())
     assert client.post(f"/app/schedules/preview/?trigger={trigger.pk}", data).status_code == 404
+
+
+def test_execution_retry__reruns_a_failed_one_for_its_owner_only(client, user, other_user, trigger):
+    """Retry makes a new execution with the same inputs; another user's is a 404; a success is a message."""
+    failed = Execution.objects.create(
+        trigger=trigger, workflow=trigger.workflow, scheduled_for=timezone.now(), status=ExecutionStatus.FAILED
+    )
+    client.force_login(other_user)
+    assert client.post(f"/app/executions/{failed.pk}/retry/").status_code == 404
+    client.force_login(user)
+    assert client.get(f"/app/executions/{failed.pk}/retry/").status_code == 405
+    response = client.post(f"/app/executions/{failed.pk}/retry/", follow=True)
+    assert "Retry queued" in response.content.decode()
+    assert Execution.objects.filter(retry_of=failed).count() == 1
+    again = client.post(f"/app/executions/{Execution.objects.get(retry_of=failed).pk}/retry/", follow=True)
+    assert "only a failed execution can be retried" in again.content.decode()
