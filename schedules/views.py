@@ -50,8 +50,11 @@ def page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @login_required
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        zone_name = user_timezone(request.user)
-        request.user_zone = timing.zone(zone_name)  # type: ignore[attr-defined]
+        try:
+            zone = timing.zone(user_timezone(request.user))
+        except ScheduleError:  # a zone a later tzdata dropped: show UTC rather than fail
+            zone = timing.zone("UTC")
+        request.user_zone = zone  # type: ignore[attr-defined]
         timezone.activate(request.user_zone)  # type: ignore[attr-defined]
         try:
             return view(request, *args, **kwargs)
@@ -68,7 +71,8 @@ def _triggers(request: HttpRequest) -> QuerySet[Trigger]:
 def _trigger(request: HttpRequest, pk: int) -> Trigger:
     """The user's trigger (staff: anyone's), else 404, with what its pages show loaded in the same query."""
     queryset = _triggers(request).select_related("workflow", "paused_by", "fallback_workflow", "owner")
-    return get_object_or_404(queryset.defer(*(f"workflow__{name}" for name in _SECRETS)), pk=pk)
+    secrets = [f"{workflow}__{name}" for workflow in ("workflow", "fallback_workflow") for name in _SECRETS]
+    return get_object_or_404(queryset.defer(*secrets), pk=pk)
 
 
 def _workflows(request: HttpRequest) -> QuerySet[Workflow]:

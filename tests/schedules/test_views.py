@@ -457,3 +457,10 @@ def test_execution_retry__reruns_a_failed_one_for_its_owner_only(client, user, o
     assert Execution.objects.filter(retry_of=failed).count() == 1
     again = client.post(f"/app/executions/{Execution.objects.get(retry_of=failed).pk}/retry/", follow=True)
     assert "only a failed execution can be retried" in again.content.decode()
+
+
+def test_pages__a_stored_zone_no_longer_known_falls_back_to_utc(signed_in, user, trigger):
+    """A zone a later tzdata dropped shows UTC instead of failing."""
+    UserPreferences.objects.create(user=user, timezone="Nowhere/Gone")
+    page = signed_in.get("/app/schedules/").content.decode()
+    assert " UTC</time>" in page

@@ -32,7 +32,8 @@
       var mine = ++sent;
       fetch(url, { method: "POST", body: new FormData(form), credentials: "same-origin",
                    headers: { "X-Requested-With": "fetch" } })
-        .then(function (answer) { return answer.ok ? answer.text() : Promise.reject(answer.status); })
+        // Redirected: the session ended (the sign-in page is not a preview).
+        .then(function (answer) { return answer.ok && !answer.redirected ? answer.text() : Promise.reject(answer.status); })
         .then(function (html) { if (mine === sent) target.innerHTML = html; })
         .catch(function () { if (mine === sent) target.textContent = "The preview is unavailable right now."; });
     }, 300);
@@ -70,7 +71,7 @@
     var url = body.getAttribute("data-refresh-url");
     setTimeout(function () {
       fetch(url, { credentials: "same-origin" })
-        .then(function (answer) { return answer.ok ? answer.text() : Promise.reject(answer.status); })
+        .then(function (answer) { return answer.ok && !answer.redirected ? answer.text() : Promise.reject(answer.status); })
         .then(function (html) { body.outerHTML = html; refreshHistory(); })
         .catch(function () { /* the next page load shows it */ });
     }, 1500);
