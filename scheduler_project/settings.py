@@ -140,6 +140,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# The web UI's sign-in page (/app/login/); the admin keeps its own.
+LOGIN_URL = "ui:login"
+LOGIN_REDIRECT_URL = "ui:trigger-list"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # plain: one readable line per record; json: one JSON object per line (time, level, logger, message,

@@ -1,4 +1,4 @@
-"""URL routes: the landing page (/), the admin, /metrics, the API (/api/), its schema and docs."""
+"""URL routes: the landing page (/), the web UI (/app/), the admin, /metrics, the API (/api/), its schema and docs."""
 
 from django.contrib import admin
 from django.urls import include, path, re_path, register_converter
@@ -34,6 +34,8 @@ router.register("executions", ExecutionViewSet, basename="execution")
 urlpatterns = [
     path("", home, name="home"),
     path("admin/", admin.site.urls),
+    # The self-service web UI: every user's own schedules (schedules/urls.py).
+    path("app/", include("schedules.urls")),
     # Prometheus: the scheduler's state (token-protected; see README "Observability").
     path("metrics", metrics, name="metrics"),
     # POST: the signed execution endpoint (Workflow.execution_url); GET: the workflow's runs for its owner.

@@ -111,6 +111,18 @@ def executions_by_id(ids: Iterable[Any]) -> dict[Any, Execution]:
     return {execution.pk: execution for execution in rows}
 
 
+def triggers_with_last_execution(queryset: QuerySet[Trigger] | None = None) -> QuerySet[Trigger]:
+    """triggers_with_last_status, where ``last_status``, ``last_slot_at`` and ``last_error`` are of the
+    newest execution that succeeded or failed: a skip is not a run, and would hide the failure before
+    it (subqueries on the (trigger, -scheduled_for) index: a page costs the same at any size)."""
+    last = Execution.objects.filter(trigger=OuterRef("pk"), status__in=OUTCOME_STATUSES).order_by("-scheduled_for")
+    return triggers_with_last_status(queryset).annotate(
+        last_status=Subquery(last.values("status")[:1]),
+        last_slot_at=Subquery(last.values("scheduled_for")[:1]),
+        last_error=Subquery(last.values("error")[:1]),
+    )
+
+
 # Owners with up to this many triggers have their executions filtered by trigger id, the ids written
 # into the query; owners with more, by a join on the triggers (see executions_owned_by).
 OWNED_TRIGGER_IDS_MAX = 2000

@@ -1,4 +1,4 @@
-"""Marks audit events made while handling a request as coming from the API or the admin."""
+"""Marks audit events made while handling a request as coming from the API, the web UI or the admin."""
 
 from __future__ import annotations
 
@@ -14,5 +14,7 @@ class AuditSourceMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        with audit_source("api" if request.path.startswith("/api/") else "admin"):
+        path = request.path
+        source = "api" if path.startswith("/api/") else "web" if path.startswith("/app/") else "admin"
+        with audit_source(source):
             return self.get_response(request)

@@ -15,7 +15,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import TokenProxy
 
 from .fields import EncryptedTextField
-from .validators import SECRET_PREFIX, validate_headers, validate_json_object, validate_secret
+from .validators import SECRET_PREFIX, validate_headers, validate_json_object, validate_secret, validate_timezone_name
 
 
 def generate_secret() -> str:
@@ -170,7 +170,7 @@ class AuditEvent(models.Model):
     # The owner of the object acted on, so users can list the events of their own objects.
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.CASCADE, related_name="+")
     action = models.CharField(max_length=32, help_text="created, updated, paused, resumed, ran, deleted, ...")
-    source = models.CharField(max_length=16, default="scheduler", help_text="admin, api, command or scheduler.")
+    source = models.CharField(max_length=16, default="scheduler", help_text="admin, api, web, command or scheduler.")
     object_type = models.CharField(max_length=32, help_text="workflow, trigger or execution")
     object_id = models.CharField(max_length=64)
     object_repr = models.CharField(max_length=200)
@@ -204,3 +204,22 @@ class ApiToken(TokenProxy):
 
     def __str__(self) -> str:
         return f"{self.user} ({mask_token(self.key)})"
+
+
+class UserPreferences(models.Model):
+    """What a user chose for the web UI: the time zone its pages show times in."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone_name],
+        help_text="IANA time zone the web pages show times in, e.g. 'Europe/Paris'.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "user preferences"
+
+    def __str__(self) -> str:
+        return f"preferences of {self.user_id}"

@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from . import network
 from .exceptions import RunBodyInvalid, SignatureInvalid
-from .models import AuditEvent, Workflow, WorkflowRun, generate_secret
+from .models import AuditEvent, UserPreferences, Workflow, WorkflowRun, generate_secret
 from .validators import MAX_JSON_DEPTH
 
 _EDITABLE = frozenset(
@@ -307,3 +307,19 @@ def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, A
         # A concurrent request with the same key won the insert.
         return WorkflowRun.objects.get(workflow=workflow, idempotency_key=idempotency_key), False
     return run, True
+
+
+def user_timezone(user: AbstractBaseUser) -> str:
+    """The time zone ``user`` chose for the web pages ("UTC" until they choose one)."""
+    zone = UserPreferences.objects.filter(user=user).values_list("timezone", flat=True).first()
+    return zone or "UTC"
+
+
+@transaction.atomic
+def user_set_timezone(*, user: AbstractBaseUser, timezone_name: str) -> UserPreferences:
+    """Set the zone the web pages show ``user`` times in; ValidationError on "timezone" if unknown."""
+    preferences, _ = UserPreferences.objects.select_for_update().get_or_create(user=user)
+    preferences.timezone = timezone_name
+    preferences.full_clean(exclude=["user"])
+    preferences.save()
+    return preferences

@@ -6,7 +6,9 @@ import base64
 import binascii
 import json
 import re
+from functools import lru_cache
 from typing import Any
+from zoneinfo import available_timezones
 
 from django.core.exceptions import ValidationError
 
@@ -132,3 +134,14 @@ def validate_json_object(value: object) -> None:
     if not isinstance(value, dict):
         raise ValidationError('must be a JSON object, for example {"report": "daily"}.')
     validate_storable_json(value)
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def validate_timezone_name(value: str) -> None:
+    """An IANA time zone name, e.g. 'Europe/Paris' (the same list and message as schedules.timing.zone)."""
+    if value not in _known_zones():
+        raise ValidationError(f"{value!r} is not an IANA time zone name (for example 'America/Los_Angeles' or 'UTC').")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -93,7 +93,33 @@ class Browser:
         """Click a submit button and wait for the next page to replace this one."""
         old = self.driver.find_element(By.TAG_NAME, "html")
         self.click(css)
-        self.wait(expected_conditions.staleness_of(old), 30, f"the page after clicking {css}")
+
+        def replaced(_driver: Any) -> bool:
+            try:
+                old.is_enabled()
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as exc:
+                # Mid-navigation chromedriver can answer this instead of "stale element".
+                if "does not belong to the document" in str(exc):
+                    return True
+                raise
+            return False
+
+        self.wait(replaced, 30, f"the page after clicking {css}")
+
+    def check(self, css: str) -> None:
+        """Tick a radio button or checkbox (through its click, so the page's change handlers run)."""
+        field = self.wait(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, css)), 10, css)
+        if not field.is_selected():
+            field.click()
+
+    def resize(self, width: int, height: int) -> None:
+        """The viewport's size in CSS pixels, e.g. (375, 812) for a phone."""
+        self.driver.set_window_size(width, height)
+        inner = self.driver.execute_script("return [window.innerWidth, window.innerHeight]")
+        # Headless Chromium's window includes no frame, but ask rather than assume.
+        self.driver.set_window_size(width + (width - inner[0]), height + (height - inner[1]))
 
     def text(self, css: str = "body") -> str:
         return self.find(css).text
@@ -101,10 +127,19 @@ class Browser:
     def page_width(self) -> int:
         return int(self.driver.execute_script("return document.documentElement.scrollWidth"))
 
-    def screenshot(self, name: str) -> Path:
-        """Saved with the test's artefacts, and in $SCHEDULER_SCREENSHOTS_DIR when that is set."""
+    def screenshot(self, name: str, *, full_page: bool = False) -> Path:
+        """Saved with the test's artefacts, and in $SCHEDULER_SCREENSHOTS_DIR when that is set; with
+        ``full_page`` the window is made as tall as the page for the shot, then put back."""
         path = self.artifacts / f"{name}.png"
-        self.driver.save_screenshot(str(path))
+        size = self.driver.get_window_size()
+        if full_page:
+            height = int(self.driver.execute_script("return document.documentElement.scrollHeight"))
+            self.driver.set_window_size(size["width"], max(size["height"], height + 100))
+        try:
+            self.driver.save_screenshot(str(path))
+        finally:
+            if full_page:
+                self.driver.set_window_size(size["width"], size["height"])
         self.shots.append(path)
         keep = os.environ.get(SCREENSHOTS_ENV)
         if keep:
