@@ -370,6 +370,12 @@ CELERY_BEAT_SCHEDULE = {
         # On the high queue, so a backlog of normal work cannot hold recovery up.
         "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS), "queue": "high"},
     },
+    # The built-in engine's runs: waits fallen due, steps whose worker died (workflows/engine/runner.py).
+    "scheduler.recover-runs": {
+        "task": "workflows.recover_runs",
+        "schedule": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS),
+        "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS), "queue": "high"},
+    },
     "scheduler.fold-stats": {
         "task": "schedules.fold_stats",
         "schedule": float(SCHEDULER_STATS_FOLD_INTERVAL_SECONDS),

@@ -25,7 +25,7 @@ from scheduler_project.api import CappedPaginator
 
 from . import services
 from .fields import JSONFormField
-from .models import ApiToken, AuditEvent, Workflow, WorkflowRun, mask_token
+from .models import ApiToken, AuditEvent, Workflow, WorkflowRun, WorkflowStep, mask_token
 from .validators import validate_secret
 
 SECRET_HELP = (
@@ -34,7 +34,16 @@ SECRET_HELP = (
     "'Rotate signing secret' action: it shows the new secret once, the only place the admin ever shows one."
 )
 # What the form may change; ``secret`` comes from its own write-only field.
-_FORM_FIELDS = ("name", "endpoint_url", "http_method", "headers", "timeout_seconds", "default_inputs", "is_active")
+_FORM_FIELDS = (
+    "name",
+    "endpoint_url",
+    "http_method",
+    "headers",
+    "timeout_seconds",
+    "default_inputs",
+    "is_active",
+    "definition",
+)
 
 
 def copy_saved(obj: Model, saved: Model) -> None:
@@ -205,7 +214,7 @@ class WorkflowAdminForm(forms.ModelForm):
         # Kept off the model part of the form, so the stored secret is never the field's
         # initial value and a blank entry never reaches the instance.
         exclude = ["secret"]  # noqa: DJ006 - the one field to keep out; the admin's fieldsets pick the rest
-        field_classes = {"default_inputs": JSONFormField, "headers": JSONFormField}
+        field_classes = {"default_inputs": JSONFormField, "headers": JSONFormField, "definition": JSONFormField}
 
     def clean_headers(self) -> Any:
         # An emptied JSON box cleans to None; the column is NOT NULL and means "none".
@@ -214,6 +223,10 @@ class WorkflowAdminForm(forms.ModelForm):
 
     def clean_default_inputs(self) -> Any:
         value = self.cleaned_data.get("default_inputs")
+        return {} if value is None else value
+
+    def clean_definition(self) -> Any:
+        value = self.cleaned_data.get("definition")
         return {} if value is None else value
 
     def _post_clean(self) -> None:
@@ -227,6 +240,7 @@ class WorkflowAdminForm(forms.ModelForm):
             self.instance.secret = self.cleaned_data["secret"]
         try:
             self.instance.full_clean()
+            services.definition_check(self.instance)
             # The services refuse an endpoint the SSRF guard would refuse: so does the form.
             if "endpoint_url" in self.changed_data or not self.instance.pk:
                 services.endpoint_check(self.instance.endpoint_url)
@@ -287,6 +301,7 @@ class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
             (None, {"fields": ["owner", "name", "is_active"]}),
             ("Request", {"fields": ["endpoint_url", "http_method", "timeout_seconds", "headers", "secret"]}),
             ("Inputs", {"fields": ["default_inputs"]}),
+            ("Built-in engine", {"fields": ["definition"]}),
         ]
         if obj is None and not self.sees_everything(request):
             fieldsets[0][1]["fields"].remove("owner")
@@ -370,20 +385,66 @@ class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, obj.trigger_count)
 
 
+class WorkflowStepInline(admin.TabularInline):
+    """The run's path: one row per attempt of each step, in order."""
+
+    model = WorkflowStep
+    extra = 0
+    can_delete = False
+    fields = [
+        "seq",
+        "step_id",
+        "action",
+        "attempt",
+        "status",
+        "started_at",
+        "finished_at",
+        "input",
+        "output_excerpt",
+        "error",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(WorkflowRun)
 class WorkflowRunAdmin(OwnedAdminMixin, admin.ModelAdmin):
-    """Read-only: runs are recorded by the built-in endpoint, never edited."""
+    """Read-only: runs are recorded by the built-in endpoint and moved on by the engine, never edited."""
 
     owner_field = "workflow__owner"
 
-    list_display = ["received_at", "id", "workflow", "idempotency_key"]
-    list_filter = [("workflow", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["received_at", "id", "workflow", "status", "current_step", "idempotency_key"]
+    list_filter = ["status", ("workflow", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["workflow"]
     search_fields = ["id", "idempotency_key"]
     # Skips a COUNT(*) of the whole table on every page.
     show_full_result_count = False
-    fields = ["id", "workflow", "idempotency_key", "received_at", "inputs_json", "payload_json"]
+    fields = [
+        "id",
+        "workflow",
+        "idempotency_key",
+        "received_at",
+        "status",
+        "current_step",
+        "started_at",
+        "finished_at",
+        "wake_at",
+        "error",
+        "inputs_json",
+        "payload_json",
+        "context_json",
+    ]
     readonly_fields = fields
+    inlines = [WorkflowStepInline]
+
+    @admin.display(description="Context")
+    def context_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.context)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -28,7 +28,7 @@ from scheduler_project.api import (
 )
 
 from . import services, views
-from .models import AuditEvent, Workflow, WorkflowRun
+from .models import AuditEvent, Workflow, WorkflowRun, WorkflowStep
 
 # Secrets are decrypted when a row is loaded: reads that never show them don't load them.
 _SECRETS = ("secret", "previous_secret")
@@ -75,6 +75,7 @@ class WorkflowSerializer(StrictFieldsMixin, ModelSerializer):
             "max_backoff_seconds",
             "max_doublings",
             "max_retry_duration_seconds",
+            "definition",
             "created_at",
             "updated_at",
         ]
@@ -108,10 +109,44 @@ class RotatedSecretSerializer(serializers.Serializer):
     )
 
 
+class WorkflowStepSerializer(ModelSerializer):
+    class Meta:
+        model = WorkflowStep
+        fields = [
+            "seq",
+            "step_id",
+            "action",
+            "attempt",
+            "status",
+            "started_at",
+            "finished_at",
+            "input",
+            "output_excerpt",
+            "error",
+        ]
+
+
 class WorkflowRunSerializer(ModelSerializer):
+    steps = WorkflowStepSerializer(many=True, read_only=True, help_text="The run's path, one entry per attempt.")
+
     class Meta:
         model = WorkflowRun
-        fields = ["id", "workflow", "idempotency_key", "inputs", "payload", "received_at"]
+        fields = [
+            "id",
+            "workflow",
+            "idempotency_key",
+            "inputs",
+            "payload",
+            "received_at",
+            "status",
+            "current_step",
+            "started_at",
+            "finished_at",
+            "wake_at",
+            "error",
+            "context",
+            "steps",
+        ]
 
 
 class RunAcceptedSerializer(serializers.Serializer):
@@ -273,7 +308,7 @@ class WorkflowRunsView(generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return WorkflowRun.objects.none()
         workflow = get_object_or_404(workflows_of(self.request.user), pk=self.kwargs["workflow_id"])
-        return workflow.runs.all()
+        return workflow.runs.prefetch_related("steps")
 
     @extend_schema(
         auth=[],

@@ -30,6 +30,8 @@ _EDITABLE = frozenset(
     # The concurrency limit, and the retry policy new triggers start from.
     | {"max_concurrency", "max_attempts", "min_backoff_seconds", "max_backoff_seconds", "max_doublings"}
     | {"max_retry_duration_seconds"}
+    # The built-in engine's program (workflows/engine/definitions.py).
+    | {"definition"}
 )
 # Longest rotation overlap: past a week the old secret is no longer being retired, just kept.
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
@@ -140,6 +142,7 @@ def workflow_create(
     _json_defaults(fields)
     workflow = Workflow(owner=owner, name=name, **fields)
     workflow.full_clean()
+    definition_check(workflow)
     endpoint_check(workflow.endpoint_url)
     workflow.save()
     audit_record(actor=actor, action="created", obj=workflow)
@@ -166,6 +169,7 @@ def workflow_update(*, workflow: Workflow, actor: AbstractBaseUser | None = None
     for name, value in fields.items():
         setattr(workflow, name, value)
     workflow.full_clean()
+    definition_check(workflow)
     if endpoint_changed:
         endpoint_check(workflow.endpoint_url)
     workflow.save()
@@ -202,9 +206,24 @@ def endpoint_check(url: str) -> None:
         raise ValidationError({"endpoint_url": f"calls to it would be refused: {problem}"})
 
 
+def definition_check(workflow: Workflow) -> None:
+    """Refuse a definition the engine could not run (ValidationError on ``definition``, each problem
+    naming its path, e.g. definition.states[2].transitions.success), or one on a workflow with an
+    endpoint_url (the engine runs only what the built-in endpoint receives). Empty: no engine."""
+    if workflow.definition == {}:
+        return
+    from .engine.definitions import definition_check as check
+
+    check(workflow.definition)
+    if workflow.endpoint_url:
+        raise ValidationError(
+            {"definition": ["a workflow with an endpoint_url is run there: clear endpoint_url to run the definition."]}
+        )
+
+
 def _json_defaults(fields: dict[str, Any]) -> None:
     # An emptied JSON field arrives as None; it means "none", i.e. an empty object.
-    for name in ("headers", "default_inputs"):
+    for name in ("headers", "default_inputs", "definition"):
         if name in fields and fields[name] is None:
             fields[name] = {}
 
@@ -288,7 +307,11 @@ def workflow_secrets_reencrypt() -> int:
 
 
 def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, Any]) -> tuple[WorkflowRun, bool]:
-    """Record a run once per idempotency key; a repeat returns the first run and records nothing."""
+    """Record a run once per idempotency key; a repeat returns the first run and records nothing.
+
+    For a workflow with a definition the new run is started on the built-in engine in the same
+    transaction (its first step is sent when that commits); a repeat starts nothing.
+    """
     inputs = payload.get("inputs")
     if not isinstance(inputs, dict):
         inputs = {}
@@ -303,6 +326,10 @@ def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, A
                 inputs=inputs,
                 payload=json.loads(json.dumps(payload)),
             )
+            if workflow.definition:
+                from .engine.runner import run_start
+
+                run_start(run=run)
     except IntegrityError:
         # A concurrent request with the same key won the insert.
         return WorkflowRun.objects.get(workflow=workflow, idempotency_key=idempotency_key), False

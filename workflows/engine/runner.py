@@ -1,0 +1,423 @@
+"""The runner: moves a WorkflowRun through its definition one step per task, saving after every step.
+
+Like the scheduler's dispatch path (schedules/dispatch.py), each step is claim, perform, record:
+- **claim**: under the run's row lock, and with a conditional UPDATE on the step number and
+  attempt (so two workers, or a message delivered twice, never run the same step), the worker
+  takes the current step and a lease: the step's own deadline plus SCHEDULER_LEASE_GRACE_SECONDS.
+- **perform**: the action runs outside any transaction (an http call holds no lock).
+- **record**: under the lock again, only if the run is still on that step and attempt: the
+  step's history row, its output in the context, and the next step; then the next task is sent
+  once that commits.
+- **recover** (``runs_recover``, periodic): a run whose lease ran out (its worker died, or its
+  message was lost) is sent again, and the step is taken again: completed steps never run twice,
+  the interrupted one runs again (an http step with the same Idempotency-Key). Waits (and retry
+  backoffs) are a time in ``wake_at``; recovery sends the run when it falls due, no worker sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from ..exceptions import WorkflowError
+from ..models import RunStatus, StepStatus, WorkflowRun, WorkflowStep
+from . import definitions, variables
+from .actions import REGISTRY, Outcome, StepCall, failed
+
+logger = logging.getLogger("workflows.engine")
+
+# A step whose worker died this many times more than its own attempts allow fails the run.
+CRASH_ALLOWANCE = 2
+OUTPUT_EXCERPT_CHARS = 2000
+INPUT_MAX_CHARS = 10_000
+RECOVER_LIMIT = 500
+
+
+def _grace() -> timedelta:
+    return timedelta(seconds=settings.SCHEDULER_LEASE_GRACE_SECONDS)
+
+
+def _handoff() -> timedelta:
+    return timedelta(seconds=settings.SCHEDULER_HANDOFF_SECONDS)
+
+
+def _ids(run: WorkflowRun) -> dict[str, Any]:
+    return {"run_id": str(run.pk), "workflow_id": run.workflow_id}
+
+
+# --- Sending ---------------------------------------------------------------------------------------
+
+
+def _send(run_id: Any, *, countdown: float | None = None) -> None:
+    """Send the run's next task once the transaction commits. A broker outage loses nothing: the
+    run's lease runs out and the recovery task sends it."""
+    from ..tasks import advance_run
+
+    def send() -> None:
+        try:
+            advance_run.apply_async(kwargs={"run_id": str(run_id)}, countdown=countdown, queue="normal")
+        except Exception as exc:  # noqa: BLE001 - any broker failure is left to recovery
+            logger.error("could not send run %s: %s; recovery will", run_id, exc, extra={"run_id": str(run_id)})
+
+    transaction.on_commit(send)
+
+
+def _ready(run: WorkflowRun, now: datetime) -> None:
+    """The current step is ready for a worker; its message must be taken within the hand-off."""
+    run.step_started_at = None
+    run.lease_expires_at = max(run.wake_at or now, now) + _handoff()
+
+
+# --- Start -----------------------------------------------------------------------------------------
+
+
+def run_start(*, run: WorkflowRun, now: datetime | None = None) -> WorkflowRun:
+    """Start the engine on a new run of a workflow with a definition (call inside the transaction
+    that created the run: the first task is sent when it commits)."""
+    now = now or timezone.now()
+    definition = run.workflow.definition
+    payload = run.payload if isinstance(run.payload, dict) else {}
+    run.definition = definition
+    run.status = RunStatus.RUNNING
+    run.context = {
+        "steps": {},
+        "execution": {
+            name: payload[name] for name in ("execution_id", "scheduled_for", "trigger_id", "manual") if name in payload
+        },
+    }
+    run.current_step = definitions.first_step(definition)
+    run.step_seq, run.attempt, run.transitions = 1, 0, 0
+    run.started_at = now
+    run.wake_at = None
+    _ready(run, now)
+    run.save()
+    _send(run.pk)
+    return run
+
+
+# --- Claim -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    run: WorkflowRun
+    step: dict[str, Any]
+    step_row_id: int
+    seq: int
+    attempt: int
+    now: datetime
+
+
+def _attempts_allowed(step: dict[str, Any]) -> int:
+    if step.get("action") == "http":
+        return int(step.get("params", {}).get("retries", 2)) + 1
+    return 1
+
+
+def _lost(run: WorkflowRun, now: datetime) -> bool:
+    """The worker holding the step died (its lease ran out): that attempt is over and the step is
+    ready again, or, past the allowance, the run fails. False if it failed. (Unsaved; run locked.)"""
+    lost = f"worker lost during attempt {run.attempt}"
+    logger.warning("run %s step %s: %s", run.pk, run.current_step, lost, extra=_ids(run))
+    WorkflowStep.objects.filter(run=run, seq=run.step_seq, attempt=run.attempt, status=StepStatus.RUNNING).update(
+        status=StepStatus.FAILED, finished_at=now, error=lost
+    )
+    step = definitions.find_step(run.definition, run.current_step)
+    if run.attempt >= _attempts_allowed(step) + CRASH_ALLOWANCE:
+        _finish(run, RunStatus.FAILED, now, error=f"step {run.current_step}: {lost}, giving up")
+        return False
+    _ready(run, now)
+    return True
+
+
+@transaction.atomic
+def _claim(run_id: Any, now: datetime) -> Claim | None:
+    run = WorkflowRun.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=run_id).first()
+    if run is None or run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+        return None
+    if run.wake_at is not None and run.wake_at > now:
+        return None  # a wait or a retry backoff: sent again when due
+    if run.status == RunStatus.WAITING:
+        # The wait is over: the wait step succeeds and the run moves on, in this transaction.
+        step = definitions.find_step(run.definition, run.current_step)
+        waited = {"waited_until": run.wake_at.isoformat() if run.wake_at else now.isoformat()}
+        WorkflowStep.objects.filter(run=run, seq=run.step_seq, status=StepStatus.WAITING).update(
+            status=StepStatus.SUCCEEDED, finished_at=now, output_excerpt=_excerpt(waited)
+        )
+        run.status = RunStatus.RUNNING
+        run.wake_at = None
+        _move_on(run, step, Outcome("succeeded", output=waited), now)
+        run.save()
+        if run.status != RunStatus.RUNNING:
+            return None
+    elif run.step_started_at is not None:
+        if run.lease_expires_at is not None and run.lease_expires_at > now:
+            return None  # a live worker holds the step
+        if not _lost(run, now):
+            run.save()
+            return None
+    step = definitions.find_step(run.definition, run.current_step)
+    action = REGISTRY[step["action"]]
+    seconds = action.seconds(step.get("params", {}), run.workflow)
+    claimed = WorkflowRun.objects.filter(
+        pk=run.pk, status=RunStatus.RUNNING, step_seq=run.step_seq, attempt=run.attempt
+    ).update(
+        attempt=run.attempt + 1,
+        step_started_at=now,
+        lease_expires_at=now + timedelta(seconds=seconds) + _grace(),
+        updated_at=now,
+    )
+    if not claimed:
+        return None  # someone else took it since the read (a database without row locks)
+    run.attempt += 1
+    row = WorkflowStep.objects.create(
+        run=run, seq=run.step_seq, step_id=step["id"], action=step["action"], attempt=run.attempt, started_at=now
+    )
+    return Claim(run=run, step=step, step_row_id=row.pk, seq=run.step_seq, attempt=run.attempt, now=now)
+
+
+# --- Perform ---------------------------------------------------------------------------------------
+
+
+def _values(run: WorkflowRun, now: datetime) -> dict[str, Any]:
+    context = run.context or {}
+    return variables.scope(
+        inputs=run.inputs if isinstance(run.inputs, dict) else {},
+        config=run.definition.get("config", {}),
+        steps=context.get("steps", {}),
+        execution=context.get("execution", {}),
+        now=now,
+    )
+
+
+def _perform(claim: Claim) -> tuple[Any, Outcome]:
+    """Run the claimed step's action; return the params it got and what it did (never raises)."""
+    run, step = claim.run, claim.step
+    action = REGISTRY[step["action"]]
+    raw = step.get("params", {})
+    values = _values(run, timezone.now())
+    params: Any = raw
+    try:
+        if action.resolve_params:
+            params = variables.resolve(raw, values)
+        call = StepCall(
+            run_id=str(run.pk),
+            step_id=step["id"],
+            seq=claim.seq,
+            attempt=claim.attempt,
+            workflow=run.workflow,
+            params=params,
+            values=values,
+            now=timezone.now(),
+        )
+        return params, action.run(call)
+    except WorkflowError as exc:
+        return params, failed(str(exc)[:2000])
+    except ValidationError as exc:
+        return params, failed(" ".join(exc.messages)[:2000])
+    except Exception as exc:  # noqa: BLE001 - a broken step fails its run, never the worker
+        logger.exception("run %s step %s: unexpected error", run.pk, step["id"], extra=_ids(run))
+        return params, failed(f"internal error: {type(exc).__name__}")
+
+
+# --- Record ----------------------------------------------------------------------------------------
+
+
+def _excerpt(value: Any) -> str:
+    if value is None:
+        return ""
+    return json.dumps(value, default=str)[:OUTPUT_EXCERPT_CHARS]
+
+
+def _storable(value: Any) -> Any:
+    """The params as the history keeps them: JSON, cut down if large; never the workflow's secret
+    (steps only see what the definition wrote, and secrets are not variables)."""
+    text = json.dumps(value, default=str)
+    if len(text) > INPUT_MAX_CHARS:
+        return {"excerpt": text[:INPUT_MAX_CHARS]}
+    return json.loads(text)
+
+
+@transaction.atomic
+def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
+    now = timezone.now()
+    run = WorkflowRun.objects.select_for_update(of=("self",)).filter(pk=claim.run.pk).first()
+    step_status = {"succeeded": StepStatus.SUCCEEDED, "waiting": StepStatus.WAITING}.get(
+        outcome.status, StepStatus.FAILED
+    )
+    row = {
+        "finished_at": None if step_status == StepStatus.WAITING else now,
+        "status": step_status,
+        "input": _storable(params),
+        "output_excerpt": _excerpt(outcome.output),
+        "error": outcome.error,
+    }
+    current = (
+        run is not None
+        and run.status == RunStatus.RUNNING
+        and run.step_seq == claim.seq
+        and run.attempt == claim.attempt
+        and run.step_started_at is not None
+    )
+    if not current:
+        # Cancelled, or taken over after our lease ran out: what the run holds now stands.
+        row["error"] = (outcome.error + " " if outcome.error else "") + "(not used: the run had moved on)"
+        row["finished_at"] = now
+        if step_status == StepStatus.WAITING:
+            row["status"] = StepStatus.FAILED
+        WorkflowStep.objects.filter(pk=claim.step_row_id).update(**row)
+        return "discarded"
+    assert run is not None
+    WorkflowStep.objects.filter(pk=claim.step_row_id).update(**row)
+    step = claim.step
+    if outcome.status == "failed" and outcome.retry_in_seconds is not None:
+        run.wake_at = now + timedelta(seconds=outcome.retry_in_seconds)
+        _ready(run, now)
+        run.save()
+        _send(run.pk, countdown=outcome.retry_in_seconds)
+        return "retrying"
+    if outcome.status == "waiting":
+        run.status = RunStatus.WAITING
+        run.wake_at = outcome.wait_until or now
+        run.step_started_at = None
+        run.lease_expires_at = None
+        run.save()
+        wait = (run.wake_at - now).total_seconds()
+        if wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+            # Sooner than the recovery task would; a long wait is left to it (Redis re-delivers long ETAs).
+            _send(run.pk, countdown=max(wait, 0) or None)
+        return "waiting"
+    _move_on(run, step, outcome, now)
+    run.save()
+    if run.status == RunStatus.RUNNING:
+        _send(run.pk)
+    return str(run.status)
+
+
+def _move_on(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: datetime) -> None:
+    """Put the step's result in the context and go to the next step, or end the run (unsaved)."""
+    context = dict(run.context or {})
+    steps = dict(context.get("steps", {}))
+    steps[step["id"]] = {"output": outcome.output, "status": outcome.status, "error": outcome.error}
+    context["steps"] = steps
+    run.context = context
+    definition = run.definition
+    if definition["type"] == "sequence":
+        if outcome.status == "failed" and definition.get("error_policy", "stop") == "stop":
+            _finish(run, RunStatus.FAILED, now, error=f"step {step['id']}: {outcome.error}")
+            return
+        ids = [item["id"] for item in definition["steps"]]
+        position = ids.index(step["id"])
+        if position + 1 == len(ids):
+            _finish(run, RunStatus.SUCCEEDED, now)
+            return
+        _enter(run, ids[position + 1], now)
+        return
+    transitions = step.get("transitions") or {}
+    if outcome.status == "succeeded":
+        event = outcome.event if outcome.event in transitions else "success"
+    else:
+        event = "timeout" if outcome.timed_out and "timeout" in transitions else "error"
+    target = transitions.get(event)
+    if target is None:
+        why = f": {outcome.error}" if outcome.error else ""
+        _finish(run, RunStatus.FAILED, now, error=f"state {step['id']}: no transition on {event!r}{why}")
+        return
+    run.transitions += 1
+    limit = definition.get("max_transitions", definitions.DEFAULT_MAX_TRANSITIONS)
+    if run.transitions > limit:
+        _finish(run, RunStatus.FAILED, now, error=f"more than {limit} transitions (max_transitions): a loop?")
+        return
+    _enter(run, target, now)
+    state = definitions.find_step(definition, target)
+    if "terminal" in state:
+        # The terminal state is part of the run's path: one row, then the run ends there.
+        WorkflowStep.objects.create(
+            run=run,
+            seq=run.step_seq,
+            step_id=target,
+            action="",
+            attempt=1,
+            status=StepStatus.SUCCEEDED,
+            started_at=now,
+            finished_at=now,
+        )
+        status = RunStatus.SUCCEEDED if state["terminal"] == "succeeded" else RunStatus.FAILED
+        error = "" if status == RunStatus.SUCCEEDED else f"ended in state {target}"
+        if status == RunStatus.FAILED and outcome.error:
+            error += f" after {step['id']}: {outcome.error}"
+        _finish(run, status, now, error=error)
+
+
+def _enter(run: WorkflowRun, step_id: str, now: datetime) -> None:
+    run.current_step = step_id
+    run.step_seq += 1
+    run.attempt = 0
+    run.wake_at = None
+    _ready(run, now)
+
+
+def _finish(run: WorkflowRun, status: str, now: datetime, *, error: str = "") -> None:
+    run.status = status
+    run.finished_at = now
+    run.error = error[:2000]
+    run.wake_at = None
+    run.step_started_at = None
+    run.lease_expires_at = None
+    logger.info("run %s %s%s", run.pk, status, f": {error}" if error else "", extra=_ids(run))
+
+
+# --- The entry points of the tasks -----------------------------------------------------------------
+
+
+def run_advance(*, run_id: Any, now: datetime | None = None) -> str:
+    """Take the run's current step if it is due and nobody holds it, perform it and record it.
+    Returns what became of it ("nothing to do", "waiting", "retrying", "running", "succeeded"...)."""
+    claim = _claim(run_id, now or timezone.now())
+    if claim is None:
+        return "nothing to do"
+    params, outcome = _perform(claim)
+    return _record(claim, params, outcome)
+
+
+def runs_recover(*, now: datetime | None = None, limit: int = RECOVER_LIMIT) -> int:
+    """Send again the runs that should be moving and are not: a lease run out (worker died, message
+    lost, a retry backoff over) or a wait fallen due. Returns how many were sent."""
+    now = now or timezone.now()
+    sent = 0
+    with transaction.atomic():
+        stale = list(
+            WorkflowRun.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=RunStatus.RUNNING, lease_expires_at__lte=now)
+            .order_by("lease_expires_at")[:limit]
+        )
+        for run in stale:
+            if run.step_started_at is not None and not _lost(run, now):
+                run.save()
+                continue
+            # A fresh hand-off lease, so the next look does not send it again while the message travels.
+            run.lease_expires_at = now + _handoff()
+            run.save(update_fields=["status", "step_started_at", "lease_expires_at", "updated_at"])
+            _send(run.pk)
+            sent += 1
+        # A wait fallen due; its lease marks it sent, so a stopped worker is not sent one per look.
+        due = list(
+            WorkflowRun.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=RunStatus.WAITING, wake_at__lte=now)
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+            .order_by("wake_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        WorkflowRun.objects.filter(pk__in=due).update(lease_expires_at=now + _handoff())
+        for pk in due:
+            _send(pk)
+    return sent + len(due)
