@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +41,28 @@ CRASH_ALLOWANCE = 2
 OUTPUT_EXCERPT_CHARS = 2000
 INPUT_MAX_CHARS = 10_000
 RECOVER_LIMIT = 500
+
+
+# Called with a run's id after a transaction that finished it commits. The schedules app listens
+# (schedules.apps) to end the Execution that started the run; workflows never imports schedules.
+_finish_listeners: list[Callable[[str], Any]] = []
+
+
+def listen_run_finished(listener: Callable[[str], Any]) -> None:
+    """Call ``listener(run_id)`` whenever a run finishes (after the commit; an error is logged, not raised)."""
+    if listener not in _finish_listeners:
+        _finish_listeners.append(listener)
+
+
+def _announce_finished(run_id: Any) -> None:
+    def announce() -> None:
+        for listener in list(_finish_listeners):
+            try:
+                listener(str(run_id))
+            except Exception:  # noqa: BLE001 - a listener's failure must not fail the run's worker
+                logger.exception("run %s: a run-finished listener failed", run_id, extra={"run_id": str(run_id)})
+
+    transaction.on_commit(announce)
 
 
 def _grace() -> timedelta:
@@ -374,6 +397,7 @@ def _finish(run: WorkflowRun, status: str, now: datetime, *, error: str = "") ->
     run.step_started_at = None
     run.lease_expires_at = None
     logger.info("run %s %s%s", run.pk, status, f": {error}" if error else "", extra=_ids(run))
+    _announce_finished(run.pk)
 
 
 # --- The entry points of the tasks -----------------------------------------------------------------
