@@ -1,10 +1,13 @@
-"""`manage.py workflow create|list|rotate-secret|reencrypt-secrets`: workflows and their secrets.
+"""`manage.py workflow create|list|set-definition|run|rotate-secret|reencrypt-secrets`: workflows, their
+built-in engine definitions, runs and secrets.
 
 A workflow's execution stats are `manage.py execution stats --workflow W` (schedules owns executions)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -12,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import services
 from workflows.exceptions import SecretUndecryptable
-from workflows.models import HttpMethod, Workflow
+from workflows.models import HttpMethod, Workflow, WorkflowRun
 from workflows.services import audit_source
 
 from ._common import (
@@ -35,7 +38,19 @@ _OPTIONS = {
     "timeout_seconds": "--timeout",
     "default_inputs": "--inputs",
     "headers": "--headers",
+    "definition": "--definition",
 }
+
+
+def read_definition(path: str, *, option: str) -> dict[str, Any]:
+    """The JSON object in the file at ``path`` (``-``: standard input)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{option}: cannot read {path}: {exc}") from None
+    value = parse_json_object(text, option=option)
+    assert value is not None
+    return value
 
 
 def overlap_seconds(text: str) -> int:
@@ -54,7 +69,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(
-            dest="subcommand", required=True, metavar="{create,list,rotate-secret,reencrypt-secrets}"
+            dest="subcommand",
+            required=True,
+            metavar="{create,list,set-definition,run,rotate-secret,reencrypt-secrets}",
         )
 
         create = sub.add_parser("create", help="Create a workflow and print its signing secret (once).")
@@ -71,6 +88,21 @@ class Command(BaseCommand):
         create.add_argument("--timeout", type=positive_int, metavar="SECONDS", help="Per-call deadline, 1-300 s.")
         create.add_argument("--inputs", metavar="JSON", help='Default inputs, e.g. \'{"region": "us"}\'.')
         create.add_argument("--headers", metavar="JSON", help='Extra headers, e.g. \'{"X-Team": "growth"}\'.')
+        create.add_argument(
+            "--definition",
+            metavar="FILE",
+            help="A JSON file with what the built-in engine runs (README 'Built-in workflow engine'); - reads stdin.",
+        )
+
+        define = sub.add_parser(
+            "set-definition", help="Replace a workflow's built-in engine definition with a JSON file ({} removes it)."
+        )
+        define.add_argument("workflow", metavar="WORKFLOW", help="The workflow's id or name.")
+        define.add_argument("file", metavar="FILE", help="The JSON file; - reads stdin.")
+        define.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
+
+        run = sub.add_parser("run", help="Show a run of the built-in engine: its status and each step's attempts.")
+        run.add_argument("run_id", metavar="RUN_ID", help="The run's id (a UUID).")
 
         listing = sub.add_parser("list", help="List workflows (secrets are never shown).")
         listing.add_argument("--owner", metavar="USERNAME", help="Only this user's workflows.")
@@ -109,6 +141,8 @@ class Command(BaseCommand):
         headers = parse_json_object(options["headers"], option="--headers")
         if headers is not None:
             fields["headers"] = headers
+        if options["definition"] is not None:
+            fields["definition"] = read_definition(options["definition"], option="--definition")
         try:
             workflow = services.workflow_create(owner=owner, name=options["name"], **fields)
         except ValidationError as exc:
@@ -125,6 +159,48 @@ class Command(BaseCommand):
                 "verifies Standard Webhooks signatures."
             )
         )
+
+    def _set_definition(self, options: dict[str, Any]) -> None:
+        owner = user_get(options["owner"]) if options["owner"] else None
+        workflow = workflow_get(options["workflow"], owner=owner, option="WORKFLOW")
+        definition = read_definition(options["file"], option="FILE")
+        try:
+            services.workflow_update(workflow=workflow, definition=definition)
+        except ValidationError as exc:
+            raise command_error(exc, {"definition": "FILE"}) from None
+        what = f"a {definition['type']} definition" if definition else "no definition (runs are only recorded)"
+        self.stdout.write(self.style.SUCCESS(f"Workflow {workflow.pk} {workflow.name!r} now has {what}."))
+
+    def _run(self, options: dict[str, Any]) -> None:
+        try:
+            run = WorkflowRun.objects.select_related("workflow").filter(pk=options["run_id"]).first()
+        except ValidationError:
+            run = None
+        if run is None:
+            raise CommandError(f"RUN_ID: there is no run {options['run_id']!r}.")
+        self.stdout.write(f"Run {run.pk} of workflow {run.workflow_id} {run.workflow.name!r}")
+        self.stdout.write(
+            f"Status: {run.get_status_display()}" + (f" at step {run.current_step}" if run.current_step else "")
+        )
+        if run.wake_at:
+            self.stdout.write(f"Wakes:  {format_utc(run.wake_at)}")
+        if run.error:
+            self.stdout.write(f"Error:  {run.error}")
+        rows = [
+            (
+                step.seq,
+                step.step_id,
+                step.action or "(end)",
+                step.attempt,
+                step.status,
+                format_utc(step.started_at),
+                format_utc(step.finished_at) if step.finished_at else "",
+                step.error[:80],
+            )
+            for step in run.steps.order_by("seq", "attempt")
+        ]
+        if rows:
+            self.stdout.write(table(("#", "STEP", "ACTION", "TRY", "STATUS", "STARTED", "FINISHED", "ERROR"), rows))
 
     def _rotate_secret(self, options: dict[str, Any]) -> None:
         owner = user_get(options["owner"]) if options["owner"] else None
