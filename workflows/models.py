@@ -145,16 +145,13 @@ class Workflow(models.Model):
 
 class RunStatus(models.TextChoices):
     RECORDED = "", "recorded"  # the workflow has no definition: nothing to run
-    QUEUED = "queued", "queued"
     RUNNING = "running", "running"
     WAITING = "waiting", "waiting"
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
-    CANCELLED = "cancelled", "cancelled"
-    PAUSED = "paused", "paused"
 
 
-RUN_FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+RUN_FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED)
 
 
 class WorkflowRun(models.Model):
@@ -173,7 +170,7 @@ class WorkflowRun(models.Model):
         choices=RunStatus.choices,
         default=RunStatus.RECORDED,
         blank=True,
-        help_text="queued, running, waiting, succeeded, failed...; blank: recorded only (no definition).",
+        help_text="running, waiting, succeeded or failed; blank: recorded only (no definition).",
     )
     definition = models.JSONField(
         default=dict, blank=True, help_text="The workflow's definition when the run started (later edits don't apply)."
@@ -214,7 +211,7 @@ class WorkflowRun(models.Model):
             models.Index(
                 fields=["lease_expires_at"],
                 name="run_lease",
-                condition=models.Q(status__in=["running", "queued"]),
+                condition=models.Q(status="running"),
             ),
             models.Index(fields=["wake_at"], name="run_wake", condition=models.Q(status="waiting")),
         ]
