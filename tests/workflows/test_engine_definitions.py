@@ -249,3 +249,17 @@ def test_admin__bad_definition_is_shown_on_the_form(admin_client):
     assert "definition.initial_state: &#x27;nowhere&#x27; is not a state id" in response.content.decode()
     workflow.refresh_from_db()
     assert workflow.definition == {}
+
+
+def test_readme__definition_examples_are_valid():
+    """The definitions the README's "Built-in workflow engine" section shows pass the checks as written."""
+    import json
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Built-in workflow engine", 1)[1].split("\n## ", 1)[0]
+    examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, flags=re.DOTALL)]
+    assert [example["type"] for example in examples] == ["state_machine", "sequence"]
+    for example in examples:
+        assert definition_problems(example) == []
