@@ -90,6 +90,10 @@ def test_path_text__names_list_items_and_keys():
         (lambda d: d["states"][1].pop("action"), "definition.states[1]: a state needs an action"),
         (lambda d: d.update(max_transitions=0), "definition.max_transitions: 0 is less than the minimum of 1"),
         (
+            lambda d: d["states"][0]["params"].update(headers={"Idempotency-Key": "x"}),
+            "definition.states[0].params.headers: ",
+        ),
+        (
             lambda d: d["states"][0]["params"].update(url="${secrets.token}"),
             "definition.states[0].params.url: ${secrets.token}: unknown variable 'secrets'",
         ),

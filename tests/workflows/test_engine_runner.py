@@ -280,7 +280,15 @@ def test_http__calls_signed_with_a_stable_key_and_outputs_the_answer(db, server)
     server.default = Reply(status=200, body={"ok": True, "items": [{"id": 7}]})
     run = start(
         sequence(
-            {"id": "call", "action": "http", "params": {"url": server.url, "body": {"who": "${inputs.who}"}}},
+            {
+                "id": "call",
+                "action": "http",
+                "params": {
+                    "url": server.url,
+                    "body": {"who": "${inputs.who}"},
+                    "headers": {"Authorization": "Bearer t0k"},
+                },
+            },
             {"id": "use", "action": "set", "params": {"values": {"first": "${steps.call.output.body.items.0.id}"}}},
         ),
         inputs={"who": "ana"},
@@ -291,6 +299,8 @@ def test_http__calls_signed_with_a_stable_key_and_outputs_the_answer(db, server)
     assert output(run, "use") == {"first": 7}
     (call,) = server.calls
     assert call.body == {"who": "ana"}
+    assert call.headers["authorization"] == "Bearer t0k"
+    assert run.steps.get(step_id="call").input["headers"] == {"Authorization": "(hidden)"}  # not in the history
     assert call.headers["idempotency-key"] == f"{run.pk}:1:call"
     Webhook(run.workflow.secret).verify(call.raw, call.headers)  # raises if the signature is wrong
 

@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 
+from ..validators import validate_headers
 from . import variables
 from .actions import REGISTRY
 
@@ -139,10 +140,11 @@ def definition_problems(definition: Any) -> list[str]:
         ids.setdefault(step["id"], index)
         if "action" in step:
             params = step.get("params", {})
-            problems += _schema_problems(_PARAM_VALIDATORS[step["action"]], params, (*where, "params"))
-            problems += _variable_problems(params, (*where, "params"), ids=set())
+            param_problems = _schema_problems(_PARAM_VALIDATORS[step["action"]], params, (*where, "params"))
+            if not param_problems and step["action"] == "http" and "headers" in params:
+                param_problems = _header_problems(params["headers"], (*where, "params", "headers"))
+            problems += param_problems + _variable_problems(params, (*where, "params"))
     # Variables may name any step (a state machine can come back to one); check once all ids are known.
-    problems = [problem for problem in problems if problem]
     for index, step in enumerate(steps):
         problems += _step_reference_problems(step.get("params", {}), (key, index, "params"), set(ids))
     if kind == "state_machine":
@@ -150,7 +152,18 @@ def definition_problems(definition: Any) -> list[str]:
     return problems[:MAX_PROBLEMS]
 
 
-def _variable_problems(params: Any, where: tuple[str | int, ...], *, ids: set[str]) -> list[str]:
+def _header_problems(headers: dict[str, str], where: tuple[str | int, ...]) -> list[str]:
+    """The workflow headers' rules (no reserved names such as Idempotency-Key, sizes), where no variable is."""
+    if any(True for _ in variables.references(headers)):
+        return []  # filled in at run time: the step checks them then
+    try:
+        validate_headers(headers)
+    except ValidationError as exc:
+        return [f"{path_text(where)}: {message}" for message in exc.messages]
+    return []
+
+
+def _variable_problems(params: Any, where: tuple[str | int, ...]) -> list[str]:
     problems = []
     for path, name in variables.references(params):
         problem = variables.path_problem(name)

@@ -40,6 +40,7 @@ logger = logging.getLogger("workflows.engine")
 CRASH_ALLOWANCE = 2
 OUTPUT_EXCERPT_CHARS = 2000
 INPUT_MAX_CHARS = 10_000
+HIDDEN = "(hidden)"
 RECOVER_LIMIT = 500
 
 
@@ -262,8 +263,12 @@ def _excerpt(value: Any) -> str:
 
 
 def _storable(value: Any) -> Any:
-    """The params as the history keeps them: JSON, cut down if large; never the workflow's secret
-    (steps only see what the definition wrote, and secrets are not variables)."""
+    """The params as the history keeps them: JSON, cut down if large, header values hidden (an
+    Authorization header written in a definition is not copied into every run's history). The
+    workflow's secret is never in them: steps see only what the definition wrote, and secrets are
+    not variables."""
+    if isinstance(value, dict) and isinstance(value.get("headers"), dict):
+        value = {**value, "headers": dict.fromkeys(value["headers"], HIDDEN)}
     text = json.dumps(value, default=str)
     if len(text) > INPUT_MAX_CHARS:
         return {"excerpt": text[:INPUT_MAX_CHARS]}
