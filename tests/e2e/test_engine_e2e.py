@@ -155,3 +155,55 @@ def test_scheduled_state_machine__failed_run_fails_the_execution(stack, endpoint
         ("call", StepStatus.FAILED),
         ("broken", StepStatus.SUCCEEDED),
     ]
+
+
+def test_scheduled_dag__branches_overlap_on_the_workers_and_the_join_runs_once(stack, endpoint, user):
+    """Two independent http nodes are called at the same time by two worker processes; the join is
+    called once, after both answered, with both outputs; the Execution ends succeeded with the run."""
+    web, base_url = stack.start_web()
+    stack.env_extra["SCHEDULER_PUBLIC_BASE_URL"] = base_url
+    endpoint.default = Reply(status=200, delay=2)
+    definition = {
+        "type": "dag",
+        "nodes": [
+            {"id": "left", "action": "http", "params": {"url": endpoint.url, "body": {"side": "left"}}},
+            {"id": "right", "action": "http", "params": {"url": endpoint.url, "body": {"side": "right"}}},
+            {
+                "id": "join",
+                "action": "http",
+                "params": {
+                    "url": endpoint.url,
+                    "body": {"left": "${steps.left.output.body.run_id}", "right": "${steps.right.output.body.run_id}"},
+                },
+                "depends_on": ["left", "right"],
+            },
+        ],
+    }
+    workflow = WorkflowFactory(owner=user, endpoint_url="", definition=definition)
+    stack.start_worker_and_beat()
+    trigger = TriggerFactory(workflow=workflow, kind="once", run_at=timezone.now() + timedelta(seconds=2))
+
+    execution = wait_for(
+        lambda: Execution.objects.filter(
+            trigger=trigger, status__in=[ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED]
+        ).first(),
+        timeout=90,
+        what="the execution to end with its run",
+    )
+    run = run_of(execution.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert execution.status == ExecutionStatus.SUCCEEDED
+
+    calls = {call.body.get("side", "join"): call for call in endpoint.calls}
+    assert len(endpoint.calls) == 3 and set(calls) == {"left", "right", "join"}
+    left, right, join = calls["left"], calls["right"], calls["join"]
+    assert endpoint.max_in_flight == 2
+    assert left.at < right.finished_at and right.at < left.finished_at  # the branches overlapped in time
+    assert join.at >= max(left.finished_at, right.finished_at)
+    keys = {call.headers["idempotency-key"] for call in endpoint.calls}
+    assert join.body == {
+        "left": endpoint.runs[left.headers["idempotency-key"]],
+        "right": endpoint.runs[right.headers["idempotency-key"]],
+    }
+    assert len(keys) == 3
+    assert run.steps.filter(step_id="join").count() == 1

@@ -126,8 +126,8 @@ def test_definition_problems__state_machine_errors_name_their_path(change, expec
     ("definition", "expected"),
     [
         ([], "definition: must be a JSON object"),
-        ({"type": "dag", "nodes": []}, "definition.type: 'dag' is not built yet"),
-        ({"type": "flowchart"}, "definition.type: must be one of sequence, state_machine"),
+        ({"type": "dag", "nodes": []}, "definition.nodes: [] should be non-empty"),
+        ({"type": "flowchart"}, "definition.type: must be one of sequence, state_machine, dag"),
         ({"type": "sequence", "steps": []}, "definition.steps: [] should be non-empty"),
         (
             {"type": "sequence", "steps": [{"id": "1x", "action": "log", "params": {"message": "m"}}]},
@@ -158,6 +158,58 @@ def test_definition_problems__state_machine_errors_name_their_path(change, expec
 def test_definition_problems__sequence_errors_name_their_path(definition, expected):
     """Wrong types, unknown kinds and bad params are reported by path, kinds not built yet say so."""
     problems = definition_problems(definition)
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+DAG = {
+    "type": "dag",
+    "nodes": [
+        {"id": "start", "action": "set", "params": {"values": {"n": 1}}},
+        {"id": "left", "action": "log", "params": {"message": "${steps.start.output.n}"}, "depends_on": ["start"]},
+        {"id": "right", "action": "log", "params": {"message": "r"}, "depends_on": ["start"]},
+        {
+            "id": "join",
+            "action": "log",
+            "params": {"message": "${steps.left.output.message}"},
+            "depends_on": ["left", "right"],
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda d: d["nodes"][3].update(depends_on=["left", "middle"]),
+            "definition.nodes[3].depends_on[1]: 'middle' is not a node id",
+        ),
+        (
+            lambda d: d["nodes"][1].update(depends_on=["left"]),
+            "definition.nodes[1].depends_on[0]: a node cannot depend on itself",
+        ),
+        (
+            lambda d: d["nodes"][0].update(depends_on=["join"]),
+            "definition.nodes: the dependencies form a cycle: start -> join -> left -> start",
+        ),
+        (
+            lambda d: d["nodes"][2]["params"].update(message="${steps.left.output.message}"),
+            "definition.nodes[2].params.message: ${steps.left.output.message}: node 'right' does not depend on 'left'",
+        ),
+        (
+            lambda d: d["nodes"][1].update(depends_on=["start", "start"]),
+            "definition.nodes[1].depends_on: ['start', 'start'] has non-unique elements",
+        ),
+        (
+            lambda d: d["nodes"][2].update(transitions={"success": "join"}),
+            "definition.nodes[2]: Additional properties are not allowed",
+        ),
+    ],
+)
+def test_definition_problems__dag_errors_name_their_path(change, expected):
+    """depends_on targets exist, no cycles, and a node reads only the outputs of nodes it depends on."""
+    assert definition_problems(DAG) == []
+    problems = definition_problems(with_change(DAG, change))
     assert any(problem.startswith(expected) for problem in problems), problems
 
 
@@ -264,6 +316,6 @@ def test_readme__definition_examples_are_valid():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Built-in workflow engine", 1)[1].split("\n## ", 1)[0]
     examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, flags=re.DOTALL)]
-    assert [example["type"] for example in examples] == ["state_machine", "sequence"]
+    assert [example["type"] for example in examples] == ["state_machine", "sequence", "dag"]
     for example in examples:
         assert definition_problems(example) == []

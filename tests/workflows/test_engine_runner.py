@@ -14,20 +14,13 @@ from django.db import connection
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from tests.e2e.harness import Endpoint, Reply
+from tests.e2e.harness import Reply
 from tests.factories import WorkflowFactory
 from workflows import services, tasks
 from workflows.engine import runner
 from workflows.models import RunStatus, StepStatus, WorkflowRun
 
 EXECUTION = {"execution_id": "e-1", "scheduled_for": "2027-01-04T09:00:00+00:00", "trigger_id": 7}
-
-
-@pytest.fixture
-def server():
-    endpoint = Endpoint()
-    yield endpoint
-    endpoint.close()
 
 
 def start(definition, *, inputs=None, user=None, key="k-1", **workflow_fields):

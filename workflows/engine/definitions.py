@@ -2,8 +2,10 @@
 (jsonschema) and then with what a schema cannot say (unique ids, transition targets, reachability,
 variables). Every problem names its path, e.g. ``definition.states[2].transitions.success``.
 
-Two shapes are built: ``sequence`` (steps in order) and ``state_machine`` (states, each with an
-action and transitions on success, error, timeout or a named event, ending in terminal states).
+Three shapes: ``sequence`` (steps in order), ``state_machine`` (states, each with an action and
+transitions on success, error, timeout or a named event, ending in terminal states) and ``dag``
+(nodes with ``depends_on``: independent nodes run at once, a node runs when all it depends on
+have succeeded, a failed node stops its dependents only).
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from ..validators import validate_headers
 from . import variables
 from .actions import REGISTRY
 
-TYPES = ("sequence", "state_machine")
-NOT_BUILT = ("dag",)
+TYPES = ("sequence", "state_machine", "dag")
 MAX_STEPS = 200
 DEFAULT_MAX_TRANSITIONS = 100
 MAX_TRANSITIONS = 10_000
@@ -45,6 +46,9 @@ def _step(kind: str) -> dict[str, Any]:
         properties["transitions"] = {"type": "object", "propertyNames": ID, "additionalProperties": ID}
         properties["terminal"] = {"enum": list(TERMINAL_STATUSES)}
         required = ["id"]
+    elif kind == "node":
+        properties["depends_on"] = {"type": "array", "items": ID, "uniqueItems": True, "maxItems": MAX_STEPS}
+        required = ["id", "action"]
     else:
         required = ["id", "action"]
     return {"type": "object", "additionalProperties": False, "required": required, "properties": properties}
@@ -75,7 +79,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "states": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": _step("state")},
         },
     },
+    "dag": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "nodes"],
+        "properties": {
+            "type": {"const": "dag"},
+            **_COMMON,
+            "nodes": {"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": _step("node")},
+        },
+    },
 }
+KEYS = {"sequence": "steps", "state_machine": "states", "dag": "nodes"}
 _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in SCHEMAS.items()}
 _PARAM_VALIDATORS = {name: Draft202012Validator(action.schema) for name, action in REGISTRY.items()}
 
@@ -104,8 +119,8 @@ def _message(error: SchemaError) -> str:
 
 
 def steps_of(definition: dict[str, Any]) -> list[dict[str, Any]]:
-    """A definition's steps (a sequence) or states (a state machine), in the order written."""
-    return definition.get("steps") or definition.get("states") or []
+    """A definition's steps, states or nodes, in the order written."""
+    return definition.get(KEYS.get(definition.get("type", ""), ""), [])
 
 
 def find_step(definition: dict[str, Any], step_id: str) -> dict[str, Any]:
@@ -113,9 +128,28 @@ def find_step(definition: dict[str, Any], step_id: str) -> dict[str, Any]:
 
 
 def first_step(definition: dict[str, Any]) -> str:
+    """Where a sequence or state machine starts ("" for a dag: its roots start together)."""
     if definition["type"] == "state_machine":
         return definition["initial_state"]
+    if definition["type"] == "dag":
+        return ""
     return definition["steps"][0]["id"]
+
+
+def ancestors(nodes: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """For each node of an acyclic dag, every node it depends on, directly or not."""
+    by_id = {node["id"]: node for node in nodes}
+    found: dict[str, set[str]] = {}
+
+    def of(node_id: str) -> set[str]:
+        if node_id not in found:
+            direct = set(by_id[node_id].get("depends_on", []))
+            found[node_id] = direct.union(*(of(parent) for parent in direct))
+        return found[node_id]
+
+    for node in nodes:
+        of(node["id"])
+    return found
 
 
 def definition_problems(definition: Any) -> list[str]:
@@ -123,14 +157,12 @@ def definition_problems(definition: Any) -> list[str]:
     if not isinstance(definition, dict):
         return ["definition: must be a JSON object"]
     kind = definition.get("type")
-    if kind in NOT_BUILT:
-        return [f"definition.type: {kind!r} is not built yet; use one of {', '.join(TYPES)}"]
     if kind not in TYPES:
         return [f"definition.type: must be one of {', '.join(TYPES)}, not {kind!r}"]
     problems = _schema_problems(_VALIDATORS[kind], definition, ())
     if problems:
         return problems[:MAX_PROBLEMS]
-    key = "steps" if kind == "sequence" else "states"
+    key = KEYS[kind]
     steps = definition[key]
     ids: dict[str, int] = {}
     for index, step in enumerate(steps):
@@ -149,7 +181,64 @@ def definition_problems(definition: Any) -> list[str]:
         problems += _step_reference_problems(step.get("params", {}), (key, index, "params"), set(ids))
     if kind == "state_machine":
         problems += _state_machine_problems(definition, ids)
+    if kind == "dag" and not problems:
+        problems += _dag_problems(steps, ids)
     return problems[:MAX_PROBLEMS]
+
+
+def _dag_problems(nodes: list[dict[str, Any]], ids: dict[str, int]) -> list[str]:
+    problems = []
+    for index, node in enumerate(nodes):
+        for position, parent in enumerate(node.get("depends_on", [])):
+            where = path_text(("nodes", index, "depends_on", position))
+            if parent == node["id"]:
+                problems.append(f"{where}: a node cannot depend on itself")
+            elif parent not in ids:
+                problems.append(f"{where}: {parent!r} is not a node id")
+    if problems:
+        return problems
+    cycle = _cycle(nodes)
+    if cycle:
+        return [f"definition.nodes: the dependencies form a cycle: {' -> '.join(cycle)}"]
+    # A node reads only what has surely run before it: the nodes it depends on, directly or not.
+    before = ancestors(nodes)
+    for index, node in enumerate(nodes):
+        for path, name in variables.references(node.get("params", {})):
+            parts = name.split(".")
+            if parts[0] == "steps" and len(parts) > 1 and parts[1] in ids and parts[1] not in before[node["id"]]:
+                problems.append(
+                    f"{path_text(('nodes', index, 'params', *path))}: ${{{name}}}: node {node['id']!r} does not "
+                    f"depend on {parts[1]!r}, so it may run before it; add it to depends_on"
+                )
+    return problems
+
+
+def _cycle(nodes: list[dict[str, Any]]) -> list[str]:
+    """One cycle of the dependencies as [a, b, ..., a], or [] if there is none."""
+    depends = {node["id"]: node.get("depends_on", []) for node in nodes}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node_id: str) -> list[str]:
+        state[node_id] = 1
+        path.append(node_id)
+        for parent in depends[node_id]:
+            if state.get(parent) == 1:
+                return [*path[path.index(parent) :], parent]
+            if parent not in state:
+                found = visit(parent)
+                if found:
+                    return found
+        state[node_id] = 2
+        path.pop()
+        return []
+
+    for node_id in depends:
+        if node_id not in state:
+            found = visit(node_id)
+            if found:
+                return found
+    return []
 
 
 def _header_problems(headers: dict[str, str], where: tuple[str | int, ...]) -> list[str]:

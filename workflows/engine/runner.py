@@ -122,6 +122,11 @@ def run_start(*, run: WorkflowRun, now: datetime | None = None) -> WorkflowRun:
     run.step_seq, run.attempt, run.transitions = 1, 0, 0
     run.started_at = now
     run.wake_at = None
+    if definition["type"] == "dag":
+        run.step_seq = 0
+        _dag_start(run, now)
+        run.save()
+        return run
     _ready(run, now)
     run.save()
     _send(run.pk)
@@ -168,6 +173,8 @@ def _claim(run_id: Any, now: datetime) -> Claim | None:
     run = WorkflowRun.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=run_id).first()
     if run is None or run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
         return None
+    if run.definition.get("type") == "dag":
+        return _dag_claim(run, now)
     if run.wake_at is not None and run.wake_at > now:
         return None  # a wait or a retry backoff: sent again when due
     if run.status == RunStatus.WAITING:
@@ -289,12 +296,15 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         "output_excerpt": _excerpt(outcome.output),
         "error": outcome.error,
     }
+    dag = claim.run.definition.get("type") == "dag"
     current = (
         run is not None
         and run.status == RunStatus.RUNNING
-        and run.step_seq == claim.seq
-        and run.attempt == claim.attempt
-        and run.step_started_at is not None
+        and (
+            _dag_holds(run, claim)
+            if dag
+            else (run.step_seq == claim.seq and run.attempt == claim.attempt and run.step_started_at is not None)
+        )
     )
     if not current:
         # Cancelled, or taken over after our lease ran out: what the run holds now stands.
@@ -307,6 +317,8 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
     assert run is not None
     WorkflowStep.objects.filter(pk=claim.step_row_id).update(**row)
     step = claim.step
+    if dag:
+        return _dag_record(run, step, outcome, now)
     if outcome.status == "failed" and outcome.retry_in_seconds is not None:
         run.wake_at = now + timedelta(seconds=outcome.retry_in_seconds)
         _ready(run, now)
@@ -405,6 +417,195 @@ def _finish(run: WorkflowRun, status: str, now: datetime, *, error: str = "") ->
     _announce_finished(run.pk)
 
 
+# --- DAG: nodes side by side -----------------------------------------------------------------------
+#
+# A dag run has no single current step: each node's state is in context["nodes"] (pending, ready,
+# running, waiting, succeeded, failed, skipped; its step number, attempt, lease and wake time), and
+# every change to it is made under the run's row lock. One task claims one ready node, so nodes
+# that are ready together run at once on as many workers. A node becomes ready exactly once, when
+# the last node it depends on succeeds (the join); a failed node skips the nodes that depend on it,
+# directly or not, and nothing else. The run's lease_expires_at is the soonest time a node needs a
+# look (a running node's lease, a ready node's hand-off, a wait's end): the recovery task's index.
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _dag_start(run: WorkflowRun, now: datetime) -> None:
+    nodes = run.definition["nodes"]
+    run.context["nodes"] = {
+        node["id"]: {"status": "pending", "seq": None, "attempt": 0, "lease": None, "wake_at": None} for node in nodes
+    }
+    for node in nodes:
+        if not node.get("depends_on"):
+            _dag_ready(run, node["id"], now)
+    _dag_lease(run)
+
+
+def _dag_ready(run: WorkflowRun, node_id: str, now: datetime, *, wake_at: datetime | None = None) -> None:
+    """The node may run (at ``wake_at``, for a retry): a task is sent for it."""
+    node = run.context["nodes"][node_id]
+    if node["seq"] is None:
+        # Its own step number, for its history and its Idempotency-Key: the same on every attempt.
+        run.step_seq += 1
+        node["seq"] = run.step_seq
+    due = max(wake_at or now, now)
+    node.update(status="ready", wake_at=_iso(wake_at), lease=_iso(due + _handoff()))
+    _send(run.pk, countdown=(due - now).total_seconds() or None)
+
+
+def _dag_lease(run: WorkflowRun) -> None:
+    times = []
+    for node in run.context["nodes"].values():
+        if node["status"] in ("ready", "running"):
+            times.append(_when(node["lease"]))
+        elif node["status"] == "waiting":
+            times.append(_when(node["lease"] or node["wake_at"]))
+    run.lease_expires_at = min((time for time in times if time is not None), default=None)
+
+
+def _dag_holds(run: WorkflowRun, claim: Claim) -> bool:
+    node = (run.context or {}).get("nodes", {}).get(claim.step["id"])
+    return bool(node) and node["status"] == "running" and (node["seq"], node["attempt"]) == (claim.seq, claim.attempt)
+
+
+def _dag_claim(run: WorkflowRun, now: datetime) -> Claim | None:
+    """Finish the waits fallen due, then take one ready node (in the order written). Run locked."""
+    nodes = run.context["nodes"]
+    for step in run.definition["nodes"]:
+        node = nodes[step["id"]]
+        if node["status"] == "waiting" and _when(node["wake_at"]) <= now and run.status == RunStatus.RUNNING:
+            waited = {"waited_until": node["wake_at"]}
+            WorkflowStep.objects.filter(run=run, seq=node["seq"], status=StepStatus.WAITING).update(
+                status=StepStatus.SUCCEEDED, finished_at=now, output_excerpt=_excerpt(waited)
+            )
+            _dag_outcome(run, step, Outcome("succeeded", output=waited), now)
+    pick = next(
+        (
+            step
+            for step in run.definition["nodes"]
+            if nodes[step["id"]]["status"] == "ready"
+            and (nodes[step["id"]]["wake_at"] is None or _when(nodes[step["id"]]["wake_at"]) <= now)
+        ),
+        None,
+    )
+    if pick is None or run.status != RunStatus.RUNNING:
+        if run.status == RunStatus.RUNNING:
+            _dag_lease(run)
+        run.save()
+        return None
+    node = nodes[pick["id"]]
+    seconds = REGISTRY[pick["action"]].seconds(pick.get("params", {}), run.workflow)
+    node["attempt"] += 1
+    node.update(status="running", wake_at=None, lease=_iso(now + timedelta(seconds=seconds) + _grace()))
+    _dag_lease(run)
+    run.save()
+    row = WorkflowStep.objects.create(
+        run=run, seq=node["seq"], step_id=pick["id"], action=pick["action"], attempt=node["attempt"], started_at=now
+    )
+    return Claim(run=run, step=pick, step_row_id=row.pk, seq=node["seq"], attempt=node["attempt"], now=now)
+
+
+def _dag_record(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: datetime) -> str:
+    node = run.context["nodes"][step["id"]]
+    if outcome.status == "failed" and outcome.retry_in_seconds is not None:
+        _dag_ready(run, step["id"], now, wake_at=now + timedelta(seconds=outcome.retry_in_seconds))
+        result = "retrying"
+    elif outcome.status == "waiting":
+        wake_at = outcome.wait_until or now
+        node.update(status="waiting", wake_at=_iso(wake_at), lease=None)
+        wait = (wake_at - now).total_seconds()
+        if wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+            _send(run.pk, countdown=max(wait, 0) or None)
+        result = "waiting"
+    else:
+        _dag_outcome(run, step, outcome, now)
+        result = str(run.status)
+    if run.status == RunStatus.RUNNING:
+        _dag_lease(run)
+    run.save()
+    return result
+
+
+def _dag_outcome(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: datetime) -> None:
+    """A node succeeded or failed: ready the nodes now free to run, or skip those that needed it."""
+    nodes = run.context["nodes"]
+    run.context.setdefault("steps", {})[step["id"]] = {
+        "output": outcome.output,
+        "status": outcome.status,
+        "error": outcome.error,
+    }
+    node = nodes[step["id"]]
+    node.update(lease=None, wake_at=None)
+    if outcome.status == "succeeded":
+        node["status"] = "succeeded"
+        for child in run.definition["nodes"]:
+            parents = child.get("depends_on", [])
+            if (
+                step["id"] in parents
+                and nodes[child["id"]]["status"] == "pending"
+                and all(nodes[parent]["status"] == "succeeded" for parent in parents)
+            ):
+                _dag_ready(run, child["id"], now)
+    else:
+        node["status"] = "failed"
+        below = definitions.ancestors(run.definition["nodes"])
+        for other in run.definition["nodes"]:
+            if step["id"] in below[other["id"]] and nodes[other["id"]]["status"] == "pending":
+                nodes[other["id"]]["status"] = "skipped"
+    if all(state["status"] in ("succeeded", "failed", "skipped") for state in nodes.values()):
+        failed_nodes = [item["id"] for item in run.definition["nodes"] if nodes[item["id"]]["status"] == "failed"]
+        if not failed_nodes:
+            _finish(run, RunStatus.SUCCEEDED, now)
+            return
+        errors = "; ".join(f"{name}: {run.context['steps'][name]['error']}" for name in failed_nodes)
+        skipped = [item["id"] for item in run.definition["nodes"] if nodes[item["id"]]["status"] == "skipped"]
+        _finish(
+            run,
+            RunStatus.FAILED,
+            now,
+            error=f"node {errors}" + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
+        )
+
+
+def _dag_recover(run: WorkflowRun, now: datetime) -> int:
+    """Look at the nodes whose time is up (run locked): a running node's worker died, a ready node's
+    message was lost, a wait fell due. Sends a task for each; returns how many."""
+    nodes = run.context["nodes"]
+    sent = 0
+    for step in run.definition["nodes"]:
+        node = nodes[step["id"]]
+        status = node["status"]
+        if run.status != RunStatus.RUNNING:
+            break
+        if status == "running" and _when(node["lease"]) <= now:
+            lost = f"worker lost during attempt {node['attempt']}"
+            logger.warning("run %s node %s: %s", run.pk, step["id"], lost, extra=_ids(run))
+            WorkflowStep.objects.filter(
+                run=run, seq=node["seq"], attempt=node["attempt"], status=StepStatus.RUNNING
+            ).update(status=StepStatus.FAILED, finished_at=now, error=lost)
+            if node["attempt"] >= _attempts_allowed(step) + CRASH_ALLOWANCE:
+                _dag_outcome(run, step, failed(f"{lost}, giving up"), now)
+            else:
+                _dag_ready(run, step["id"], now)
+                sent += 1
+        elif (status == "ready" and _when(node["lease"]) <= now) or (
+            status == "waiting" and _when(node["lease"] or node["wake_at"]) <= now
+        ):
+            node["lease"] = _iso(now + _handoff())
+            _send(run.pk)
+            sent += 1
+    if run.status == RunStatus.RUNNING:
+        _dag_lease(run)
+    run.save()
+    return sent
+
+
 # --- The entry points of the tasks -----------------------------------------------------------------
 
 
@@ -430,6 +631,9 @@ def runs_recover(*, now: datetime | None = None, limit: int = RECOVER_LIMIT) -> 
             .order_by("lease_expires_at")[:limit]
         )
         for run in stale:
+            if run.definition.get("type") == "dag":
+                sent += _dag_recover(run, now)
+                continue
             if run.step_started_at is not None and not _lost(run, now):
                 run.save()
                 continue
