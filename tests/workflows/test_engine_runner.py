@@ -160,6 +160,21 @@ def test_condition__operators(db, expression, inputs, expected):
     assert run.status == (RunStatus.SUCCEEDED if expected else RunStatus.FAILED)
 
 
+@pytest.mark.parametrize(
+    ("expression", "error"),
+    [
+        ({"in": [["a"], {"a": 1}]}, 'in: only text can be looked for in text or an object\'s keys, not ["a"]'),
+        ({"in": [1, 5]}, "in: the right side must be a list, a string or an object, not 5"),
+    ],
+)
+def test_condition__in_with_the_wrong_types_is_a_step_error(db, expression, error):
+    """in with a right side that holds nothing, or a list looked for in an object, is the step's error."""
+    definition = sequence({"id": "check", "action": "condition", "params": {"if": expression}})
+    run = drive(start(definition))
+    assert run.status == RunStatus.FAILED
+    assert run.steps.get(step_id="check").error == error
+
+
 def test_condition__comparing_a_number_with_text_is_a_step_error(db):
     """gt between a number and a string is an error on the step (the error transition), not a crash."""
     run = start(

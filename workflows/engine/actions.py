@@ -211,6 +211,8 @@ def evaluate(expression: dict[str, Any], values: dict[str, Any]) -> bool:
     if op == "in":
         if not isinstance(right, list | str | dict):
             raise StepFailed(f"in: the right side must be a list, a string or an object, not {json.dumps(right)}")
+        if not isinstance(right, list) and not isinstance(left, str):
+            raise StepFailed(f"in: only text can be looked for in text or an object's keys, not {json.dumps(left)}")
         return left in right
     numbers = all(isinstance(side, int | float) and not isinstance(side, bool) for side in (left, right))
     if not numbers and not (isinstance(left, str) and isinstance(right, str)):
