@@ -15,7 +15,13 @@ from schedules.api import (
     TriggerViewSet,
     WorkflowStatsView,
 )
-from workflows.api import AuditEventListView, WorkflowAuditView, WorkflowRunsView, WorkflowViewSet
+from workflows.api import (
+    AuditEventListView,
+    WorkflowAuditView,
+    WorkflowRunsView,
+    WorkflowRunViewSet,
+    WorkflowViewSet,
+)
 
 admin.site.site_header = "Workflow Scheduler"
 admin.site.site_title = "Workflow Scheduler admin"
@@ -30,6 +36,7 @@ router = SimpleRouter(use_regex_path=False)
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("triggers", TriggerViewSet, basename="trigger")
 router.register("executions", ExecutionViewSet, basename="execution")
+router.register("runs", WorkflowRunViewSet, basename="run")
 
 urlpatterns = [
     path("", home, name="home"),

@@ -24,6 +24,7 @@ from rest_framework.authtoken.models import TokenProxy
 from scheduler_project.api import CappedPaginator
 
 from . import services
+from .exceptions import RunStateError
 from .fields import JSONFormField
 from .models import ApiToken, AuditEvent, Workflow, WorkflowRun, WorkflowStep, mask_token
 from .validators import validate_secret
@@ -441,10 +442,40 @@ class WorkflowRunAdmin(OwnedAdminMixin, admin.ModelAdmin):
     ]
     readonly_fields = fields
     inlines = [WorkflowStepInline]
+    actions = ["pause_runs", "resume_runs", "cancel_runs", "retry_runs"]
 
     @admin.display(description="Context")
     def context_json(self, obj: WorkflowRun) -> str:
         return pretty_json(obj.context)
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        # Runs are never edited, but whoever may change workflows may steer their runs.
+        return request.user.has_perm("workflows.change_workflow")
+
+    def _control(self, request: HttpRequest, queryset: QuerySet[WorkflowRun], change: Any, done: str) -> None:
+        for run in queryset.select_related("workflow"):
+            try:
+                saved = change(run=run, actor=request.user)
+            except RunStateError as exc:
+                messages.error(request, f"run {run.pk}: {exc}")
+            else:
+                messages.success(request, f"{done} run {run.pk} ({saved.get_status_display()}).")
+
+    @admin.action(description="Pause selected runs", permissions=["control"])
+    def pause_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_pause, "Paused")
+
+    @admin.action(description="Resume selected runs", permissions=["control"])
+    def resume_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_resume, "Resumed")
+
+    @admin.action(description="Cancel selected runs", permissions=["control"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_cancel, "Cancelled")
+
+    @admin.action(description="Retry selected runs from their failed step", permissions=["control"])
+    def retry_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_retry, "Retried")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

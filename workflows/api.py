@@ -184,10 +184,27 @@ class WorkflowRunFilter(filters.FilterSet):
 
     class Meta:
         model = WorkflowRun
-        fields = ["idempotency_key", "received_at"]
+        fields = ["idempotency_key", "received_at", "status"]
 
 
-AUDIT_OBJECT_TYPES = [("workflow", "workflow"), ("trigger", "trigger"), ("execution", "execution")]
+class RunListFilter(WorkflowRunFilter):
+    class Meta:
+        model = WorkflowRun
+        fields = ["workflow", "idempotency_key", "received_at", "status"]
+
+
+class CancelRunSerializer(StrictFieldsMixin, serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, help_text="Why, for the run's error, e.g. 'wrong inputs'."
+    )
+
+
+AUDIT_OBJECT_TYPES = [
+    ("workflow", "workflow"),
+    ("trigger", "trigger"),
+    ("execution", "execution"),
+    ("workflowrun", "workflow run"),
+]
 AUDIT_SOURCES = [("admin", "admin"), ("api", "api"), ("command", "command"), ("scheduler", "scheduler")]
 
 
@@ -324,6 +341,65 @@ class WorkflowRunsView(generics.ListAPIView):
     )
     def post(self, request: Request, workflow_id: int) -> HttpResponseBase:
         return views.workflow_runs(request._request, workflow_id)
+
+
+def runs_of(user: Any) -> QuerySet[WorkflowRun]:
+    """The runs of ``user``'s workflows (staff: everyone's), with their steps."""
+    return owned(
+        WorkflowRun.objects.select_related("workflow").prefetch_related("steps"), user, owner_path="workflow__owner"
+    )
+
+
+_CONFLICT = OpenApiResponse(description="The run's status does not allow it (e.g. resume a run that is not paused).")
+
+
+@extend_schema_view(
+    pause=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    resume=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    cancel=extend_schema(request=CancelRunSerializer, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    retry=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+)
+class WorkflowRunViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
+    """Runs of your workflows (staff: everyone's) with their step history; pause, resume, cancel and
+    retry those of the built-in engine. Writes go through workflows.services."""
+
+    serializer_class = WorkflowRunSerializer
+    filterset_class = RunListFilter
+    lookup_value_converter = "uuid"
+    ordering_fields = ["received_at"]
+    ordering = ["-received_at"]
+
+    def get_queryset(self) -> QuerySet[WorkflowRun]:
+        return runs_of(self.request.user)
+
+    def _control(self, change: Any, **options: Any) -> Response:
+        run = change(run=self.get_object(), actor=self.request.user, **options)
+        return Response(self.get_serializer(runs_of(self.request.user).get(pk=run.pk)).data)
+
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Stop sending the run's steps (a step in flight finishes and is recorded)."""
+        return self._control(services.run_pause)
+
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        """Carry on from where the run was paused."""
+        return self._control(services.run_resume)
+
+    @action(detail=True, methods=["post"], serializer_class=CancelRunSerializer)
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """End the run as cancelled; the Execution that started it fails."""
+        body = CancelRunSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.run_cancel(
+            run=self.get_object(), actor=request.user, reason=body.validated_data.get("reason", "")
+        )
+        return Response(WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data)
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        """Run a failed run again from the step that failed (completed steps are not run again)."""
+        return self._control(services.run_retry)
 
 
 def audit_of(user: Any) -> QuerySet[AuditEvent]:

@@ -64,3 +64,9 @@ class RunBodyInvalid(WorkflowError):
 
 class StepFailed(WorkflowError):
     """A step of the built-in engine failed (bad params at run time, a failed condition...)."""
+
+
+class RunStateError(WorkflowError):
+    """A run cannot do that in its state, e.g. resume a run that is not paused (the API's 409)."""
+
+    field = "status"

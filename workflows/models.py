@@ -147,11 +147,14 @@ class RunStatus(models.TextChoices):
     RECORDED = "", "recorded"  # the workflow has no definition: nothing to run
     RUNNING = "running", "running"
     WAITING = "waiting", "waiting"
+    PAUSED = "paused", "paused"
     SUCCEEDED = "succeeded", "succeeded"
     FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
 
 
-RUN_FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED)
+RUN_FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+RUN_ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
 
 
 class WorkflowRun(models.Model):
@@ -170,7 +173,7 @@ class WorkflowRun(models.Model):
         choices=RunStatus.choices,
         default=RunStatus.RECORDED,
         blank=True,
-        help_text="running, waiting, succeeded or failed; blank: recorded only (no definition).",
+        help_text="running, waiting, paused, succeeded, failed or cancelled; blank: recorded only (no definition).",
     )
     definition = models.JSONField(
         default=dict, blank=True, help_text="The workflow's definition when the run started (later edits don't apply)."

@@ -334,3 +334,42 @@ def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, A
         # A concurrent request with the same key won the insert.
         return WorkflowRun.objects.get(workflow=workflow, idempotency_key=idempotency_key), False
     return run, True
+
+
+# --- Runs of the built-in engine: pause, resume, cancel, retry -------------------------------------
+
+
+def _run_control(action: str, run: WorkflowRun, actor: AbstractBaseUser | None, **options: Any) -> WorkflowRun:
+    from .engine import runner
+
+    change = getattr(runner, f"run_{action}")
+    with transaction.atomic():
+        done = change(run_id=run.pk, **options)
+        audit_record(
+            actor=actor,
+            action={"pause": "paused", "resume": "resumed", "cancel": "cancelled", "retry": "retried"}[action],
+            obj=done,
+            owner=done.workflow.owner,
+            changes={"status": done.status, **options},
+        )
+    return done
+
+
+def run_pause(*, run: WorkflowRun, actor: AbstractBaseUser | None = None) -> WorkflowRun:
+    """Pause a running or waiting run: no step is sent until it is resumed (RunStateError otherwise)."""
+    return _run_control("pause", run, actor)
+
+
+def run_resume(*, run: WorkflowRun, actor: AbstractBaseUser | None = None) -> WorkflowRun:
+    """Resume a paused run where it stopped."""
+    return _run_control("resume", run, actor)
+
+
+def run_cancel(*, run: WorkflowRun, actor: AbstractBaseUser | None = None, reason: str = "") -> WorkflowRun:
+    """Cancel an unfinished run; the Execution that started it, if any, fails with the reason."""
+    return _run_control("cancel", run, actor, reason=reason[:500])
+
+
+def run_retry(*, run: WorkflowRun, actor: AbstractBaseUser | None = None) -> WorkflowRun:
+    """Run a failed run again from its failed step (a dag: its failed and skipped nodes)."""
+    return _run_control("retry", run, actor)

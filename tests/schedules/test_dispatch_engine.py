@@ -126,3 +126,15 @@ def test_execution__built_in_workflow_without_definition_keeps_the_202(user, no_
     execution = running_execution(user, {})
     built_in_endpoint(monkeypatch)
     assert dispatch.execution_perform(execution=execution).status == ExecutionStatus.SUCCEEDED
+
+
+def test_execution__cancelled_run_fails_it(user, no_broker, monkeypatch):
+    """Cancelling the run ends the waiting execution as failed, saying so."""
+    execution = running_execution(user, WAIT_THEN_LOG, inputs={"word": "hi"})
+    built_in_endpoint(monkeypatch)
+    dispatch.execution_perform(execution=execution)
+    run = WorkflowRun.objects.get(pk=execution.run_id)
+    workflow_services.run_cancel(run=run, reason="not today")
+    assert dispatch.executions_follow_runs() == 1
+    execution.refresh_from_db()
+    assert (execution.status, execution.error) == (ExecutionStatus.FAILED, "run cancelled: cancelled: not today")

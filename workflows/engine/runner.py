@@ -29,8 +29,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..exceptions import WorkflowError
-from ..models import RunStatus, StepStatus, WorkflowRun, WorkflowStep
+from ..exceptions import RunStateError, WorkflowError
+from ..models import RUN_ACTIVE_STATUSES, RunStatus, StepStatus, WorkflowRun, WorkflowStep
 from . import definitions, variables
 from .actions import REGISTRY, Outcome, StepCall, failed
 
@@ -299,7 +299,8 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
     dag = claim.run.definition.get("type") == "dag"
     current = (
         run is not None
-        and run.status == RunStatus.RUNNING
+        # A pause takes effect between steps: the step in flight is recorded, the next is not sent.
+        and run.status in (RunStatus.RUNNING, RunStatus.PAUSED)
         and (
             _dag_holds(run, claim)
             if dag
@@ -308,7 +309,10 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
     )
     if not current:
         # Cancelled, or taken over after our lease ran out: what the run holds now stands.
-        row["error"] = (outcome.error + " " if outcome.error else "") + "(not used: the run had moved on)"
+        why = (
+            "the run was cancelled" if run is not None and run.status == RunStatus.CANCELLED else "the run had moved on"
+        )
+        row["error"] = (outcome.error + " " if outcome.error else "") + f"(not used: {why})"
         row["finished_at"] = now
         if step_status == StepStatus.WAITING:
             row["status"] = StepStatus.FAILED
@@ -319,20 +323,22 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
     step = claim.step
     if dag:
         return _dag_record(run, step, outcome, now)
+    paused = run.status == RunStatus.PAUSED
     if outcome.status == "failed" and outcome.retry_in_seconds is not None:
         run.wake_at = now + timedelta(seconds=outcome.retry_in_seconds)
         _ready(run, now)
         run.save()
-        _send(run.pk, countdown=outcome.retry_in_seconds)
+        if not paused:
+            _send(run.pk, countdown=outcome.retry_in_seconds)
         return "retrying"
     if outcome.status == "waiting":
-        run.status = RunStatus.WAITING
+        run.status = RunStatus.PAUSED if paused else RunStatus.WAITING
         run.wake_at = outcome.wait_until or now
         run.step_started_at = None
         run.lease_expires_at = None
         run.save()
         wait = (run.wake_at - now).total_seconds()
-        if wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+        if not paused and wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
             # Sooner than the recovery task would; a long wait is left to it (Redis re-delivers long ETAs).
             _send(run.pk, countdown=max(wait, 0) or None)
         return "waiting"
@@ -456,7 +462,8 @@ def _dag_ready(run: WorkflowRun, node_id: str, now: datetime, *, wake_at: dateti
         node["seq"] = run.step_seq
     due = max(wake_at or now, now)
     node.update(status="ready", wake_at=_iso(wake_at), lease=_iso(due + _handoff()))
-    _send(run.pk, countdown=(due - now).total_seconds() or None)
+    if run.status == RunStatus.RUNNING:  # (a paused run sends its ready nodes when resumed)
+        _send(run.pk, countdown=(due - now).total_seconds() or None)
 
 
 def _dag_lease(run: WorkflowRun) -> None:
@@ -520,13 +527,13 @@ def _dag_record(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: d
         wake_at = outcome.wait_until or now
         node.update(status="waiting", wake_at=_iso(wake_at), lease=None)
         wait = (wake_at - now).total_seconds()
-        if wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+        if run.status == RunStatus.RUNNING and wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
             _send(run.pk, countdown=max(wait, 0) or None)
         result = "waiting"
     else:
         _dag_outcome(run, step, outcome, now)
         result = str(run.status)
-    if run.status == RunStatus.RUNNING:
+    if run.status in (RunStatus.RUNNING, RunStatus.PAUSED):
         _dag_lease(run)
     run.save()
     return result
@@ -604,6 +611,103 @@ def _dag_recover(run: WorkflowRun, now: datetime) -> int:
         _dag_lease(run)
     run.save()
     return sent
+
+
+# --- Pause, resume, cancel, retry -----------------------------------------------------------------
+
+
+def _locked(run_id: Any) -> WorkflowRun:
+    return WorkflowRun.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=run_id)
+
+
+@transaction.atomic
+def run_pause(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
+    """Stop sending the run's steps; a step in flight finishes and is recorded (a wait keeps its time)."""
+    run = _locked(run_id)
+    if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+        raise RunStateError(f"only a running or waiting run can be paused; this one is {run.get_status_display()}.")
+    run.status = RunStatus.PAUSED
+    run.save(update_fields=["status", "updated_at"])
+    return run
+
+
+@transaction.atomic
+def run_resume(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
+    """Carry on from where the run was paused: a wait resumes with its time, the next step is sent."""
+    now = now or timezone.now()
+    run = _locked(run_id)
+    if run.status != RunStatus.PAUSED:
+        raise RunStateError(f"only a paused run can be resumed; this one is {run.get_status_display()}.")
+    run.status = RunStatus.RUNNING
+    if run.definition["type"] == "dag":
+        for step in run.definition["nodes"]:
+            if run.context["nodes"][step["id"]]["status"] == "ready":
+                _dag_ready(run, step["id"], now, wake_at=_when(run.context["nodes"][step["id"]]["wake_at"]))
+        _dag_lease(run)
+    elif WorkflowStep.objects.filter(run=run, seq=run.step_seq, status=StepStatus.WAITING).exists():
+        run.status = RunStatus.WAITING  # recover_runs sends it when wake_at is due
+        run.lease_expires_at = None
+        if run.wake_at and (run.wake_at - now).total_seconds() <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+            _send(run.pk, countdown=max((run.wake_at - now).total_seconds(), 0) or None)
+    elif run.step_started_at is None:
+        _ready(run, now)
+        _send(run.pk, countdown=max((run.wake_at - now).total_seconds(), 0) if run.wake_at else None)
+    # (A step still held when the pause came: its worker records it, or recovery retakes it.)
+    run.save()
+    return run
+
+
+@transaction.atomic
+def run_cancel(*, run_id: Any, reason: str = "", now: datetime | None = None) -> WorkflowRun:
+    """End the run now as cancelled; a step in flight is not used. The Execution that started it fails."""
+    now = now or timezone.now()
+    run = _locked(run_id)
+    if run.status not in RUN_ACTIVE_STATUSES:
+        raise RunStateError(f"only an unfinished run can be cancelled; this one is {run.get_status_display()}.")
+    WorkflowStep.objects.filter(run=run, status__in=[StepStatus.RUNNING, StepStatus.WAITING]).update(
+        status=StepStatus.FAILED, finished_at=now, error="run cancelled"
+    )
+    _finish(run, RunStatus.CANCELLED, now, error=f"cancelled{': ' + reason if reason else ''}")
+    run.save()
+    return run
+
+
+@transaction.atomic
+def run_retry(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
+    """Run a failed run again from the step that failed: the steps that succeeded are not run again,
+    the failed one runs under a new step number (a new Idempotency-Key: it is a new try, asked for)."""
+    now = now or timezone.now()
+    run = _locked(run_id)
+    if run.status != RunStatus.FAILED:
+        raise RunStateError(f"only a failed run can be retried; this one is {run.get_status_display()}.")
+    run.status, run.finished_at, run.error = RunStatus.RUNNING, None, ""
+    if run.definition["type"] == "dag":
+        nodes = run.context["nodes"]
+        for state in nodes.values():
+            if state["status"] in ("failed", "skipped"):
+                state.update(status="pending", seq=None, attempt=0, lease=None, wake_at=None)
+        for step in run.definition["nodes"]:
+            parents = step.get("depends_on", [])
+            if nodes[step["id"]]["status"] == "pending" and all(nodes[p]["status"] == "succeeded" for p in parents):
+                _dag_ready(run, step["id"], now)
+        _dag_lease(run)
+        run.save()
+        return run
+    failed_step = (
+        WorkflowStep.objects.filter(run=run)
+        .exclude(action="")
+        .order_by("-seq", "-attempt")
+        .values_list("step_id", flat=True)
+        .first()
+    )
+    if failed_step is None:
+        raise RunStateError("this run has no step to retry.")
+    run.transitions = 0
+    run.wake_at = None
+    _enter(run, failed_step, now)
+    run.save()
+    _send(run.pk)
+    return run
 
 
 # --- The entry points of the tasks -----------------------------------------------------------------

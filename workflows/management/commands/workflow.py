@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import services
-from workflows.exceptions import SecretUndecryptable
+from workflows.exceptions import RunStateError, SecretUndecryptable
 from workflows.models import HttpMethod, Workflow, WorkflowRun
 from workflows.services import audit_source
 
@@ -101,8 +101,15 @@ class Command(BaseCommand):
         define.add_argument("file", metavar="FILE", help="The JSON file; - reads stdin.")
         define.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
 
-        run = sub.add_parser("run", help="Show a run of the built-in engine: its status and each step's attempts.")
+        run = sub.add_parser(
+            "run", help="Show a run of the built-in engine (its status and each step's attempts), or steer it."
+        )
         run.add_argument("run_id", metavar="RUN_ID", help="The run's id (a UUID).")
+        steer = run.add_mutually_exclusive_group()
+        steer.add_argument("--pause", action="store_true", help="Send no more steps until it is resumed.")
+        steer.add_argument("--resume", action="store_true", help="Carry on from where it was paused.")
+        steer.add_argument("--cancel", action="store_true", help="End it as cancelled.")
+        steer.add_argument("--retry", action="store_true", help="Run a failed run again from its failed step.")
 
         listing = sub.add_parser("list", help="List workflows (secrets are never shown).")
         listing.add_argument("--owner", metavar="USERNAME", help="Only this user's workflows.")
@@ -178,6 +185,12 @@ class Command(BaseCommand):
             run = None
         if run is None:
             raise CommandError(f"RUN_ID: there is no run {options['run_id']!r}.")
+        for change in ("pause", "resume", "cancel", "retry"):
+            if options[change]:
+                try:
+                    run = getattr(services, f"run_{change}")(run=run)
+                except RunStateError as exc:
+                    raise CommandError(f"--{change}: {exc}") from None
         self.stdout.write(f"Run {run.pk} of workflow {run.workflow_id} {run.workflow.name!r}")
         self.stdout.write(
             f"Status: {run.get_status_display()}" + (f" at step {run.current_step}" if run.current_step else "")
