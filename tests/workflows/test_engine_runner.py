@@ -64,6 +64,18 @@ def test_run_record__definition_starts_the_engine_on_the_first_step(db):
     assert (again.pk, created) == (run.pk, False)
 
 
+def test_run_record__a_definition_that_no_longer_passes_fails_the_run_not_the_request(db):
+    """A stored definition that today's checks refuse (e.g. an action since renamed) fails the run with the reason."""
+    workflow = WorkflowFactory(endpoint_url="")
+    broken = sequence({"id": "a", "action": "teleport", "params": {}})
+    type(workflow).objects.filter(pk=workflow.pk).update(definition=broken)  # as if saved by an older release
+    workflow.refresh_from_db()
+    run, created = services.run_record(workflow=workflow, idempotency_key="k", payload={"inputs": {}})
+    assert created and run.status == RunStatus.FAILED
+    assert run.error.startswith("the definition cannot run: definition.steps[0].action: 'teleport' is not one of")
+    assert runner.run_advance(run_id=run.pk) == "nothing to do"
+
+
 def test_run_record__no_definition_only_records(workflow):
     """Without a definition nothing runs: the run is recorded as before."""
     run, _ = services.run_record(workflow=workflow, idempotency_key="k", payload={"inputs": {}})

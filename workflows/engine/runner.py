@@ -118,6 +118,14 @@ def run_start(*, run: WorkflowRun, now: datetime | None = None) -> WorkflowRun:
             name: payload[name] for name in ("execution_id", "scheduled_for", "trigger_id", "manual") if name in payload
         },
     }
+    problems = definitions.definition_problems(definition)
+    if problems:
+        # Checked when saved, but rules can tighten across releases (an action renamed): the run is
+        # recorded as failed with the reason, never a 500 at the endpoint or a task that crashes.
+        run.started_at = now
+        _finish(run, RunStatus.FAILED, now, error="the definition cannot run: " + "; ".join(problems))
+        run.save()
+        return run
     run.current_step = definitions.first_step(definition)
     run.step_seq, run.attempt, run.transitions = 1, 0, 0
     run.started_at = now
