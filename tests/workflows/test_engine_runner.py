@@ -432,3 +432,72 @@ def test_tasks__advance_and_recover_are_thin(db):
     assert tasks.advance_run(str(run.pk)) == {"run_id": str(run.pk), "status": "succeeded"}
     assert tasks.recover_runs() == {"sent": 0}
     assert WorkflowRun.objects.get(pk=run.pk).steps.get().status == StepStatus.SUCCEEDED
+
+
+def test_notify__email_and_signed_webhook(db, server, mailoutbox):
+    """notify sends its message by e-mail and to a webhook (signed, with the run's ids); variables filled in."""
+    run = drive(
+        start(
+            sequence(
+                {
+                    "id": "tell",
+                    "action": "notify",
+                    "params": {
+                        "email": ["ops@example.com", "${inputs.owner}"],
+                        "subject": "Stream ${inputs.stream}",
+                        "message": "started at ${execution.scheduled_for}",
+                        "webhook": server.url,
+                    },
+                }
+            ),
+            inputs={"owner": "ana@example.com", "stream": "tuesday"},
+        )
+    )
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert output(run, "tell") == {"webhook": 200, "email": 2}
+    (mail,) = mailoutbox
+    assert (mail.subject, mail.body, mail.to) == (
+        "Stream tuesday",
+        f"started at {EXECUTION['scheduled_for']}",
+        ["ops@example.com", "ana@example.com"],
+    )
+    (call,) = server.calls
+    assert call.body == {
+        "subject": "Stream tuesday",
+        "message": f"started at {EXECUTION['scheduled_for']}",
+        "run_id": str(run.pk),
+        "workflow_id": run.workflow_id,
+        "step": "tell",
+    }
+    Webhook(run.workflow.secret).verify(call.raw, call.headers)
+
+
+def test_notify__webhook_refused_fails_the_step_and_sends_no_email(db, server, mailoutbox):
+    """A webhook that answers 404 fails the step; the e-mail, sent only after it, is not sent."""
+    server.default = Reply(status=404)
+    run = drive(
+        start(
+            sequence(
+                {
+                    "id": "tell",
+                    "action": "notify",
+                    "params": {"email": ["a@example.com"], "message": "m", "webhook": server.url},
+                }
+            )
+        )
+    )
+    assert run.status == RunStatus.FAILED
+    assert run.error == "step tell: HTTP 404 Not Found"
+    assert mailoutbox == []
+
+
+def test_notify__needs_an_address_or_a_webhook():
+    """Without a webhook, e-mail addresses are required, and they must look like addresses."""
+    from workflows.engine.definitions import definition_problems
+
+    assert definition_problems(sequence({"id": "t", "action": "notify", "params": {"message": "m"}})) == [
+        "definition.steps[0].params: 'email' is a required property"
+    ]
+    assert definition_problems(
+        sequence({"id": "t", "action": "notify", "params": {"message": "m", "email": ["not-an-address"]}})
+    )[0].startswith("definition.steps[0].params.email[0]: 'not-an-address' does not match")

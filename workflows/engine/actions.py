@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.core.mail import send_mail
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -29,6 +31,7 @@ logger = logging.getLogger("workflows.engine")
 VARIABLE_STRING = {"type": "string", "pattern": r"^\$\{[^${}]+\}$"}
 MAX_WAIT_SECONDS = 366 * 24 * 3600
 MAX_HTTP_RETRIES = 10
+DEFAULT_RETRIES = 2
 # Backoff between attempts of an http step: 2, 4, 8... seconds, at most this.
 MAX_RETRY_BACKOFF_SECONDS = 60
 
@@ -274,13 +277,34 @@ def http(call: StepCall) -> Outcome:
     url = params["url"]
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         return failed("url must be an http or https URL")
-    retries = params.get("retries", 2)
-    request = WorkflowCall(
+    return _signed_call(
+        call,
         url=url,
         method=params.get("method", HttpMethod.POST),
+        body=body,
+        headers=headers,
+        timeout_seconds=_http_seconds(params, call.workflow),
+        retries=params.get("retries", DEFAULT_RETRIES),
+    )
+
+
+def _signed_call(
+    call: StepCall,
+    *,
+    url: str,
+    method: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    timeout_seconds: float,
+    retries: int,
+) -> Outcome:
+    """One attempt through workflows.client; a retryable failure asks for another attempt after a backoff."""
+    request = WorkflowCall(
+        url=url,
+        method=method,
         secret=call.workflow.secret,
         previous_secret=call.workflow.valid_previous_secret(),
-        timeout_seconds=_http_seconds(params, call.workflow),
+        timeout_seconds=timeout_seconds,
         idempotency_key=f"{call.run_id}:{call.seq}:{call.step_id}",
         headers=headers,
         payload=body,
@@ -300,3 +324,77 @@ def http(call: StepCall) -> Outcome:
     except (ValueError, UnicodeDecodeError, RecursionError):
         answer = result.content.decode("utf-8", errors="replace")
     return succeeded({"status": result.http_status, "body": answer})
+
+
+# --- notify ----------------------------------------------------------------------------------------
+
+NOTIFY_WEBHOOK_TIMEOUT_SECONDS = 10
+MAX_RECIPIENTS = 50
+
+
+@action(
+    "notify",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["message"],
+        # E-mail, a webhook or both: without a webhook, the addresses are required.
+        "if": {"not": {"required": ["webhook"]}},
+        "then": {"required": ["email"]},
+        "properties": {
+            "email": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_RECIPIENTS,
+                "items": {"type": "string", "pattern": r"^[^@\s]+@[^@\s]+$|^\$\{[^${}]+\}$"},
+            },
+            "subject": {"type": "string", "maxLength": 200},
+            "message": {"type": "string", "maxLength": 10_000},
+            "webhook": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "retries": {"type": "integer", "minimum": 0, "maximum": MAX_HTTP_RETRIES},
+        },
+    },
+    seconds=lambda params, workflow: NOTIFY_WEBHOOK_TIMEOUT_SECONDS + 30.0,  # the webhook, then the mail server
+)
+def notify(call: StepCall) -> Outcome:
+    """Tell people: an e-mail (Django's mail backend, from SCHEDULER_NOTIFY_FROM_EMAIL) and/or a signed
+    JSON POST to a webhook through the guarded client ({"subject", "message", "run_id", "workflow_id",
+    "step"}). The webhook goes first and is retried like an http step; the e-mail is sent once it has
+    succeeded (a worker killed between the two may send the e-mail twice: at least once)."""
+    params = call.params
+    subject = params.get("subject") or f"Workflow {call.workflow.name}: {call.step_id}"
+    output: dict[str, Any] = {}
+    if "webhook" in params:
+        url = params["webhook"]
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            return failed("webhook must be an http or https URL")
+        body = {
+            "subject": subject,
+            "message": params["message"],
+            "run_id": call.run_id,
+            "workflow_id": call.workflow.pk,
+            "step": call.step_id,
+        }
+        sent = _signed_call(
+            call,
+            url=url,
+            method=HttpMethod.POST,
+            body=body,
+            headers={},
+            timeout_seconds=NOTIFY_WEBHOOK_TIMEOUT_SECONDS,
+            retries=params.get("retries", DEFAULT_RETRIES),
+        )
+        if sent.status != "succeeded":
+            return sent
+        output["webhook"] = sent.output["status"]
+    recipients = params.get("email") or []
+    if recipients:
+        wrong = [address for address in recipients if not isinstance(address, str) or "@" not in address]
+        if wrong:
+            return failed(f"email: not e-mail addresses: {json.dumps(wrong)[:200]}")
+        try:
+            send_mail(subject, params["message"], settings.SCHEDULER_NOTIFY_FROM_EMAIL, recipients)
+        except Exception as exc:  # noqa: BLE001 - a mail outage fails the step, never the worker
+            return failed(f"e-mail not sent: {type(exc).__name__}: {str(exc)[:200]}")
+        output["email"] = len(recipients)
+    return succeeded(output)

@@ -32,7 +32,7 @@ from django.utils import timezone
 from ..exceptions import RunStateError, WorkflowError
 from ..models import RUN_ACTIVE_STATUSES, RunStatus, StepStatus, WorkflowRun, WorkflowStep
 from . import definitions, variables
-from .actions import REGISTRY, Outcome, StepCall, failed
+from .actions import DEFAULT_RETRIES, REGISTRY, Outcome, StepCall, failed
 
 logger = logging.getLogger("workflows.engine")
 
@@ -155,8 +155,9 @@ class Claim:
 
 
 def _attempts_allowed(step: dict[str, Any]) -> int:
-    if step.get("action") == "http":
-        return int(step.get("params", {}).get("retries", 2)) + 1
+    action = REGISTRY.get(step.get("action", ""))
+    if action is not None and "retries" in action.schema.get("properties", {}):
+        return int(step.get("params", {}).get("retries", DEFAULT_RETRIES)) + 1
     return 1
 
 
