@@ -207,3 +207,61 @@ def test_scheduled_dag__branches_overlap_on_the_workers_and_the_join_runs_once(s
     }
     assert len(keys) == 3
     assert run.steps.filter(step_id="join").count() == 1
+
+
+def test_scheduled_run_workflow__the_parent_goes_on_when_its_sub_run_ends(stack, endpoint, user):
+    """A state machine's run_workflow step starts a sub-run on the workers and waits for it without
+    holding one; the sub-run's end wakes the parent (the runner's finish hook), which uses its output;
+    the Execution ends succeeded."""
+    web, base_url = stack.start_web()
+    stack.env_extra["SCHEDULER_PUBLIC_BASE_URL"] = base_url
+    endpoint.default = Reply(status=200, body={"viewers": 42})
+    child = WorkflowFactory(
+        owner=user,
+        endpoint_url="",
+        definition={
+            "type": "sequence",
+            "steps": [{"id": "count", "action": "http", "params": {"url": endpoint.url, "body": {"q": "${inputs.q}"}}}],
+        },
+    )
+    parent = WorkflowFactory(
+        owner=user,
+        endpoint_url="",
+        definition={
+            "type": "state_machine",
+            "initial_state": "sub",
+            "states": [
+                {
+                    "id": "sub",
+                    "action": "run_workflow",
+                    "params": {"workflow": child.pk, "inputs": {"q": "viewers"}},
+                    "transitions": {"success": "check", "error": "broken"},
+                },
+                {
+                    "id": "check",
+                    "action": "condition",
+                    "params": {"if": {"gt": ["${steps.sub.output.steps.count.output.body.viewers}", 10]}},
+                    "transitions": {"true": "done", "false": "broken"},
+                },
+                {"id": "done", "terminal": "succeeded"},
+                {"id": "broken", "terminal": "failed"},
+            ],
+        },
+    )
+    stack.start_worker_and_beat()
+    trigger = TriggerFactory(workflow=parent, kind="once", run_at=timezone.now() + timedelta(seconds=2))
+
+    execution = wait_for(
+        lambda: Execution.objects.filter(
+            trigger=trigger, status__in=[ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED]
+        ).first(),
+        timeout=60,
+        what="the execution to end with its run",
+    )
+    run = run_of(execution.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert execution.status == ExecutionStatus.SUCCEEDED
+    sub = WorkflowRun.objects.get(workflow=child)
+    assert sub.status == RunStatus.SUCCEEDED and sub.payload["parent_run_id"] == str(run.pk)
+    assert [call.body for call in endpoint.calls] == [{"q": "viewers"}]
+    assert [step.step_id for step in run.steps.order_by("seq")] == ["sub", "check", "done"]

@@ -21,7 +21,7 @@ from django.utils.dateparse import parse_datetime
 
 from ..client import WorkflowCall, call_workflow
 from ..exceptions import StepFailed, WorkflowCallError, WorkflowTimedOut
-from ..models import HttpMethod, Workflow
+from ..models import RUN_FINISHED_STATUSES, HttpMethod, Workflow
 from ..validators import validate_headers
 from . import variables
 
@@ -52,6 +52,7 @@ class StepCall:
     params: dict[str, Any]
     values: dict[str, Any]  # what variables are read from (variables.scope)
     now: datetime
+    depth: int = 0  # how many run_workflow steps above this run (0: started by a trigger or a call)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Outcome:
     timed_out: bool = False  # a failure by timeout: the "timeout" transition if the state has one
     retry_in_seconds: float | None = None  # a failure worth another attempt, after this long
     wait_until: datetime | None = None
+    child_run_id: str = ""  # waiting for this sub-workflow run to finish (run_workflow)
 
 
 def succeeded(output: Any = None, *, event: str = "") -> Outcome:
@@ -398,3 +400,74 @@ def notify(call: StepCall) -> Outcome:
             return failed(f"e-mail not sent: {type(exc).__name__}: {str(exc)[:200]}")
         output["email"] = len(recipients)
     return succeeded(output)
+
+
+# --- run_workflow ----------------------------------------------------------------------------------
+
+# Sub-workflows nest at most this deep: a workflow that (indirectly) runs itself stops here.
+MAX_SUB_WORKFLOW_DEPTH = 5
+
+
+@action(
+    "run_workflow",
+    {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["workflow"],
+        "properties": {
+            "workflow": var_or(
+                {"type": "integer", "minimum": 1, "description": "The id of a workflow of the same owner."}
+            ),
+            "inputs": var_or({"type": "object"}),
+        },
+    },
+    seconds=lambda params, workflow: 30.0,
+)
+def run_workflow(call: StepCall) -> Outcome:
+    """Start a run of another workflow of the same owner (with a definition) and wait for it: the step
+    succeeds with the sub-run's id, status and step outputs, or fails with its error. The sub-run's
+    key is this step's (run id, step number, step id), so a repeat of the step never starts a second."""
+    from .. import services  # (services starts runs on the engine: imported when used)
+
+    workflow_id = call.params["workflow"]
+    if isinstance(workflow_id, bool) or not isinstance(workflow_id, int):
+        return failed(f"workflow must be a workflow id, not {json.dumps(workflow_id)[:100]}")
+    inputs = call.params.get("inputs", {})
+    if not isinstance(inputs, dict):
+        return failed(f"inputs must be a JSON object, not {json.dumps(inputs)[:200]}")
+    child = Workflow.objects.filter(pk=workflow_id, owner_id=call.workflow.owner_id).first()
+    if child is None:
+        return failed(f"workflow {workflow_id}: no such workflow of this workflow's owner")
+    if not child.definition or child.endpoint_url:
+        return failed(f"workflow {workflow_id} ({child.name}) has no definition for the built-in engine to run")
+    if not child.is_active:
+        return failed(f"workflow {workflow_id} ({child.name}) is not active")
+    if call.depth + 1 > MAX_SUB_WORKFLOW_DEPTH:
+        return failed(f"sub-workflows nest deeper than {MAX_SUB_WORKFLOW_DEPTH} (does a workflow run itself?)")
+    run, _ = services.run_record(
+        workflow=child,
+        idempotency_key=f"{call.run_id}:{call.seq}:{call.step_id}",
+        payload={
+            "inputs": {**child.default_inputs, **inputs},
+            "parent_run_id": call.run_id,
+            "parent_step": call.step_id,
+            "depth": call.depth + 1,
+        },
+    )
+    if run.status in RUN_FINISHED_STATUSES:
+        return sub_run_outcome(run)
+    return Outcome("waiting", child_run_id=str(run.pk))
+
+
+def sub_run_outcome(run: Any) -> Outcome:
+    """A finished sub-workflow run as the outcome of the step that waited for it."""
+    if run.status == "succeeded":
+        steps = (run.context or {}).get("steps", {})
+        return succeeded(
+            {
+                "run_id": str(run.pk),
+                "status": run.status,
+                "steps": {name: {"output": step.get("output")} for name, step in steps.items()},
+            }
+        )
+    return failed(f"sub-workflow run {run.pk} {run.status}: {run.error}"[:2000])

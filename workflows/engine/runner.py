@@ -30,9 +30,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..exceptions import RunStateError, WorkflowError
-from ..models import RUN_ACTIVE_STATUSES, RunStatus, StepStatus, WorkflowRun, WorkflowStep
+from ..models import RUN_ACTIVE_STATUSES, RUN_FINISHED_STATUSES, RunStatus, StepStatus, WorkflowRun, WorkflowStep
 from . import definitions, variables
-from .actions import DEFAULT_RETRIES, REGISTRY, Outcome, StepCall, failed
+from .actions import DEFAULT_RETRIES, REGISTRY, Outcome, StepCall, failed, sub_run_outcome
 
 logger = logging.getLogger("workflows.engine")
 
@@ -187,15 +187,28 @@ def _claim(run_id: Any, now: datetime) -> Claim | None:
     if run.wake_at is not None and run.wake_at > now:
         return None  # a wait or a retry backoff: sent again when due
     if run.status == RunStatus.WAITING:
-        # The wait is over: the wait step succeeds and the run moves on, in this transaction.
+        # The wait is over (or the sub-workflow it waits for has finished): the step ends and the
+        # run moves on, in this transaction.
         step = definitions.find_step(run.definition, run.current_step)
-        waited = {"waited_until": run.wake_at.isoformat() if run.wake_at else now.isoformat()}
+        child_id = (run.context or {}).get("waiting_on")
+        if child_id:
+            child = WorkflowRun.objects.filter(pk=child_id).first()
+            if child is not None and child.status not in RUN_FINISHED_STATUSES:
+                return None  # still running: its end sends this run again
+            ended = sub_run_outcome(child) if child is not None else failed(f"sub-workflow run {child_id} is gone")
+            run.context.pop("waiting_on")
+        else:
+            waited = {"waited_until": run.wake_at.isoformat() if run.wake_at else now.isoformat()}
+            ended = Outcome("succeeded", output=waited)
         WorkflowStep.objects.filter(run=run, seq=run.step_seq, status=StepStatus.WAITING).update(
-            status=StepStatus.SUCCEEDED, finished_at=now, output_excerpt=_excerpt(waited)
+            status=StepStatus.SUCCEEDED if ended.status == "succeeded" else StepStatus.FAILED,
+            finished_at=now,
+            output_excerpt=_excerpt(ended.output),
+            error=ended.error,
         )
         run.status = RunStatus.RUNNING
         run.wake_at = None
-        _move_on(run, step, Outcome("succeeded", output=waited), now)
+        _move_on(run, step, ended, now)
         run.save()
         if run.status != RunStatus.RUNNING:
             return None
@@ -258,6 +271,7 @@ def _perform(claim: Claim) -> tuple[Any, Outcome]:
             params=params,
             values=values,
             now=timezone.now(),
+            depth=int(run.payload.get("depth", 0)) if isinstance(run.payload, dict) else 0,
         )
         return params, action.run(call)
     except WorkflowError as exc:
@@ -340,6 +354,15 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         if not paused:
             _send(run.pk, countdown=outcome.retry_in_seconds)
         return "retrying"
+    if outcome.status == "waiting" and outcome.child_run_id:
+        run.status = RunStatus.PAUSED if paused else RunStatus.WAITING
+        run.context = {**(run.context or {}), "waiting_on": outcome.child_run_id}
+        run.wake_at = run.step_started_at = run.lease_expires_at = None
+        run.save()
+        if not paused:
+            # The sub-run may have finished already (its end found this run not waiting yet): look now.
+            _send(run.pk)
+        return "waiting"
     if outcome.status == "waiting":
         run.status = RunStatus.PAUSED if paused else RunStatus.WAITING
         run.wake_at = outcome.wait_until or now
@@ -763,7 +786,32 @@ def runs_recover(*, now: datetime | None = None, limit: int = RECOVER_LIMIT) -> 
             .order_by("wake_at")
             .values_list("pk", flat=True)[:limit]
         )
+        # Waiting for a sub-workflow run that has finished (its end's message was lost).
+        parents = list(
+            WorkflowRun.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=RunStatus.WAITING, wake_at__isnull=True)
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+            .values_list("pk", "context")[:limit]
+        )
+        children = {
+            str(pk)
+            for pk in WorkflowRun.objects.filter(
+                pk__in=[context.get("waiting_on") for _, context in parents if context.get("waiting_on")],
+                status__in=RUN_FINISHED_STATUSES,
+            ).values_list("pk", flat=True)
+        }
+        due += [pk for pk, context in parents if context.get("waiting_on") in children]
         WorkflowRun.objects.filter(pk__in=due).update(lease_expires_at=now + _handoff())
         for pk in due:
             _send(pk)
     return sent + len(due)
+
+
+def _wake_parent(run_id: str) -> None:
+    """A finished run started by a run_workflow step: send the run that waits for it."""
+    parent = WorkflowRun.objects.filter(pk=run_id).values_list("payload", flat=True).first()
+    if isinstance(parent, dict) and parent.get("parent_run_id"):
+        _send(parent["parent_run_id"])
+
+
+listen_run_finished(_wake_parent)

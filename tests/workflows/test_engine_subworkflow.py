@@ -1,0 +1,109 @@
+"""run_workflow: a step starts a run of another workflow of the same owner and waits for it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import WorkflowFactory
+from tests.workflows.test_engine_runner import drive, output, path, sequence, start
+from workflows.engine import runner
+from workflows.engine.definitions import definition_problems
+from workflows.models import RunStatus, WorkflowRun
+
+pytestmark = pytest.mark.django_db
+
+CHILD = sequence({"id": "pick", "action": "set", "params": {"values": {"region": "${inputs.region}", "n": 7}}})
+
+
+def parent_of(child, user, **params):
+    return sequence(
+        {"id": "sub", "action": "run_workflow", "params": {"workflow": child.pk, "inputs": {"region": "eu"}, **params}},
+        {"id": "use", "action": "log", "params": {"message": "${steps.sub.output.steps.pick.output.region}"}},
+    )
+
+
+def test_run_workflow__waits_for_the_sub_run_and_reads_its_outputs(user):
+    """The parent waits (no worker held) while the child runs; when the child ends, the parent goes on
+    with its outputs."""
+    child_workflow = WorkflowFactory(owner=user, endpoint_url="", definition=CHILD, default_inputs={"region": "us"})
+    run = drive(start(parent_of(child_workflow, user), user=user))
+    assert run.status == RunStatus.WAITING
+    assert path(run) == [("sub", 1, "waiting")]
+    child = WorkflowRun.objects.get(workflow=child_workflow)
+    assert child.idempotency_key == f"{run.pk}:1:sub"
+    assert child.inputs == {"region": "eu"}
+    assert child.payload["parent_run_id"] == str(run.pk) and child.payload["depth"] == 1
+    assert runner.run_advance(run_id=run.pk) == "nothing to do"  # the child is still running
+
+    drive(child)
+    assert runner.runs_recover() == 1  # (here no commit runs the child's end hook: recovery sends the parent)
+    run = drive(run)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert path(run) == [("sub", 1, "succeeded"), ("use", 1, "succeeded")]
+    assert output(run, "sub") == {
+        "run_id": str(child.pk),
+        "status": "succeeded",
+        "steps": {"pick": {"output": {"region": "eu", "n": 7}}},
+    }
+    assert output(run, "use") == {"message": "eu"}
+
+
+def test_run_workflow__a_failed_sub_run_fails_the_step(user):
+    """The step fails with the sub-run's error (the error transition, or the sequence's policy)."""
+    failing = sequence({"id": "bad", "action": "log", "params": {"message": "${inputs.nope}"}})
+    child_workflow = WorkflowFactory(owner=user, endpoint_url="", definition=failing)
+    run = drive(start(parent_of(child_workflow, user), user=user))
+    child = drive(WorkflowRun.objects.get(workflow=child_workflow))
+    assert child.status == RunStatus.FAILED
+    runner.runs_recover()
+    run = drive(run)
+    assert run.status == RunStatus.FAILED
+    assert run.error == f"step sub: sub-workflow run {child.pk} failed: step bad: variable ${{inputs.nope}} is missing"
+
+
+@pytest.mark.parametrize("problem", ["other owner", "no definition", "inactive"])
+def test_run_workflow__only_an_active_engine_workflow_of_the_same_owner(user, problem):
+    """Another user's workflow, one without a definition, or an inactive one: the step fails saying which."""
+    fields = {
+        "other owner": {"definition": CHILD},
+        "no definition": {"owner": user},
+        "inactive": {"owner": user, "definition": CHILD, "is_active": False},
+    }[problem]
+    child_workflow = WorkflowFactory(endpoint_url="", **fields)
+    run = drive(start(parent_of(child_workflow, user), user=user))
+    assert run.status == RunStatus.FAILED
+    expected = {
+        "other owner": "no such workflow of this workflow's owner",
+        "no definition": "has no definition for the built-in engine to run",
+        "inactive": "is not active",
+    }[problem]
+    assert expected in run.error
+    assert not WorkflowRun.objects.filter(workflow=child_workflow).exists()
+
+
+def test_run_workflow__a_workflow_that_runs_itself_stops_at_the_depth_limit(user):
+    """Nesting stops at 5 levels with a clear error instead of running forever."""
+    workflow = WorkflowFactory(
+        owner=user, endpoint_url="", definition=sequence({"id": "a", "action": "log", "params": {"message": "x"}})
+    )
+    workflow.definition = sequence({"id": "again", "action": "run_workflow", "params": {"workflow": workflow.pk}})
+    workflow.save()
+    run = drive(start(workflow.definition, user=user))  # (start makes a second workflow with this definition)
+    for _ in range(10):
+        for waiting in WorkflowRun.objects.exclude(status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED]):
+            drive(waiting)
+        runner.runs_recover()
+    depths = sorted(run.payload.get("depth", 0) for run in WorkflowRun.objects.filter(workflow=workflow))
+    assert depths == [1, 2, 3, 4, 5]
+    deepest = WorkflowRun.objects.get(workflow=workflow, payload__depth=5)
+    assert deepest.error == "step again: sub-workflows nest deeper than 5 (does a workflow run itself?)"
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+
+
+def test_run_workflow__not_in_a_dag_yet():
+    """A dag node cannot wait for a sub-workflow yet: refused on save, by path."""
+    definition = {"type": "dag", "nodes": [{"id": "sub", "action": "run_workflow", "params": {"workflow": 1}}]}
+    assert definition_problems(definition) == [
+        "definition.nodes[0].action: run_workflow is not available in a dag yet; use a sequence or a state machine"
+    ]
