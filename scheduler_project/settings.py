@@ -231,6 +231,7 @@ SPECTACULAR_SETTINGS = {
         "BackfillOverlapEnum": "schedules.services.BACKFILL_OVERLAP",
         "CatchupEnum": "schedules.models.CatchupPolicy",
         "PriorityEnum": "schedules.models.Priority",
+        "RunPriorityEnum": "workflows.models.RunPriority",
     },
 }
 

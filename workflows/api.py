@@ -28,7 +28,7 @@ from scheduler_project.api import (
 )
 
 from . import services, views
-from .models import AuditEvent, Workflow, WorkflowRun, WorkflowStep
+from .models import AuditEvent, RunPriority, Workflow, WorkflowRun, WorkflowStep
 
 # Secrets are decrypted when a row is loaded: reads that never show them don't load them.
 _SECRETS = ("secret", "previous_secret")
@@ -139,6 +139,7 @@ class WorkflowRunSerializer(ModelSerializer):
             "payload",
             "received_at",
             "status",
+            "priority",
             "current_step",
             "started_at",
             "finished_at",
@@ -193,6 +194,32 @@ class RunListFilter(WorkflowRunFilter):
         fields = ["workflow", "idempotency_key", "received_at", "status"]
 
 
+class StartSerializer(StrictFieldsMixin, serializers.Serializer):
+    delay_seconds = serializers.IntegerField(
+        required=False, min_value=0, max_value=services.MAX_START_DELAY_SECONDS, help_text="0 (default): now; e.g. 600."
+    )
+    run_at = serializers.DateTimeField(
+        required=False, help_text="Or when, with its offset, e.g. 2027-01-04T09:00:00Z (not with delay_seconds)."
+    )
+    inputs = JsonObjectField(
+        required=False, help_text='Over the workflow\'s default inputs, e.g. {"stream": "tuesday"}.'
+    )
+    priority = serializers.ChoiceField(choices=RunPriority.choices, default=RunPriority.NORMAL)
+    idempotency_key = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="The same key again returns the first run instead of starting another.",
+    )
+
+
+class MoveSerializer(StrictFieldsMixin, serializers.Serializer):
+    delay_seconds = serializers.IntegerField(
+        required=False, min_value=0, max_value=services.MAX_START_DELAY_SECONDS, help_text="From now, e.g. 600."
+    )
+    run_at = serializers.DateTimeField(required=False, help_text="Or when, e.g. 2027-01-04T09:00:00Z.")
+
+
 class CancelRunSerializer(StrictFieldsMixin, serializers.Serializer):
     reason = serializers.CharField(
         required=False, allow_blank=True, max_length=500, help_text="Why, for the run's error, e.g. 'wrong inputs'."
@@ -242,6 +269,8 @@ class AuditEventFilter(ObjectAuditEventFilter):
 class WorkflowViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
     """Your workflows (staff: everyone's). Writes go through workflows.services."""
 
+    run_actions = frozenset({"start"})
+
     serializer_class = WorkflowSerializer
     filterset_class = WorkflowFilter
     lookup_value_converter = "id"
@@ -272,6 +301,24 @@ class WorkflowViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         services.workflow_delete(workflow=self.get_object(), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        request=StartSerializer,
+        responses={
+            201: WorkflowRunSerializer,
+            200: OpenApiResponse(WorkflowRunSerializer, description="A repeat of an earlier idempotency_key."),
+        },
+    )
+    @action(detail=True, methods=["post"], serializer_class=StartSerializer)
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        """Start a run of this workflow (it needs a definition) now or later, without a trigger: 201 with
+        the run, queued until it begins; move it with /api/runs/<id>/move/, cancel it with …/cancel/."""
+        workflow = self.get_object()
+        body = StartSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run, created = services.workflow_start(workflow=workflow, actor=request.user, **body.validated_data)
+        data = WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data
+        return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(request=RotateSecretSerializer, responses={200: RotatedSecretSerializer})
     @action(detail=True, methods=["post"], url_path="rotate-secret", serializer_class=RotateSecretSerializer)
@@ -358,6 +405,7 @@ _CONFLICT = OpenApiResponse(description="The run's status does not allow it (e.g
     resume=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
     cancel=extend_schema(request=CancelRunSerializer, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
     retry=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    move=extend_schema(request=MoveSerializer, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
 )
 class WorkflowRunViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
     """Runs of your workflows (staff: everyone's) with their step history; pause, resume, cancel and
@@ -394,6 +442,14 @@ class WorkflowRunViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
         run = services.run_cancel(
             run=self.get_object(), actor=request.user, reason=body.validated_data.get("reason", "")
         )
+        return Response(WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data)
+
+    @action(detail=True, methods=["post"], serializer_class=MoveSerializer)
+    def move(self, request: Request, pk: str | None = None) -> Response:
+        """Move a queued run's start (one made with POST /api/workflows/<id>/start/ that has not begun)."""
+        body = MoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.run_move(run=self.get_object(), actor=request.user, **body.validated_data)
         return Response(WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data)
 
     @action(detail=True, methods=["post"])

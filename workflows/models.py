@@ -145,6 +145,7 @@ class Workflow(models.Model):
 
 class RunStatus(models.TextChoices):
     RECORDED = "", "recorded"  # the workflow has no definition: nothing to run
+    QUEUED = "queued", "queued"  # started for later (POST /api/workflows/<id>/start/): begins at wake_at
     RUNNING = "running", "running"
     WAITING = "waiting", "waiting"
     PAUSED = "paused", "paused"
@@ -154,7 +155,15 @@ class RunStatus(models.TextChoices):
 
 
 RUN_FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-RUN_ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
+RUN_ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
+
+
+class RunPriority(models.TextChoices):
+    """The broker queue a run's steps go to (the worker's queues: high, normal, low)."""
+
+    HIGH = "high", "high"
+    NORMAL = "normal", "normal"
+    LOW = "low", "low"
 
 
 class WorkflowRun(models.Model):
@@ -173,7 +182,13 @@ class WorkflowRun(models.Model):
         choices=RunStatus.choices,
         default=RunStatus.RECORDED,
         blank=True,
-        help_text="running, waiting, paused, succeeded, failed or cancelled; blank: recorded only (no definition).",
+        help_text="queued, running, waiting, paused, succeeded, failed or cancelled; blank: recorded only.",
+    )
+    priority = models.CharField(
+        max_length=8,
+        choices=RunPriority.choices,
+        default=RunPriority.NORMAL,
+        help_text="The queue its steps go to: high, normal or low.",
     )
     definition = models.JSONField(
         default=dict, blank=True, help_text="The workflow's definition when the run started (later edits don't apply)."
@@ -216,7 +231,7 @@ class WorkflowRun(models.Model):
                 name="run_lease",
                 condition=models.Q(status="running"),
             ),
-            models.Index(fields=["wake_at"], name="run_wake", condition=models.Q(status="waiting")),
+            models.Index(fields=["wake_at"], name="run_wake", condition=models.Q(status__in=["waiting", "queued"])),
         ]
 
     def __str__(self) -> str:

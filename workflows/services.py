@@ -373,3 +373,97 @@ def run_cancel(*, run: WorkflowRun, actor: AbstractBaseUser | None = None, reaso
 def run_retry(*, run: WorkflowRun, actor: AbstractBaseUser | None = None) -> WorkflowRun:
     """Run a failed run again from its failed step (a dag: its failed and skipped nodes)."""
     return _run_control("retry", run, actor)
+
+
+# --- Start now or later (without a trigger) --------------------------------------------------------
+
+# How far ahead a start may be set (a start further out is a trigger's job, with its preview and pause).
+MAX_START_DELAY_SECONDS = 366 * 24 * 3600
+
+
+def _start_at(*, delay_seconds: int | None, run_at: datetime | None, now: datetime) -> datetime:
+    if delay_seconds is not None and run_at is not None:
+        raise ValidationError({"run_at": ["give delay_seconds or run_at, not both."]})
+    if run_at is not None:
+        if timezone.is_naive(run_at):
+            raise ValidationError({"run_at": ["needs a time zone offset, e.g. 2027-01-04T09:00:00Z."]})
+        if run_at > now + timedelta(seconds=MAX_START_DELAY_SECONDS):
+            raise ValidationError({"run_at": ["at most a year ahead; for later or repeating starts, use a trigger."]})
+        return max(run_at, now)
+    delay = delay_seconds or 0
+    if not 0 <= delay <= MAX_START_DELAY_SECONDS:
+        raise ValidationError({"delay_seconds": [f"must be 0-{MAX_START_DELAY_SECONDS} (a year), not {delay}."]})
+    return now + timedelta(seconds=delay)
+
+
+def workflow_start(
+    *,
+    workflow: Workflow,
+    inputs: dict[str, Any] | None = None,
+    delay_seconds: int | None = None,
+    run_at: datetime | None = None,
+    priority: str = "normal",
+    idempotency_key: str = "",
+    actor: AbstractBaseUser | None = None,
+    now: datetime | None = None,
+) -> tuple[WorkflowRun, bool]:
+    """Start a run of a workflow with a definition now (delay 0) or later (delay_seconds or run_at),
+    without a trigger; until it begins it can be moved (run_move) or cancelled (run_cancel).
+    Returns the run and whether it was created (False: the same idempotency_key was used before)."""
+    from .engine import runner
+    from .models import RunPriority
+
+    now = now or timezone.now()
+    if not workflow.definition or workflow.endpoint_url:
+        raise ValidationError(
+            {"workflow": ["has no definition: only the built-in engine's workflows can be started here."]}
+        )
+    if not workflow.is_active:
+        raise ValidationError({"workflow": ["is not active."]})
+    if priority not in RunPriority.values:
+        raise ValidationError({"priority": [f"must be one of {', '.join(RunPriority.values)}, not {priority!r}."]})
+    inputs = {} if inputs is None else inputs
+    if not isinstance(inputs, dict):
+        raise ValidationError({"inputs": ["must be a JSON object."]})
+    start_at = _start_at(delay_seconds=delay_seconds, run_at=run_at, now=now)
+    run, created = runner.run_schedule(
+        workflow=workflow,
+        start_at=start_at,
+        inputs=json.loads(json.dumps(inputs)),
+        priority=priority,
+        idempotency_key=idempotency_key,
+        now=now,
+    )
+    if created:
+        audit_record(
+            actor=actor,
+            action="started",
+            obj=workflow,
+            changes={"run_id": str(run.pk), "start_at": start_at.isoformat(), "priority": priority},
+        )
+    return run, created
+
+
+def run_move(
+    *,
+    run: WorkflowRun,
+    delay_seconds: int | None = None,
+    run_at: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
+    now: datetime | None = None,
+) -> WorkflowRun:
+    """Move a queued run's start (RunStateError once it has begun)."""
+    from .engine import runner
+
+    now = now or timezone.now()
+    start_at = _start_at(delay_seconds=delay_seconds, run_at=run_at, now=now)
+    with transaction.atomic():
+        moved = runner.run_move(run_id=run.pk, start_at=start_at, now=now)
+        audit_record(
+            actor=actor,
+            action="moved",
+            obj=moved,
+            owner=moved.workflow.owner,
+            changes={"start_at": start_at.isoformat()},
+        )
+    return moved

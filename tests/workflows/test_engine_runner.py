@@ -286,10 +286,14 @@ def test_wait__is_held_in_the_database_and_resumed_by_recovery_when_due(db):
 
 
 def test_wait__until_a_time(db):
-    """until: an ISO time; a past time does not wait."""
-    run = start(sequence({"id": "w", "action": "wait", "params": {"until": "2027-01-04T09:00:00Z"}}))
+    """until: an ISO time (here from an input); a past time does not wait."""
+    until = (timezone.now() + timedelta(days=3)).replace(microsecond=0)
+    run = start(
+        sequence({"id": "w", "action": "wait", "params": {"until": "${inputs.at}"}}),
+        inputs={"at": until.isoformat().replace("+00:00", "Z")},
+    )
     run = drive(run, now=timezone.now())
-    assert run.wake_at.isoformat() == "2027-01-04T09:00:00+00:00"
+    assert run.wake_at == until
     past = start(sequence({"id": "w", "action": "wait", "params": {"until": "2001-01-01T00:00:00+00:00"}}), key="k-2")
     past = drive(past)
     assert past.status == RunStatus.SUCCEEDED

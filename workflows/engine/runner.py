@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,12 +26,21 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from ..exceptions import RunStateError, WorkflowError
-from ..models import RUN_ACTIVE_STATUSES, RUN_FINISHED_STATUSES, RunStatus, StepStatus, WorkflowRun, WorkflowStep
+from ..models import (
+    RUN_ACTIVE_STATUSES,
+    RUN_FINISHED_STATUSES,
+    RunPriority,
+    RunStatus,
+    StepStatus,
+    Workflow,
+    WorkflowRun,
+    WorkflowStep,
+)
 from . import definitions, variables
 from .actions import DEFAULT_RETRIES, REGISTRY, Outcome, StepCall, failed, sub_run_outcome
 
@@ -81,14 +91,14 @@ def _ids(run: WorkflowRun) -> dict[str, Any]:
 # --- Sending ---------------------------------------------------------------------------------------
 
 
-def _send(run_id: Any, *, countdown: float | None = None) -> None:
+def _send(run_id: Any, *, countdown: float | None = None, queue: str = "normal") -> None:
     """Send the run's next task once the transaction commits. A broker outage loses nothing: the
     run's lease runs out and the recovery task sends it."""
     from ..tasks import advance_run
 
     def send() -> None:
         try:
-            advance_run.apply_async(kwargs={"run_id": str(run_id)}, countdown=countdown, queue="normal")
+            advance_run.apply_async(kwargs={"run_id": str(run_id)}, countdown=countdown, queue=queue)
         except Exception as exc:  # noqa: BLE001 - any broker failure is left to recovery
             logger.error("could not send run %s: %s; recovery will", run_id, exc, extra={"run_id": str(run_id)})
 
@@ -108,6 +118,15 @@ def run_start(*, run: WorkflowRun, now: datetime | None = None) -> WorkflowRun:
     """Start the engine on a new run of a workflow with a definition (call inside the transaction
     that created the run: the first task is sent when it commits)."""
     now = now or timezone.now()
+    if _begin(run, now):
+        _send(run.pk, queue=run.priority)
+    run.save()
+    return run
+
+
+def _begin(run: WorkflowRun, now: datetime) -> bool:
+    """Put the run on its first step (a dag: its roots, whose tasks it sends) with the workflow's
+    definition as it is now (unsaved). True if the first step's task is still to be sent."""
     definition = run.workflow.definition
     payload = run.payload if isinstance(run.payload, dict) else {}
     run.definition = definition
@@ -118,26 +137,80 @@ def run_start(*, run: WorkflowRun, now: datetime | None = None) -> WorkflowRun:
             name: payload[name] for name in ("execution_id", "scheduled_for", "trigger_id", "manual") if name in payload
         },
     }
-    problems = definitions.definition_problems(definition)
-    if problems:
-        # Checked when saved, but rules can tighten across releases (an action renamed): the run is
-        # recorded as failed with the reason, never a 500 at the endpoint or a task that crashes.
-        run.started_at = now
-        _finish(run, RunStatus.FAILED, now, error="the definition cannot run: " + "; ".join(problems))
-        run.save()
-        return run
-    run.current_step = definitions.first_step(definition)
-    run.step_seq, run.attempt, run.transitions = 1, 0, 0
     run.started_at = now
     run.wake_at = None
+    problems = definitions.definition_problems(definition)
+    if problems:
+        # Checked when saved, but rules can tighten across releases (an action renamed), and a start
+        # for later meets the definition as it is then: the run fails with the reason, never a 500
+        # at the endpoint or a task that crashes.
+        _finish(run, RunStatus.FAILED, now, error="the definition cannot run: " + "; ".join(problems))
+        return False
+    run.current_step = definitions.first_step(definition)
+    run.step_seq, run.attempt, run.transitions = 1, 0, 0
     if definition["type"] == "dag":
         run.step_seq = 0
         _dag_start(run, now)
-        run.save()
-        return run
+        return False
     _ready(run, now)
-    run.save()
-    _send(run.pk)
+    return True
+
+
+def run_schedule(
+    *,
+    workflow: Workflow,
+    start_at: datetime,
+    inputs: dict[str, Any],
+    priority: str = RunPriority.NORMAL,
+    idempotency_key: str = "",
+    now: datetime | None = None,
+) -> tuple[WorkflowRun, bool]:
+    """A run of ``workflow`` that starts at ``start_at`` (now or later), without a trigger: queued,
+    held in the database until then (recover_runs starts it; a near start also rides a countdown).
+    The same ``idempotency_key`` again returns the first run (False: not created)."""
+    now = now or timezone.now()
+    key = idempotency_key or f"start:{uuid.uuid4()}"
+    existing = WorkflowRun.objects.filter(workflow=workflow, idempotency_key=key).first()
+    if existing is not None:
+        return existing, False
+    merged = {**workflow.default_inputs, **inputs}
+    try:
+        with transaction.atomic():
+            run = WorkflowRun.objects.create(
+                workflow=workflow,
+                idempotency_key=key,
+                inputs=merged,
+                payload={"inputs": merged, "start_at": start_at.isoformat(), "priority": priority},
+                status=RunStatus.QUEUED,
+                priority=priority,
+                wake_at=start_at,
+                lease_expires_at=None,
+            )
+            _send_when_near(run, now)
+    except IntegrityError:
+        return WorkflowRun.objects.get(workflow=workflow, idempotency_key=key), False
+    return run, True
+
+
+def _send_when_near(run: WorkflowRun, now: datetime) -> None:
+    """Send a countdown for a wake-up soon enough for the broker; later ones are recover_runs'."""
+    wait = ((run.wake_at or now) - now).total_seconds()
+    if wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+        _send(run.pk, queue=run.priority, countdown=max(wait, 0) or None)
+
+
+@transaction.atomic
+def run_move(*, run_id: Any, start_at: datetime, now: datetime | None = None) -> WorkflowRun:
+    """Move a queued run's start (RunStateError once it has begun)."""
+    now = now or timezone.now()
+    run = _locked(run_id)
+    if run.status != RunStatus.QUEUED:
+        raise RunStateError(f"only a queued run can be moved; this one is {run.get_status_display()}.")
+    run.wake_at = start_at
+    run.lease_expires_at = None
+    run.payload = {**run.payload, "start_at": start_at.isoformat()}
+    run.save(update_fields=["wake_at", "lease_expires_at", "payload", "updated_at"])
+    _send_when_near(run, now)
     return run
 
 
@@ -180,8 +253,15 @@ def _lost(run: WorkflowRun, now: datetime) -> bool:
 @transaction.atomic
 def _claim(run_id: Any, now: datetime) -> Claim | None:
     run = WorkflowRun.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=run_id).first()
-    if run is None or run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
+    if run is None or run.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING):
         return None
+    if run.status == RunStatus.QUEUED:
+        if run.wake_at is not None and run.wake_at > now:
+            return None  # moved later, or an early message: recover_runs sends it when due
+        _begin(run, now)
+        run.save()
+        if run.status != RunStatus.RUNNING:
+            return None
     if run.definition.get("type") == "dag":
         return _dag_claim(run, now)
     if run.wake_at is not None and run.wake_at > now:
@@ -352,7 +432,7 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         _ready(run, now)
         run.save()
         if not paused:
-            _send(run.pk, countdown=outcome.retry_in_seconds)
+            _send(run.pk, queue=run.priority, countdown=outcome.retry_in_seconds)
         return "retrying"
     if outcome.status == "waiting" and outcome.child_run_id:
         run.status = RunStatus.PAUSED if paused else RunStatus.WAITING
@@ -361,7 +441,7 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         run.save()
         if not paused:
             # The sub-run may have finished already (its end found this run not waiting yet): look now.
-            _send(run.pk)
+            _send(run.pk, queue=run.priority)
         return "waiting"
     if outcome.status == "waiting":
         run.status = RunStatus.PAUSED if paused else RunStatus.WAITING
@@ -372,12 +452,12 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         wait = (run.wake_at - now).total_seconds()
         if not paused and wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
             # Sooner than the recovery task would; a long wait is left to it (Redis re-delivers long ETAs).
-            _send(run.pk, countdown=max(wait, 0) or None)
+            _send(run.pk, queue=run.priority, countdown=max(wait, 0) or None)
         return "waiting"
     _move_on(run, step, outcome, now)
     run.save()
     if run.status == RunStatus.RUNNING:
-        _send(run.pk)
+        _send(run.pk, queue=run.priority)
     return str(run.status)
 
 
@@ -495,7 +575,7 @@ def _dag_ready(run: WorkflowRun, node_id: str, now: datetime, *, wake_at: dateti
     due = max(wake_at or now, now)
     node.update(status="ready", wake_at=_iso(wake_at), lease=_iso(due + _handoff()))
     if run.status == RunStatus.RUNNING:  # (a paused run sends its ready nodes when resumed)
-        _send(run.pk, countdown=(due - now).total_seconds() or None)
+        _send(run.pk, queue=run.priority, countdown=(due - now).total_seconds() or None)
 
 
 def _dag_lease(run: WorkflowRun) -> None:
@@ -560,7 +640,7 @@ def _dag_record(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: d
         node.update(status="waiting", wake_at=_iso(wake_at), lease=None)
         wait = (wake_at - now).total_seconds()
         if run.status == RunStatus.RUNNING and wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
-            _send(run.pk, countdown=max(wait, 0) or None)
+            _send(run.pk, queue=run.priority, countdown=max(wait, 0) or None)
         result = "waiting"
     else:
         _dag_outcome(run, step, outcome, now)
@@ -637,7 +717,7 @@ def _dag_recover(run: WorkflowRun, now: datetime) -> int:
             status == "waiting" and _when(node["lease"] or node["wake_at"]) <= now
         ):
             node["lease"] = _iso(now + _handoff())
-            _send(run.pk)
+            _send(run.pk, queue=run.priority)
             sent += 1
     if run.status == RunStatus.RUNNING:
         _dag_lease(run)
@@ -680,10 +760,12 @@ def run_resume(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
         run.status = RunStatus.WAITING  # recover_runs sends it when wake_at is due
         run.lease_expires_at = None
         if run.wake_at and (run.wake_at - now).total_seconds() <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
-            _send(run.pk, countdown=max((run.wake_at - now).total_seconds(), 0) or None)
+            _send(run.pk, queue=run.priority, countdown=max((run.wake_at - now).total_seconds(), 0) or None)
     elif run.step_started_at is None:
         _ready(run, now)
-        _send(run.pk, countdown=max((run.wake_at - now).total_seconds(), 0) if run.wake_at else None)
+        _send(
+            run.pk, queue=run.priority, countdown=max((run.wake_at - now).total_seconds(), 0) if run.wake_at else None
+        )
     # (A step still held when the pause came: its worker records it, or recovery retakes it.)
     run.save()
     return run
@@ -738,7 +820,7 @@ def run_retry(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
     run.wake_at = None
     _enter(run, failed_step, now)
     run.save()
-    _send(run.pk)
+    _send(run.pk, queue=run.priority)
     return run
 
 
@@ -776,42 +858,44 @@ def runs_recover(*, now: datetime | None = None, limit: int = RECOVER_LIMIT) -> 
             # A fresh hand-off lease, so the next look does not send it again while the message travels.
             run.lease_expires_at = now + _handoff()
             run.save(update_fields=["status", "step_started_at", "lease_expires_at", "updated_at"])
-            _send(run.pk)
+            _send(run.pk, queue=run.priority)
             sent += 1
         # A wait fallen due; its lease marks it sent, so a stopped worker is not sent one per look.
+        # (And a start for later that fell due.)
         due = list(
             WorkflowRun.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=RunStatus.WAITING, wake_at__lte=now)
+            .filter(status__in=[RunStatus.WAITING, RunStatus.QUEUED], wake_at__lte=now)
             .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
             .order_by("wake_at")
-            .values_list("pk", flat=True)[:limit]
+            .values_list("pk", "priority")[:limit]
         )
         # Waiting for a sub-workflow run that has finished (its end's message was lost).
         parents = list(
             WorkflowRun.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(status=RunStatus.WAITING, wake_at__isnull=True)
             .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
-            .values_list("pk", "context")[:limit]
+            .values_list("pk", "context", "priority")[:limit]
         )
         children = {
             str(pk)
             for pk in WorkflowRun.objects.filter(
-                pk__in=[context.get("waiting_on") for _, context in parents if context.get("waiting_on")],
+                pk__in=[context.get("waiting_on") for _, context, _ in parents if context.get("waiting_on")],
                 status__in=RUN_FINISHED_STATUSES,
             ).values_list("pk", flat=True)
         }
-        due += [pk for pk, context in parents if context.get("waiting_on") in children]
-        WorkflowRun.objects.filter(pk__in=due).update(lease_expires_at=now + _handoff())
-        for pk in due:
-            _send(pk)
+        due += [(pk, priority) for pk, context, priority in parents if context.get("waiting_on") in children]
+        WorkflowRun.objects.filter(pk__in=[pk for pk, _ in due]).update(lease_expires_at=now + _handoff())
+        for pk, priority in due:
+            _send(pk, queue=priority)
     return sent + len(due)
 
 
 def _wake_parent(run_id: str) -> None:
     """A finished run started by a run_workflow step: send the run that waits for it."""
-    parent = WorkflowRun.objects.filter(pk=run_id).values_list("payload", flat=True).first()
-    if isinstance(parent, dict) and parent.get("parent_run_id"):
-        _send(parent["parent_run_id"])
+    payload = WorkflowRun.objects.filter(pk=run_id).values_list("payload", flat=True).first()
+    if isinstance(payload, dict) and payload.get("parent_run_id"):
+        queue = WorkflowRun.objects.filter(pk=payload["parent_run_id"]).values_list("priority", flat=True).first()
+        _send(payload["parent_run_id"], queue=queue or RunPriority.NORMAL)
 
 
 listen_run_finished(_wake_parent)

@@ -1,5 +1,5 @@
-"""`manage.py workflow create|list|set-definition|run|rotate-secret|reencrypt-secrets`: workflows, their
-built-in engine definitions, runs and secrets.
+"""`manage.py workflow create|list|set-definition|start|run|rotate-secret|reencrypt-secrets`: workflows,
+their built-in engine definitions, runs and secrets.
 
 A workflow's execution stats are `manage.py execution stats --workflow W` (schedules owns executions)."""
 
@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from workflows import services
 from workflows.exceptions import RunStateError, SecretUndecryptable
@@ -40,6 +43,14 @@ _OPTIONS = {
     "headers": "--headers",
     "definition": "--definition",
 }
+
+
+def parse_time(text: str, *, option: str) -> datetime:
+    """An ISO 8601 time with its offset."""
+    value = parse_datetime(text.strip())
+    if value is None or timezone.is_naive(value):
+        raise CommandError(f"{option}: {text!r} is not a time with an offset, e.g. 2027-01-04T09:00:00Z.")
+    return value
 
 
 def read_definition(path: str, *, option: str) -> dict[str, Any]:
@@ -71,7 +82,7 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(
             dest="subcommand",
             required=True,
-            metavar="{create,list,set-definition,run,rotate-secret,reencrypt-secrets}",
+            metavar="{create,list,set-definition,start,run,rotate-secret,reencrypt-secrets}",
         )
 
         create = sub.add_parser("create", help="Create a workflow and print its signing secret (once).")
@@ -101,6 +112,17 @@ class Command(BaseCommand):
         define.add_argument("file", metavar="FILE", help="The JSON file; - reads stdin.")
         define.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
 
+        start = sub.add_parser(
+            "start", help="Start a run of a workflow with a definition now or later, without a trigger."
+        )
+        start.add_argument("workflow", metavar="WORKFLOW", help="The workflow's id or name.")
+        start.add_argument("--owner", metavar="USERNAME", help="The owner, when several users have that name.")
+        when = start.add_mutually_exclusive_group()
+        when.add_argument("--in", dest="delay", type=int, metavar="SECONDS", help="Start in this many seconds.")
+        when.add_argument("--at", metavar="TIME", help="Start at this time, e.g. 2027-01-04T09:00:00Z.")
+        start.add_argument("--inputs", metavar="JSON", help='Inputs over the defaults, e.g. \'{"stream": "tuesday"}\'.')
+        start.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
+
         run = sub.add_parser(
             "run", help="Show a run of the built-in engine (its status and each step's attempts), or steer it."
         )
@@ -110,6 +132,7 @@ class Command(BaseCommand):
         steer.add_argument("--resume", action="store_true", help="Carry on from where it was paused.")
         steer.add_argument("--cancel", action="store_true", help="End it as cancelled.")
         steer.add_argument("--retry", action="store_true", help="Run a failed run again from its failed step.")
+        steer.add_argument("--move-to", metavar="TIME", help="Move a queued run's start, e.g. 2027-01-04T09:00:00Z.")
 
         listing = sub.add_parser("list", help="List workflows (secrets are never shown).")
         listing.add_argument("--owner", metavar="USERNAME", help="Only this user's workflows.")
@@ -178,6 +201,28 @@ class Command(BaseCommand):
         what = f"a {definition['type']} definition" if definition else "no definition (runs are only recorded)"
         self.stdout.write(self.style.SUCCESS(f"Workflow {workflow.pk} {workflow.name!r} now has {what}."))
 
+    def _start(self, options: dict[str, Any]) -> None:
+        owner = user_get(options["owner"]) if options["owner"] else None
+        workflow = workflow_get(options["workflow"], owner=owner, option="WORKFLOW")
+        try:
+            run, _ = services.workflow_start(
+                workflow=workflow,
+                inputs=parse_json_object(options["inputs"], option="--inputs"),
+                delay_seconds=options["delay"],
+                run_at=parse_time(options["at"], option="--at") if options["at"] else None,
+                priority=options["priority"],
+            )
+        except ValidationError as exc:
+            raise command_error(
+                exc, {"workflow": "WORKFLOW", "delay_seconds": "--in", "run_at": "--at", "inputs": "--inputs"}
+            ) from None
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Run {run.pk} of workflow {workflow.pk} {workflow.name!r} starts {format_utc(run.wake_at)}."
+            )
+        )
+        self.stdout.write(f"Follow it with: manage.py workflow run {run.pk}")
+
     def _run(self, options: dict[str, Any]) -> None:
         try:
             run = WorkflowRun.objects.select_related("workflow").filter(pk=options["run_id"]).first()
@@ -191,6 +236,13 @@ class Command(BaseCommand):
                     run = getattr(services, f"run_{change}")(run=run)
                 except RunStateError as exc:
                     raise CommandError(f"--{change}: {exc}") from None
+        if options["move_to"]:
+            try:
+                run = services.run_move(run=run, run_at=parse_time(options["move_to"], option="--move-to"))
+            except RunStateError as exc:
+                raise CommandError(f"--move-to: {exc}") from None
+            except ValidationError as exc:
+                raise command_error(exc, {"run_at": "--move-to"}) from None
         self.stdout.write(f"Run {run.pk} of workflow {run.workflow_id} {run.workflow.name!r}")
         self.stdout.write(
             f"Status: {run.get_status_display()}" + (f" at step {run.current_step}" if run.current_step else "")
