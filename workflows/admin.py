@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.decorators import method_decorator
 from django.utils.html import conditional_escape, format_html
+from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
@@ -24,9 +25,10 @@ from rest_framework.authtoken.models import TokenProxy
 from scheduler_project.api import CappedPaginator
 
 from . import services
+from .engine.diagram import definition_svg
 from .exceptions import RunStateError
 from .fields import JSONFormField
-from .models import ApiToken, AuditEvent, Workflow, WorkflowRun, WorkflowStep, mask_token
+from .models import RUN_ACTIVE_STATUSES, ApiToken, AuditEvent, Workflow, WorkflowRun, WorkflowStep, mask_token
 from .validators import validate_secret
 
 SECRET_HELP = (
@@ -265,8 +267,13 @@ class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
     list_filter = ["is_active", "http_method", "owner"]
     list_select_related = ["owner"]
     search_fields = ["name", "endpoint_url"]
-    readonly_fields = ["owner", "secret_overlap", "created_at", "updated_at"]
+    readonly_fields = ["owner", "secret_overlap", "created_at", "updated_at", "definition_diagram"]
     actions = ["rotate_secrets"]
+
+    @admin.display(description="Diagram")
+    def definition_diagram(self, obj: Workflow) -> str:
+        svg = definition_svg(obj.definition) if obj.definition else ""
+        return mark_safe(svg) if svg else "—"  # noqa: S308 - built from escaped text (workflows.engine.diagram)
 
     @method_decorator(sensitive_post_parameters("secret"))
     def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -308,6 +315,7 @@ class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
             fieldsets[0][1]["fields"].remove("owner")
         if obj is not None:
             fieldsets[1][1]["fields"].append("secret_overlap")
+            fieldsets[3][1]["fields"].append("definition_diagram")
             fieldsets.append(("Timestamps", {"fields": ["created_at", "updated_at"]}))
         return fieldsets
 
@@ -436,6 +444,7 @@ class WorkflowRunAdmin(OwnedAdminMixin, admin.ModelAdmin):
         "finished_at",
         "wake_at",
         "error",
+        "path_diagram",
         "inputs_json",
         "payload_json",
         "context_json",
@@ -447,6 +456,24 @@ class WorkflowRunAdmin(OwnedAdminMixin, admin.ModelAdmin):
     @admin.display(description="Context")
     def context_json(self, obj: WorkflowRun) -> str:
         return pretty_json(obj.context)
+
+    @admin.display(description="Path")
+    def path_diagram(self, obj: WorkflowRun) -> str:
+        """The definition the run started with, each step coloured by how its last attempt ended."""
+        if not obj.definition:
+            return "—"
+        statuses: dict[str, str] = {}
+        path: list[str] = []
+        for step_id, status in obj.steps.order_by("seq", "attempt").values_list("step_id", "status"):
+            statuses[step_id] = status
+            if not path or path[-1] != step_id:
+                path.append(step_id)
+        for node_id, node in (obj.context or {}).get("nodes", {}).items():
+            if node.get("status") in ("ready", "skipped"):
+                statuses[node_id] = node["status"]
+        current = obj.current_step if obj.status in RUN_ACTIVE_STATUSES else ""
+        svg = definition_svg(obj.definition, statuses=statuses, path=path, current=current)
+        return mark_safe(svg) if svg else "—"  # noqa: S308 - built from escaped text (workflows.engine.diagram)
 
     def has_control_permission(self, request: HttpRequest) -> bool:
         # Runs are never edited, but whoever may change workflows may steer their runs.
