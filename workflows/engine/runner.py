@@ -84,6 +84,29 @@ def _handoff() -> timedelta:
     return timedelta(seconds=settings.SCHEDULER_HANDOFF_SECONDS)
 
 
+# What the engine changes as a run moves: saved alone, so a step does not rewrite the definition,
+# inputs and payload (large, fixed once the run has begun) every time (bench/engine_steps.py).
+_STATE_FIELDS = [
+    "status",
+    "context",
+    "current_step",
+    "step_seq",
+    "attempt",
+    "transitions",
+    "step_started_at",
+    "lease_expires_at",
+    "wake_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "updated_at",
+]
+
+
+def _save(run: WorkflowRun) -> None:
+    run.save(update_fields=_STATE_FIELDS)
+
+
 def _ids(run: WorkflowRun) -> dict[str, Any]:
     return {"run_id": str(run.pk), "workflow_id": run.workflow_id}
 
@@ -289,14 +312,14 @@ def _claim(run_id: Any, now: datetime) -> Claim | None:
         run.status = RunStatus.RUNNING
         run.wake_at = None
         _move_on(run, step, ended, now)
-        run.save()
+        _save(run)
         if run.status != RunStatus.RUNNING:
             return None
     elif run.step_started_at is not None:
         if run.lease_expires_at is not None and run.lease_expires_at > now:
             return None  # a live worker holds the step
         if not _lost(run, now):
-            run.save()
+            _save(run)
             return None
     step = definitions.find_step(run.definition, run.current_step)
     action = REGISTRY[step["action"]]
@@ -430,7 +453,7 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
     if outcome.status == "failed" and outcome.retry_in_seconds is not None:
         run.wake_at = now + timedelta(seconds=outcome.retry_in_seconds)
         _ready(run, now)
-        run.save()
+        _save(run)
         if not paused:
             _send(run.pk, queue=run.priority, countdown=outcome.retry_in_seconds)
         return "retrying"
@@ -438,7 +461,7 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         run.status = RunStatus.PAUSED if paused else RunStatus.WAITING
         run.context = {**(run.context or {}), "waiting_on": outcome.child_run_id}
         run.wake_at = run.step_started_at = run.lease_expires_at = None
-        run.save()
+        _save(run)
         if not paused:
             # The sub-run may have finished already (its end found this run not waiting yet): look now.
             _send(run.pk, queue=run.priority)
@@ -448,14 +471,14 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         run.wake_at = outcome.wait_until or now
         run.step_started_at = None
         run.lease_expires_at = None
-        run.save()
+        _save(run)
         wait = (run.wake_at - now).total_seconds()
         if not paused and wait <= settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
             # Sooner than the recovery task would; a long wait is left to it (Redis re-delivers long ETAs).
             _send(run.pk, queue=run.priority, countdown=max(wait, 0) or None)
         return "waiting"
     _move_on(run, step, outcome, now)
-    run.save()
+    _save(run)
     if run.status == RunStatus.RUNNING:
         _send(run.pk, queue=run.priority)
     return str(run.status)
@@ -616,14 +639,14 @@ def _dag_claim(run: WorkflowRun, now: datetime) -> Claim | None:
     if pick is None or run.status != RunStatus.RUNNING:
         if run.status == RunStatus.RUNNING:
             _dag_lease(run)
-        run.save()
+        _save(run)
         return None
     node = nodes[pick["id"]]
     seconds = REGISTRY[pick["action"]].seconds(pick.get("params", {}), run.workflow)
     node["attempt"] += 1
     node.update(status="running", wake_at=None, lease=_iso(now + timedelta(seconds=seconds) + _grace()))
     _dag_lease(run)
-    run.save()
+    _save(run)
     row = WorkflowStep.objects.create(
         run=run, seq=node["seq"], step_id=pick["id"], action=pick["action"], attempt=node["attempt"], started_at=now
     )
@@ -647,7 +670,7 @@ def _dag_record(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: d
         result = str(run.status)
     if run.status in (RunStatus.RUNNING, RunStatus.PAUSED):
         _dag_lease(run)
-    run.save()
+    _save(run)
     return result
 
 
@@ -721,7 +744,7 @@ def _dag_recover(run: WorkflowRun, now: datetime) -> int:
             sent += 1
     if run.status == RunStatus.RUNNING:
         _dag_lease(run)
-    run.save()
+    _save(run)
     return sent
 
 
@@ -767,7 +790,7 @@ def run_resume(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
             run.pk, queue=run.priority, countdown=max((run.wake_at - now).total_seconds(), 0) if run.wake_at else None
         )
     # (A step still held when the pause came: its worker records it, or recovery retakes it.)
-    run.save()
+    _save(run)
     return run
 
 
@@ -782,7 +805,7 @@ def run_cancel(*, run_id: Any, reason: str = "", now: datetime | None = None) ->
         status=StepStatus.FAILED, finished_at=now, error="run cancelled"
     )
     _finish(run, RunStatus.CANCELLED, now, error=f"cancelled{': ' + reason if reason else ''}")
-    run.save()
+    _save(run)
     return run
 
 
@@ -805,7 +828,7 @@ def run_retry(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
             if nodes[step["id"]]["status"] == "pending" and all(nodes[p]["status"] == "succeeded" for p in parents):
                 _dag_ready(run, step["id"], now)
         _dag_lease(run)
-        run.save()
+        _save(run)
         return run
     failed_step = (
         WorkflowStep.objects.filter(run=run)
@@ -819,7 +842,7 @@ def run_retry(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
     run.transitions = 0
     run.wake_at = None
     _enter(run, failed_step, now)
-    run.save()
+    _save(run)
     _send(run.pk, queue=run.priority)
     return run
 
@@ -853,7 +876,7 @@ def runs_recover(*, now: datetime | None = None, limit: int = RECOVER_LIMIT) -> 
                 sent += _dag_recover(run, now)
                 continue
             if run.step_started_at is not None and not _lost(run, now):
-                run.save()
+                _save(run)
                 continue
             # A fresh hand-off lease, so the next look does not send it again while the message travels.
             run.lease_expires_at = now + _handoff()
