@@ -505,3 +505,49 @@ def test_notify__needs_an_address_or_a_webhook():
     assert definition_problems(
         sequence({"id": "t", "action": "notify", "params": {"message": "m", "email": ["not-an-address"]}})
     )[0].startswith("definition.steps[0].params.email[0]: 'not-an-address' does not match")
+
+
+BRANCHING = {
+    "type": "state_machine",
+    "initial_state": "size",
+    "states": [
+        {
+            "id": "size",
+            "action": "branch",
+            "params": {
+                "cases": [
+                    {"if": {"gt": ["${inputs.n}", 10]}, "event": "big"},
+                    {"if": {"gt": ["${inputs.n}", 5]}, "event": "medium"},
+                ],
+                "default": "small",
+            },
+            "transitions": {"big": "b", "medium": "m", "small": "s"},
+        },
+        {"id": "b", "terminal": "succeeded"},
+        {"id": "m", "terminal": "succeeded"},
+        {"id": "s", "terminal": "succeeded"},
+    ],
+}
+
+
+@pytest.mark.parametrize(("n", "end"), [(20, "b"), (7, "m"), (1, "s")])
+def test_branch__the_first_case_that_holds_picks_the_transition(db, n, end):
+    """Cases are tried in order; none holding takes the default's transition."""
+    run = drive(start(BRANCHING, inputs={"n": n}))
+    assert (run.status, run.current_step) == (RunStatus.SUCCEEDED, end)
+    assert output(run, "size") == {"event": {"b": "big", "m": "medium", "s": "small"}[end]}
+
+
+def test_branch__every_way_needs_a_transition():
+    """On save, a case's event (or the default) with no transition is named, unless success catches it."""
+    import copy
+
+    from workflows.engine.definitions import definition_problems
+
+    broken = copy.deepcopy(BRANCHING)
+    del broken["states"][0]["transitions"]["medium"]
+    assert definition_problems(broken) == [
+        "definition.states[0].params.cases[1].event: the event 'medium' has no transition; add transitions.medium"
+    ]
+    broken["states"][0]["transitions"]["success"] = "m"
+    assert definition_problems(broken) == []

@@ -242,6 +242,45 @@ def condition(call: StepCall) -> Outcome:
     return succeeded({"result": result}, event="true" if result else "false")
 
 
+# A named event (what a state's transitions are keyed by).
+EVENT = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"}
+MAX_CASES = 50
+
+
+@action(
+    "branch",
+    {
+        "$defs": {"expression": EXPRESSION},
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["cases"],
+        "properties": {
+            "cases": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_CASES,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["if", "event"],
+                    "properties": {"if": {"$ref": "#/$defs/expression"}, "event": EVENT},
+                },
+            },
+            "default": EVENT,
+        },
+    },
+    resolve_params=False,
+)
+def branch(call: StepCall) -> Outcome:
+    """Pick a way: the event of the first case whose condition holds, else ``default`` ("default" if
+    not given); a state's transitions go on from that event. Output {"event": ...}."""
+    for case in call.params["cases"]:
+        if evaluate(case["if"], call.values):
+            return succeeded({"event": case["event"]}, event=case["event"])
+    chosen = call.params.get("default", "default")
+    return succeeded({"event": chosen}, event=chosen)
+
+
 # --- http ------------------------------------------------------------------------------------------
 
 

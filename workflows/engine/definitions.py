@@ -302,6 +302,17 @@ def _state_machine_problems(definition: dict[str, Any], ids: dict[str, int]) -> 
         for event, target in (state.get("transitions") or {}).items():
             if target not in ids:
                 problems.append(f"{path_text((*where, 'transitions', event))}: {target!r} is not a state id")
+        transitions = state.get("transitions") or {}
+        if state.get("action") == "branch" and "success" not in transitions:
+            # Each way the branch can pick needs somewhere to go (or a success transition to fall back on).
+            params = state.get("params", {})
+            ways = [(("params", "cases", index, "event"), case["event"]) for index, case in enumerate(params["cases"])]
+            ways.append((("params", "default"), params.get("default", "default")))
+            for place, event in ways:
+                if event not in transitions:
+                    problems.append(
+                        f"{path_text((*where, *place))}: the event {event!r} has no transition; add transitions.{event}"
+                    )
     if problems:
         return problems
     reached = {definition["initial_state"]}
