@@ -1028,6 +1028,8 @@ def execution_perform(*, execution: Execution) -> AttemptOutcome:
             "scheduled_for": execution.scheduled_for.isoformat(),
             "attempt": attempt,
             "manual": execution.manual,
+            # The trigger's queue: the built-in engine runs the run's steps on it too.
+            "priority": str(trigger.priority),
             "inputs": execution.inputs,
         },
     )

@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from . import network
 from .exceptions import RunBodyInvalid, SignatureInvalid
-from .models import AuditEvent, Workflow, WorkflowRun, generate_secret
+from .models import AuditEvent, RunPriority, Workflow, WorkflowRun, generate_secret
 from .validators import MAX_JSON_DEPTH
 
 _EDITABLE = frozenset(
@@ -325,6 +325,8 @@ def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, A
                 idempotency_key=idempotency_key,
                 inputs=inputs,
                 payload=json.loads(json.dumps(payload)),
+                # A trigger's call says its priority: the engine's steps take the same queue.
+                priority=payload.get("priority") if payload.get("priority") in RunPriority.values else "normal",
             )
             if workflow.definition:
                 from .engine.runner import run_start
@@ -411,7 +413,6 @@ def workflow_start(
     without a trigger; until it begins it can be moved (run_move) or cancelled (run_cancel).
     Returns the run and whether it was created (False: the same idempotency_key was used before)."""
     from .engine import runner
-    from .models import RunPriority
 
     now = now or timezone.now()
     if not workflow.definition or workflow.endpoint_url:

@@ -70,7 +70,7 @@ def finish_run(run: WorkflowRun) -> WorkflowRun:
 def test_execution__waits_for_its_run_and_is_never_called_again_meanwhile(user, no_broker, monkeypatch):
     """After the 202 the execution stays running with no lease; recovery and a redelivered message
     leave it alone; when the run succeeds, the execution succeeds."""
-    execution = running_execution(user, WAIT_THEN_LOG, inputs={"word": "hi"})
+    execution = running_execution(user, WAIT_THEN_LOG, inputs={"word": "hi"}, priority="high")
     built_in_endpoint(monkeypatch)
     outcome = dispatch.execution_perform(execution=execution)
     assert outcome.status == ExecutionStatus.RUNNING
@@ -80,6 +80,7 @@ def test_execution__waits_for_its_run_and_is_never_called_again_meanwhile(user, 
     run = WorkflowRun.objects.get(pk=execution.run_id)
     assert run.idempotency_key == str(execution.pk)
     assert run.status == RunStatus.RUNNING
+    assert run.priority == "high"  # the trigger's queue, from the call's priority
 
     far = timezone.now() + timedelta(hours=2)
     assert dispatch.leases_recover(now=far, queue_depth=lambda queue: 0).executions == 0
