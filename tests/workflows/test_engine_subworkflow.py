@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from tests.factories import WorkflowFactory
 from tests.workflows.test_engine_runner import drive, output, path, sequence, start
 from workflows.engine import runner
-from workflows.engine.definitions import definition_problems
 from workflows.models import RunStatus, WorkflowRun
 
 pytestmark = pytest.mark.django_db
@@ -101,9 +103,38 @@ def test_run_workflow__a_workflow_that_runs_itself_stops_at_the_depth_limit(user
     assert run.status == RunStatus.FAILED
 
 
-def test_run_workflow__not_in_a_dag_yet():
-    """A dag node cannot wait for a sub-workflow yet: refused on save, by path."""
-    definition = {"type": "dag", "nodes": [{"id": "sub", "action": "run_workflow", "params": {"workflow": 1}}]}
-    assert definition_problems(definition) == [
-        "definition.nodes[0].action: run_workflow is not available in a dag yet; use a sequence or a state machine"
-    ]
+def test_run_workflow__in_a_dag_the_node_waits_and_its_dependents_follow(user):
+    """A dag node waits for its sub-run while its sibling runs; the join reads the sub-run's output.
+    The sub-run's end is found by recovery when its message is lost (here: no commit, no hook)."""
+    child_workflow = WorkflowFactory(owner=user, endpoint_url="", definition=CHILD)
+    definition = {
+        "type": "dag",
+        "nodes": [
+            {
+                "id": "sub",
+                "action": "run_workflow",
+                "params": {"workflow": child_workflow.pk, "inputs": {"region": "eu"}},
+            },
+            {"id": "side", "action": "log", "params": {"message": "meanwhile"}},
+            {
+                "id": "join",
+                "action": "log",
+                "params": {"message": "${steps.sub.output.steps.pick.output.region}"},
+                "depends_on": ["sub", "side"],
+            },
+        ],
+    }
+    now = timezone.now()
+    run = drive(start(definition, user=user), now=now)
+    assert {name: node["status"] for name, node in run.context["nodes"].items()} == {
+        "sub": "waiting",
+        "side": "succeeded",
+        "join": "pending",
+    }
+    drive(WorkflowRun.objects.get(workflow=child_workflow), now=now)
+    assert runner.runs_recover(now=now + timedelta(seconds=30)) == 0  # not yet time to look
+    later = now + timedelta(seconds=61)
+    assert runner.runs_recover(now=later) == 1
+    run = drive(run, now=later)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert output(run, "join") == {"message": "eu"}

@@ -23,8 +23,6 @@ from . import variables
 from .actions import REGISTRY
 
 TYPES = ("sequence", "state_machine", "dag")
-# Actions a dag node cannot use yet (a dag node waits only for time, not for another run).
-NOT_IN_DAG = ("run_workflow",)
 MAX_STEPS = 200
 DEFAULT_MAX_TRANSITIONS = 100
 MAX_TRANSITIONS = 10_000
@@ -191,11 +189,6 @@ def definition_problems(definition: Any) -> list[str]:
 def _dag_problems(nodes: list[dict[str, Any]], ids: dict[str, int]) -> list[str]:
     problems = []
     for index, node in enumerate(nodes):
-        if node["action"] in NOT_IN_DAG:
-            problems.append(
-                f"{path_text(('nodes', index, 'action'))}: {node['action']} is not available in a dag yet; "
-                "use a sequence or a state machine"
-            )
         for position, parent in enumerate(node.get("depends_on", [])):
             where = path_text(("nodes", index, "depends_on", position))
             if parent == node["id"]:

@@ -52,6 +52,8 @@ OUTPUT_EXCERPT_CHARS = 2000
 INPUT_MAX_CHARS = 10_000
 HIDDEN = "(hidden)"
 RECOVER_LIMIT = 500
+# How often recovery looks at a dag node waiting for a sub-workflow run (its end normally sends it).
+CHILD_POLL = timedelta(seconds=60)
 
 
 # Called with a run's id after a transaction that finished it commits. The schedules app listens
@@ -621,12 +623,25 @@ def _dag_claim(run: WorkflowRun, now: datetime) -> Claim | None:
     nodes = run.context["nodes"]
     for step in run.definition["nodes"]:
         node = nodes[step["id"]]
-        if node["status"] == "waiting" and _when(node["wake_at"]) <= now and run.status == RunStatus.RUNNING:
-            waited = {"waited_until": node["wake_at"]}
-            WorkflowStep.objects.filter(run=run, seq=node["seq"], status=StepStatus.WAITING).update(
-                status=StepStatus.SUCCEEDED, finished_at=now, output_excerpt=_excerpt(waited)
-            )
-            _dag_outcome(run, step, Outcome("succeeded", output=waited), now)
+        if node["status"] != "waiting" or run.status != RunStatus.RUNNING:
+            continue
+        if node.get("child"):
+            child = WorkflowRun.objects.filter(pk=node["child"]).first()
+            if child is not None and child.status not in RUN_FINISHED_STATUSES:
+                continue  # the sub-run goes on; its end sends this run again
+            ended = sub_run_outcome(child) if child is not None else failed(f"sub-workflow run {node['child']} is gone")
+            node.pop("child")
+        elif _when(node["wake_at"]) <= now:
+            ended = Outcome("succeeded", output={"waited_until": node["wake_at"]})
+        else:
+            continue
+        WorkflowStep.objects.filter(run=run, seq=node["seq"], status=StepStatus.WAITING).update(
+            status=StepStatus.SUCCEEDED if ended.status == "succeeded" else StepStatus.FAILED,
+            finished_at=now,
+            output_excerpt=_excerpt(ended.output),
+            error=ended.error,
+        )
+        _dag_outcome(run, step, ended, now)
     pick = next(
         (
             step
@@ -658,6 +673,13 @@ def _dag_record(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: d
     if outcome.status == "failed" and outcome.retry_in_seconds is not None:
         _dag_ready(run, step["id"], now, wake_at=now + timedelta(seconds=outcome.retry_in_seconds))
         result = "retrying"
+    elif outcome.status == "waiting" and outcome.child_run_id:
+        # Its end sends this run (the runner's finish hook); the lease makes recovery look now and then
+        # in case that message is lost. Look once now too: the sub-run may have ended already.
+        node.update(status="waiting", wake_at=None, child=outcome.child_run_id, lease=_iso(now + CHILD_POLL))
+        if run.status == RunStatus.RUNNING:
+            _send(run.pk, queue=run.priority)
+        result = "waiting"
     elif outcome.status == "waiting":
         wake_at = outcome.wait_until or now
         node.update(status="waiting", wake_at=_iso(wake_at), lease=None)
@@ -739,7 +761,7 @@ def _dag_recover(run: WorkflowRun, now: datetime) -> int:
         elif (status == "ready" and _when(node["lease"]) <= now) or (
             status == "waiting" and _when(node["lease"] or node["wake_at"]) <= now
         ):
-            node["lease"] = _iso(now + _handoff())
+            node["lease"] = _iso(now + (CHILD_POLL if node.get("child") else _handoff()))
             _send(run.pk, queue=run.priority)
             sent += 1
     if run.status == RunStatus.RUNNING:
