@@ -13,6 +13,7 @@ from schedules.api import (
     TriggerAuditView,
     TriggerExecutionsView,
     TriggerViewSet,
+    WorkflowStartView,
     WorkflowStatsView,
 )
 from workflows.api import (
@@ -46,6 +47,8 @@ urlpatterns = [
     # POST: the signed execution endpoint (Workflow.execution_url); GET: the workflow's runs for its owner.
     path("api/workflows/<id:workflow_id>/runs/", WorkflowRunsView.as_view(), name="workflow-runs"),
     path("api/workflows/<id:pk>/stats/", WorkflowStatsView.as_view(), name="workflow-stats"),
+    # Start now, later or on a schedule (schedules' view: a schedule is a trigger).
+    path("api/workflows/<id:pk>/start/", WorkflowStartView.as_view(), name="workflow-start"),
     path("api/triggers/<id:pk>/executions/", TriggerExecutionsView.as_view(), name="trigger-executions"),
     # The audit trail: of all your objects, or of one workflow or trigger.
     path("api/audit/", AuditEventListView.as_view(), name="audit-list"),

@@ -1136,9 +1136,7 @@ def _engine_run(execution: Execution, run_id: str) -> bool:
         uuid.UUID(run_id)
     except ValueError:
         return False
-    return (
-        WorkflowRun.objects.filter(pk=run_id, workflow_id=workflow.pk).exclude(status=RunStatus.RECORDED).exists()
-    )
+    return WorkflowRun.objects.filter(pk=run_id, workflow_id=workflow.pk).exclude(status=RunStatus.RECORDED).exists()
 
 
 def executions_follow_runs(*, run_ids: list[str] | None = None, limit: int = 500) -> int:

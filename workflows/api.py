@@ -269,8 +269,6 @@ class AuditEventFilter(ObjectAuditEventFilter):
 class WorkflowViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
     """Your workflows (staff: everyone's). Writes go through workflows.services."""
 
-    run_actions = frozenset({"start"})
-
     serializer_class = WorkflowSerializer
     filterset_class = WorkflowFilter
     lookup_value_converter = "id"
@@ -301,24 +299,6 @@ class WorkflowViewSet(WriteThrottleMixin, viewsets.ModelViewSet):
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         services.workflow_delete(workflow=self.get_object(), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-    @extend_schema(
-        request=StartSerializer,
-        responses={
-            201: WorkflowRunSerializer,
-            200: OpenApiResponse(WorkflowRunSerializer, description="A repeat of an earlier idempotency_key."),
-        },
-    )
-    @action(detail=True, methods=["post"], serializer_class=StartSerializer)
-    def start(self, request: Request, pk: str | None = None) -> Response:
-        """Start a run of this workflow (it needs a definition) now or later, without a trigger: 201 with
-        the run, queued until it begins; move it with /api/runs/<id>/move/, cancel it with …/cancel/."""
-        workflow = self.get_object()
-        body = StartSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        run, created = services.workflow_start(workflow=workflow, actor=request.user, **body.validated_data)
-        data = WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data
-        return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(request=RotateSecretSerializer, responses={200: RotatedSecretSerializer})
     @action(detail=True, methods=["post"], url_path="rotate-secret", serializer_class=RotateSecretSerializer)

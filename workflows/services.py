@@ -398,6 +398,16 @@ def _start_at(*, delay_seconds: int | None, run_at: datetime | None, now: dateti
     return now + timedelta(seconds=delay)
 
 
+def startable_check(workflow: Workflow) -> None:
+    """Only an active workflow with a definition can be started (a ValidationError on ``workflow``)."""
+    if not workflow.definition or workflow.endpoint_url:
+        raise ValidationError(
+            {"workflow": ["has no definition: only the built-in engine's workflows can be started here."]}
+        )
+    if not workflow.is_active:
+        raise ValidationError({"workflow": ["is not active."]})
+
+
 def workflow_start(
     *,
     workflow: Workflow,
@@ -415,12 +425,7 @@ def workflow_start(
     from .engine import runner
 
     now = now or timezone.now()
-    if not workflow.definition or workflow.endpoint_url:
-        raise ValidationError(
-            {"workflow": ["has no definition: only the built-in engine's workflows can be started here."]}
-        )
-    if not workflow.is_active:
-        raise ValidationError({"workflow": ["is not active."]})
+    startable_check(workflow)
     if priority not in RunPriority.values:
         raise ValidationError({"priority": [f"must be one of {', '.join(RunPriority.values)}, not {priority!r}."]})
     inputs = {} if inputs is None else inputs

@@ -116,7 +116,8 @@ def test_api__start_later_then_move_and_cancel(client, user, engine_workflow):
         content_type="application/json",
     )
     assert response.status_code == 201, response.json()
-    body = response.json()
+    assert response.json()["trigger"] is None
+    body = response.json()["run"]
     assert (body["status"], body["priority"], body["inputs"]) == ("queued", "high", {"who": "ana"})
     assert client.post(url, {"idempotency_key": "k1"}, content_type="application/json").status_code == 200
     later = (timezone.now() + timedelta(days=30)).replace(microsecond=0)
@@ -147,3 +148,42 @@ def test_command__start_and_move(engine_workflow):
     assert run.wake_at == later
     with pytest.raises(CommandError, match="--at: 'tomorrow' is not a time with an offset"):
         call_command("workflow", "start", str(engine_workflow.pk), "--at", "tomorrow", stdout=StringIO())
+
+
+def test_api__start_with_cron_or_a_preset_makes_a_trigger(client, user, engine_workflow):
+    """cron (or a preset) starts it again and again: the answer is the trigger that does it, with its
+    next runs; it takes no delay or run_at, and a preset's parameters need the preset."""
+    client.force_login(user)
+    url = reverse("workflow-start", args=[engine_workflow.pk])
+    response = client.post(
+        url,
+        {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin", "inputs": {"who": "team"}, "priority": "low"},
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.json()
+    trigger = response.json()["trigger"]
+    assert response.json()["run"] is None
+    assert (trigger["kind"], trigger["cron"], trigger["timezone"], trigger["workflow"]) == (
+        "cron",
+        "0 9 * * 1-5",
+        "Europe/Berlin",
+        engine_workflow.pk,
+    )
+    assert (trigger["inputs"], trigger["priority"], trigger["name"]) == (
+        {"who": "team"},
+        "low",
+        f"Start {engine_workflow.name} (0 9 * * 1-5)",
+    )
+    preset = client.post(
+        url, {"preset": "weekdays", "time": "18:30", "name": "evening"}, content_type="application/json"
+    )
+    assert preset.status_code == 201 and preset.json()["trigger"]["cron"] == "30 18 * * 1-5"
+    mixed = client.post(url, {"cron": "0 9 * * *", "delay_seconds": 5}, content_type="application/json")
+    assert mixed.status_code == 400
+    assert mixed.json() == {
+        "errors": {"delay_seconds": ["not with cron or a preset (those start it again and again)."]}
+    }
+    stray = client.post(url, {"time": "09:00"}, content_type="application/json")
+    assert stray.status_code == 400 and stray.json() == {"errors": {"time": ["only goes with cron or a preset."]}}
+    bad = client.post(url, {"cron": "61 * * * *"}, content_type="application/json")
+    assert bad.status_code == 400 and "cron" in bad.json()["errors"]
