@@ -101,7 +101,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """
     # Here, not at the top: workflows.api imports this module, and workflows never imports schedules.
     from schedules.exceptions import ScheduleError, TriggerNotFound, TriggerStateError
-    from workflows.exceptions import SecretUndecryptable, WorkflowError, WorkflowInUse
+    from workflows.exceptions import RunStateError, SecretUndecryptable, WorkflowError, WorkflowInUse
 
     if isinstance(exc, RequestDataTooBig):
         return _answer({DETAIL: [too_big_message()]}, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
@@ -115,6 +115,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return _answer({exc.field or NON_FIELD: [str(exc)]}, status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, WorkflowInUse):
         return _answer({"workflow": [str(exc)]}, status.HTTP_409_CONFLICT)
+    if isinstance(exc, RunStateError):
+        return _answer({"status": [str(exc)]}, status.HTTP_409_CONFLICT)
     if isinstance(exc, SecretUndecryptable):
         logger.error("API request failed: %s", exc)
         return _answer({"secret": [str(exc)]}, status.HTTP_503_SERVICE_UNAVAILABLE)

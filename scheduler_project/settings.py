@@ -234,6 +234,7 @@ SPECTACULAR_SETTINGS = {
         "BackfillOverlapEnum": "schedules.services.BACKFILL_OVERLAP",
         "CatchupEnum": "schedules.models.CatchupPolicy",
         "PriorityEnum": "schedules.models.Priority",
+        "RunPriorityEnum": "workflows.models.RunPriority",
     },
 }
 
@@ -371,6 +372,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "schedules.recover_executions",
         "schedule": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS),
         # On the high queue, so a backlog of normal work cannot hold recovery up.
+        "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS), "queue": "high"},
+    },
+    # The built-in engine's runs: waits fallen due, steps whose worker died (workflows/engine/runner.py).
+    "scheduler.recover-runs": {
+        "task": "workflows.recover_runs",
+        "schedule": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS),
         "options": {"expires": float(SCHEDULER_RECOVERY_INTERVAL_SECONDS), "queue": "high"},
     },
     "scheduler.fold-stats": {

@@ -13,9 +13,16 @@ from schedules.api import (
     TriggerAuditView,
     TriggerExecutionsView,
     TriggerViewSet,
+    WorkflowStartView,
     WorkflowStatsView,
 )
-from workflows.api import AuditEventListView, WorkflowAuditView, WorkflowRunsView, WorkflowViewSet
+from workflows.api import (
+    AuditEventListView,
+    WorkflowAuditView,
+    WorkflowRunsView,
+    WorkflowRunViewSet,
+    WorkflowViewSet,
+)
 
 admin.site.site_header = "Workflow Scheduler"
 admin.site.site_title = "Workflow Scheduler admin"
@@ -30,6 +37,7 @@ router = SimpleRouter(use_regex_path=False)
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("triggers", TriggerViewSet, basename="trigger")
 router.register("executions", ExecutionViewSet, basename="execution")
+router.register("runs", WorkflowRunViewSet, basename="run")
 
 urlpatterns = [
     path("", home, name="home"),
@@ -41,6 +49,8 @@ urlpatterns = [
     # POST: the signed execution endpoint (Workflow.execution_url); GET: the workflow's runs for its owner.
     path("api/workflows/<id:workflow_id>/runs/", WorkflowRunsView.as_view(), name="workflow-runs"),
     path("api/workflows/<id:pk>/stats/", WorkflowStatsView.as_view(), name="workflow-stats"),
+    # Start now, later or on a schedule (schedules' view: a schedule is a trigger).
+    path("api/workflows/<id:pk>/start/", WorkflowStartView.as_view(), name="workflow-start"),
     path("api/triggers/<id:pk>/executions/", TriggerExecutionsView.as_view(), name="trigger-executions"),
     # The audit trail: of all your objects, or of one workflow or trigger.
     path("api/audit/", AuditEventListView.as_view(), name="audit-list"),

@@ -19,6 +19,7 @@ RESOURCES = (
     ("workflows", "workflow-list", "what to call: endpoint, method, headers, signing secret, default inputs"),
     ("triggers", "trigger-list", "when: cron, presets, once, interval; pause, resume, run now, backfill"),
     ("executions", "execution-list", "what happened, one per trigger and slot; retry, stats"),
+    ("runs", "run-list", "built-in engine runs and their steps; pause, resume, cancel, retry"),
     ("audit", "audit-list", "who changed what"),
     ("health", "health", "database, broker, beat and workers (no token needed)"),
     ("schema", "api-schema", "OpenAPI 3 schema (no token needed)"),

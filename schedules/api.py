@@ -35,7 +35,8 @@ from scheduler_project.api import (
     owned,
     refuse_nul,
 )
-from workflows.api import ObjectAuditView, workflows_of
+from workflows import services as workflow_services
+from workflows.api import ObjectAuditView, StartSerializer, WorkflowRunSerializer, runs_of, workflows_of
 from workflows.models import Workflow
 
 from . import selectors, services, timing
@@ -700,6 +701,86 @@ class TriggerAuditView(ObjectAuditView):
 
     def objects_of(self, user: Any) -> QuerySet[Trigger]:
         return owned(Trigger.objects.all(), user)
+
+
+class WorkflowStartSerializer(StartSerializer):
+    """Now or later (delay_seconds, run_at: one run), or again and again (cron or a preset: a trigger)."""
+
+    cron = serializers.CharField(
+        required=False, max_length=100, help_text='Start on this schedule instead: a trigger, e.g. "0 9 * * 1-5".'
+    )
+    preset = serializers.ChoiceField(
+        choices=timing.PRESETS,
+        required=False,
+        help_text='Or a preset, as for triggers: "preset": "weekdays", "time": "09:00".',
+    )
+    time = serializers.CharField(required=False, help_text='With a preset: "HH:MM", e.g. "09:00".')
+    day = serializers.CharField(required=False, help_text="With preset weekly: 0-6 or MON..SUN; monthly: 1-31.")
+    minute = serializers.IntegerField(required=False, min_value=0, max_value=59, help_text="With preset hourly.")
+    timezone = serializers.CharField(
+        required=False, max_length=64, help_text="For cron or a preset, e.g. Europe/Berlin."
+    )
+    name = serializers.CharField(
+        required=False, max_length=200, help_text="For cron or a preset: the trigger's name (default: made up)."
+    )
+
+
+class StartedSerializer(serializers.Serializer):
+    run = WorkflowRunSerializer(allow_null=True, help_text="The run, queued until it begins (now or later).")
+    trigger = TriggerSerializer(allow_null=True, help_text="With cron or a preset: the trigger that starts it.")
+
+
+_RECURRING = ("cron", "preset", "time", "day", "minute", "timezone", "name")
+
+
+class WorkflowStartView(WriteThrottleMixin, APIView):
+    """POST /api/workflows/<id>/start/: start a workflow with a definition now, later, or on a schedule."""
+
+    @extend_schema(
+        request=WorkflowStartSerializer,
+        responses={
+            201: StartedSerializer,
+            200: OpenApiResponse(StartedSerializer, description="A repeat of an earlier idempotency_key."),
+        },
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        """One call for "start now or later": delay_seconds (0, the default: now) or run_at make one run,
+        queued until it begins (move it with /api/runs/<id>/move/, cancel it with …/cancel/); cron or a
+        preset make a trigger that starts it on that schedule (change or delete it as any trigger)."""
+        workflow = get_object_or_404(workflows_of(request.user), pk=pk)
+        body = WorkflowStartSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        fields = dict(body.validated_data)
+        recurring = {name: fields.pop(name) for name in _RECURRING if name in fields}
+        if "cron" not in recurring and "preset" not in recurring:
+            if recurring:
+                raise serializers.ValidationError({name: ["only goes with cron or a preset."] for name in recurring})
+            run, created = workflow_services.workflow_start(workflow=workflow, actor=request.user, **fields)
+            answer = {"run": WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data, "trigger": None}
+            return Response(answer, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        single = [name for name in ("delay_seconds", "run_at", "idempotency_key") if name in fields]
+        if single:
+            raise serializers.ValidationError(
+                {name: ["not with cron or a preset (those start it again and again)."] for name in single}
+            )
+        workflow_services.startable_check(workflow)
+        now = timezone.now()
+        schedule = _schedule_inputs(recurring, kind=TriggerKind.CRON, now=now, run_at_given=False)
+        trigger = services.trigger_create(
+            owner=workflow.owner,
+            actor=request.user,
+            workflow=workflow,
+            name=schedule.pop("name", None) or f"Start {workflow.name} ({schedule['cron']})"[:200],
+            kind=TriggerKind.CRON,
+            cron=schedule["cron"],
+            timezone_name=schedule.get("timezone", "UTC"),
+            inputs=fields.get("inputs") or {},
+            priority=fields.get("priority", "normal"),
+            now=now,
+        )
+        fresh = triggers_of(request.user).get(pk=trigger.pk)
+        answer = {"run": None, "trigger": TriggerSerializer(fresh, context={"request": request, "now": now}).data}
+        return Response(answer, status=status.HTTP_201_CREATED)
 
 
 class WorkflowStatsView(APIView):

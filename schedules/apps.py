@@ -8,4 +8,13 @@ class SchedulesConfig(AppConfig):
     name = "schedules"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the start-up checks)
+        from workflows.engine import runner
+
+        from . import (
+            checks,  # noqa: F401  (registers the start-up checks)
+            dispatch,
+        )
+
+        # An execution of a built-in engine workflow ends when its run does (the recovery task
+        # looks too, in case this is lost).
+        runner.listen_run_finished(lambda run_id: dispatch.executions_follow_runs(run_ids=[run_id]))

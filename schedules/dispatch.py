@@ -45,7 +45,7 @@ from django.utils import timezone
 from scheduler_project import metrics
 from workflows.client import WorkflowCall, call_workflow
 from workflows.exceptions import WorkflowCallError
-from workflows.models import Workflow
+from workflows.models import RUN_FINISHED_STATUSES, RunStatus, Workflow, WorkflowRun
 from workflows.services import audit_record
 
 from . import beat, timing
@@ -938,6 +938,9 @@ def _claim_locked(*, execution_id: Any, attempt: int, now: datetime) -> Executio
     )
     if execution is None or execution.status in FINISHED_STATUSES:
         return None
+    if execution.wait_reason == RUN_WAIT:
+        # Its call succeeded; it waits for the engine's run, and is never called again for it.
+        return None
     expired = execution.lease_expires_at is None or execution.lease_expires_at <= now
     if not (_expected(execution, attempt) or expired) or execution.status == ExecutionStatus.RUNNING and not expired:
         return None
@@ -1025,6 +1028,8 @@ def execution_perform(*, execution: Execution) -> AttemptOutcome:
             "scheduled_for": execution.scheduled_for.isoformat(),
             "attempt": attempt,
             "manual": execution.manual,
+            # The trigger's queue: the built-in engine runs the run's steps on it too.
+            "priority": str(trigger.priority),
             "inputs": execution.inputs,
         },
     )
@@ -1085,6 +1090,13 @@ def _record_success(execution: Execution, attempt: int, started: datetime, resul
         "due_at": None,
         "wait_reason": "",
     }
+    engine_run = _engine_run(execution, result.run_id)
+    if engine_run:
+        # The built-in engine took the run: the execution ends with the run's outcome, not the 202.
+        # Until then it stays running (overlap and concurrency count it) with no lease, so recovery
+        # never calls it again; executions_follow_runs ends it (workflows' finish hook, and the
+        # recovery task as the backstop).
+        outcome.update(status=ExecutionStatus.RUNNING, finished_at=None, wait_reason=RUN_WAIT)
     held = Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING, attempts=attempt)
     if not held.update(**outcome):
         # Someone took over after our lease ran out; their outcome stands.
@@ -1095,10 +1107,79 @@ def _record_success(execution: Execution, attempt: int, started: datetime, resul
         return AttemptOutcome(status=current or ExecutionStatus.SUCCEEDED)
     for name, value in outcome.items():
         setattr(execution, name, value)
+    if engine_run:
+        # The run may have finished before this was written (a short one): then end it now.
+        executions_follow_runs(run_ids=[result.run_id])
+        current = Execution.objects.filter(pk=execution.pk).values_list("status", flat=True).first()
+        return AttemptOutcome(status=current or ExecutionStatus.RUNNING, details={"run_id": result.run_id})
     if execution.trigger.consecutive_failures and execution.origin != ExecutionOrigin.FALLBACK:
         _count_success(execution, now)
     _wake_waiting(execution, now)
     return AttemptOutcome(status=ExecutionStatus.SUCCEEDED)
+
+
+# --- Follow: an execution of a built-in engine workflow ends with its run ------------------------
+
+# wait_reason of an execution whose call succeeded and whose engine run is not finished.
+RUN_WAIT = "run"
+
+
+def _engine_run(execution: Execution, run_id: str) -> bool:
+    """Whether the call started a run on the built-in engine (this service's endpoint, a workflow
+    with a definition), as the run itself says: a definition removed since the claim read the
+    workflow leaves a run that is only recorded, and the 202 is the outcome."""
+    workflow = execution.workflow
+    # (The workflow as the claim read it: a plain built-in workflow costs no query here.)
+    if workflow.endpoint_url or not workflow.definition or not run_id:
+        return False
+    try:
+        uuid.UUID(run_id)
+    except ValueError:
+        return False
+    return WorkflowRun.objects.filter(pk=run_id, workflow_id=workflow.pk).exclude(status=RunStatus.RECORDED).exists()
+
+
+def executions_follow_runs(*, run_ids: list[str] | None = None, limit: int = 500) -> int:
+    """End the executions waiting for engine runs that have finished: succeeded with the run, or
+    failed with its error (then the trigger's failure count, notifications, fallback, auto-pause,
+    as for a failed call). ``run_ids``: only those runs' executions. Returns how many ended."""
+    waiting = Execution.objects.filter(status=ExecutionStatus.RUNNING, wait_reason=RUN_WAIT)
+    if run_ids is not None:
+        waiting = waiting.filter(run_id__in=run_ids)
+    pairs = list(waiting.order_by("started_at").values_list("pk", "run_id")[:limit])
+    if not pairs:
+        return 0
+    finished = {
+        str(pk): (status, error)
+        for pk, status, error in WorkflowRun.objects.filter(
+            pk__in=[run_id for _, run_id in pairs], status__in=RUN_FINISHED_STATUSES
+        ).values_list("pk", "status", "error")
+    }
+    ended = 0
+    for execution_id, run_id in pairs:
+        if run_id in finished:
+            status, error = finished[run_id]
+            ended += _end_with_run(execution_id, run_id, status, error)
+    return ended
+
+
+@retry_on_deadlock
+@transaction.atomic
+def _end_with_run(execution_id: Any, run_id: str, run_status: str, run_error: str) -> int:
+    now = timezone.now()
+    execution = (
+        Execution.objects.select_for_update(of=("self",)).select_related("trigger", "workflow").get(pk=execution_id)
+    )
+    if execution.status != ExecutionStatus.RUNNING or execution.wait_reason != RUN_WAIT:
+        return 0  # ended already (the hook and the recovery task both look)
+    execution.metadata["run_status"] = run_status
+    if run_status == RunStatus.SUCCEEDED:
+        _finish(execution, now, ExecutionStatus.SUCCEEDED)
+        if execution.trigger.consecutive_failures and execution.origin != ExecutionOrigin.FALLBACK:
+            _count_success(execution, now)
+    else:
+        _finish(execution, now, ExecutionStatus.FAILED, error=f"run {run_status}: {run_error}"[:2000])
+    return 1
 
 
 @retry_on_deadlock
@@ -1357,6 +1438,8 @@ def executions_recover(
     fire messages, so a system that is behind gets no extra work from it."""
     now = now or timezone.now()
     leases = leases_recover(now=now, limit=limit, queue_depth=queue_depth)
+    # Executions whose engine run finished and whose hook was lost (a worker killed after the commit).
+    executions_follow_runs(limit=limit)
     slots = dispatch_due(now=now, overdue_seconds=settings.SCHEDULER_MISSED_SLOT_GRACE_SECONDS, max_batches=1)
     if slots.triggers:
         logger.warning("dispatched %s triggers whose slot nobody had dispatched", slots.triggers)

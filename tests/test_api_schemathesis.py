@@ -36,6 +36,7 @@ from schedules import selectors
 from schedules.models import Execution, ExecutionStatus
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
 from workflows import network
+from workflows import services as workflow_services
 
 MAX_EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "20"))
 CHECKS = [
@@ -78,11 +79,19 @@ def objects(settings, tmp_path, monkeypatch) -> dict[str, Any]:
         scheduled_for=timezone.now() - timedelta(hours=1),
         status=ExecutionStatus.FAILED,
     )
+    # A run of the built-in engine, so the run controls meet a real run (waiting, then whatever the case does).
+    engine = WorkflowFactory(
+        owner=user,
+        endpoint_url="",
+        definition={"type": "sequence", "steps": [{"id": "w", "action": "wait", "params": {"seconds": 600}}]},
+    )
+    run, _ = workflow_services.run_record(workflow=engine, idempotency_key="fuzz", payload={"inputs": {}})
     return {
         "headers": {"Authorization": f"Token {Token.objects.create(user=user).key}"},
         "workflow": workflow.pk,
         "trigger": trigger.pk,
         "execution": str(execution.pk),
+        "run": str(run.pk),
     }
 
 
@@ -99,7 +108,12 @@ def _use_objects(case: Any, objects: dict[str, Any], schedule: dict[str, str]) -
     """Point the case at the user's own objects (path ids, ?workflow= / ?trigger=, body references); real schedules."""
     path = case.operation.path
     resource = "executions" if path.startswith("/api/executions/") else path.split("/")[2]
-    own = {"workflows": objects["workflow"], "triggers": objects["trigger"], "executions": objects["execution"]}
+    own = {
+        "workflows": objects["workflow"],
+        "triggers": objects["trigger"],
+        "executions": objects["execution"],
+        "runs": objects["run"],
+    }
     for name in list(case.path_parameters or {}):
         case.path_parameters[name] = objects["workflow"] if name == "workflow_id" else own[resource]
     for name in ("workflow", "trigger"):

@@ -23,7 +23,7 @@ def test_api_root__lists_absolute_urls_that_answer(client, user):
     response = client.get("/api/")
     assert response.status_code == 200
     links = response.json()
-    assert set(links) == {"workflows", "triggers", "executions", "audit", "health", "schema", "docs"}
+    assert set(links) == {"workflows", "triggers", "executions", "runs", "audit", "health", "schema", "docs"}
     assert all(url.startswith("http://testserver/api/") for url in links.values())
     token = Token.objects.create(user=user)
     for name, url in links.items():

@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.decorators import method_decorator
 from django.utils.html import conditional_escape, format_html
+from django.utils.safestring import mark_safe
 from django.views.decorators.debug import sensitive_post_parameters
 from rest_framework.authtoken.admin import TokenAdmin
 from rest_framework.authtoken.models import TokenProxy
@@ -24,8 +25,10 @@ from rest_framework.authtoken.models import TokenProxy
 from scheduler_project.api import CappedPaginator
 
 from . import services
+from .engine.diagram import definition_svg
+from .exceptions import RunStateError
 from .fields import JSONFormField
-from .models import ApiToken, AuditEvent, Workflow, WorkflowRun, mask_token
+from .models import RUN_ACTIVE_STATUSES, ApiToken, AuditEvent, Workflow, WorkflowRun, WorkflowStep, mask_token
 from .validators import validate_secret
 
 SECRET_HELP = (
@@ -34,7 +37,16 @@ SECRET_HELP = (
     "'Rotate signing secret' action: it shows the new secret once, the only place the admin ever shows one."
 )
 # What the form may change; ``secret`` comes from its own write-only field.
-_FORM_FIELDS = ("name", "endpoint_url", "http_method", "headers", "timeout_seconds", "default_inputs", "is_active")
+_FORM_FIELDS = (
+    "name",
+    "endpoint_url",
+    "http_method",
+    "headers",
+    "timeout_seconds",
+    "default_inputs",
+    "is_active",
+    "definition",
+)
 
 
 def copy_saved(obj: Model, saved: Model) -> None:
@@ -205,7 +217,7 @@ class WorkflowAdminForm(forms.ModelForm):
         # Kept off the model part of the form, so the stored secret is never the field's
         # initial value and a blank entry never reaches the instance.
         exclude = ["secret"]  # noqa: DJ006 - the one field to keep out; the admin's fieldsets pick the rest
-        field_classes = {"default_inputs": JSONFormField, "headers": JSONFormField}
+        field_classes = {"default_inputs": JSONFormField, "headers": JSONFormField, "definition": JSONFormField}
 
     def clean_headers(self) -> Any:
         # An emptied JSON box cleans to None; the column is NOT NULL and means "none".
@@ -214,6 +226,10 @@ class WorkflowAdminForm(forms.ModelForm):
 
     def clean_default_inputs(self) -> Any:
         value = self.cleaned_data.get("default_inputs")
+        return {} if value is None else value
+
+    def clean_definition(self) -> Any:
+        value = self.cleaned_data.get("definition")
         return {} if value is None else value
 
     def _post_clean(self) -> None:
@@ -227,6 +243,7 @@ class WorkflowAdminForm(forms.ModelForm):
             self.instance.secret = self.cleaned_data["secret"]
         try:
             self.instance.full_clean()
+            services.definition_check(self.instance)
             # The services refuse an endpoint the SSRF guard would refuse: so does the form.
             if "endpoint_url" in self.changed_data or not self.instance.pk:
                 services.endpoint_check(self.instance.endpoint_url)
@@ -250,8 +267,13 @@ class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
     list_filter = ["is_active", "http_method", "owner"]
     list_select_related = ["owner"]
     search_fields = ["name", "endpoint_url"]
-    readonly_fields = ["owner", "secret_overlap", "created_at", "updated_at"]
+    readonly_fields = ["owner", "secret_overlap", "created_at", "updated_at", "definition_diagram"]
     actions = ["rotate_secrets"]
+
+    @admin.display(description="Diagram")
+    def definition_diagram(self, obj: Workflow) -> str:
+        svg = definition_svg(obj.definition) if obj.definition else ""
+        return mark_safe(svg) if svg else "—"  # noqa: S308 - built from escaped text (workflows.engine.diagram)
 
     @method_decorator(sensitive_post_parameters("secret"))
     def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -287,11 +309,13 @@ class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
             (None, {"fields": ["owner", "name", "is_active"]}),
             ("Request", {"fields": ["endpoint_url", "http_method", "timeout_seconds", "headers", "secret"]}),
             ("Inputs", {"fields": ["default_inputs"]}),
+            ("Built-in engine", {"fields": ["definition"]}),
         ]
         if obj is None and not self.sees_everything(request):
             fieldsets[0][1]["fields"].remove("owner")
         if obj is not None:
             fieldsets[1][1]["fields"].append("secret_overlap")
+            fieldsets[3][1]["fields"].append("definition_diagram")
             fieldsets.append(("Timestamps", {"fields": ["created_at", "updated_at"]}))
         return fieldsets
 
@@ -370,20 +394,115 @@ class WorkflowAdmin(OwnedAdminMixin, admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, obj.trigger_count)
 
 
+class WorkflowStepInline(admin.TabularInline):
+    """The run's path: one row per attempt of each step, in order."""
+
+    model = WorkflowStep
+    extra = 0
+    can_delete = False
+    fields = [
+        "seq",
+        "step_id",
+        "action",
+        "attempt",
+        "status",
+        "started_at",
+        "finished_at",
+        "input",
+        "output_excerpt",
+        "error",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(WorkflowRun)
 class WorkflowRunAdmin(OwnedAdminMixin, admin.ModelAdmin):
-    """Read-only: runs are recorded by the built-in endpoint, never edited."""
+    """Read-only: runs are recorded by the built-in endpoint and moved on by the engine, never edited."""
 
     owner_field = "workflow__owner"
 
-    list_display = ["received_at", "id", "workflow", "idempotency_key"]
-    list_filter = [("workflow", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["received_at", "id", "workflow", "status", "current_step", "idempotency_key"]
+    list_filter = ["status", ("workflow", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["workflow"]
     search_fields = ["id", "idempotency_key"]
     # Skips a COUNT(*) of the whole table on every page.
     show_full_result_count = False
-    fields = ["id", "workflow", "idempotency_key", "received_at", "inputs_json", "payload_json"]
+    fields = [
+        "id",
+        "workflow",
+        "idempotency_key",
+        "received_at",
+        "status",
+        "current_step",
+        "started_at",
+        "finished_at",
+        "wake_at",
+        "error",
+        "path_diagram",
+        "inputs_json",
+        "payload_json",
+        "context_json",
+    ]
     readonly_fields = fields
+    inlines = [WorkflowStepInline]
+    actions = ["pause_runs", "resume_runs", "cancel_runs", "retry_runs"]
+
+    @admin.display(description="Context")
+    def context_json(self, obj: WorkflowRun) -> str:
+        return pretty_json(obj.context)
+
+    @admin.display(description="Path")
+    def path_diagram(self, obj: WorkflowRun) -> str:
+        """The definition the run started with, each step coloured by how its last attempt ended."""
+        if not obj.definition:
+            return "—"
+        statuses: dict[str, str] = {}
+        path: list[str] = []
+        for step_id, status in obj.steps.order_by("seq", "attempt").values_list("step_id", "status"):
+            statuses[step_id] = status
+            if not path or path[-1] != step_id:
+                path.append(step_id)
+        for node_id, node in (obj.context or {}).get("nodes", {}).items():
+            if node.get("status") in ("ready", "skipped"):
+                statuses[node_id] = node["status"]
+        current = obj.current_step if obj.status in RUN_ACTIVE_STATUSES else ""
+        svg = definition_svg(obj.definition, statuses=statuses, path=path, current=current)
+        return mark_safe(svg) if svg else "—"  # noqa: S308 - built from escaped text (workflows.engine.diagram)
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        # Runs are never edited, but whoever may change workflows may steer their runs.
+        return request.user.has_perm("workflows.change_workflow")
+
+    def _control(self, request: HttpRequest, queryset: QuerySet[WorkflowRun], change: Any, done: str) -> None:
+        for run in queryset.select_related("workflow"):
+            try:
+                saved = change(run=run, actor=request.user)
+            except RunStateError as exc:
+                messages.error(request, f"run {run.pk}: {exc}")
+            else:
+                messages.success(request, f"{done} run {run.pk} ({saved.get_status_display()}).")
+
+    @admin.action(description="Pause selected runs", permissions=["control"])
+    def pause_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_pause, "Paused")
+
+    @admin.action(description="Resume selected runs", permissions=["control"])
+    def resume_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_resume, "Resumed")
+
+    @admin.action(description="Cancel selected runs", permissions=["control"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_cancel, "Cancelled")
+
+    @admin.action(description="Retry selected runs from their failed step", permissions=["control"])
+    def retry_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._control(request, queryset, services.run_retry, "Retried")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -28,7 +28,7 @@ from scheduler_project.api import (
 )
 
 from . import services, views
-from .models import AuditEvent, Workflow, WorkflowRun
+from .models import AuditEvent, RunPriority, Workflow, WorkflowRun, WorkflowStep
 
 # Secrets are decrypted when a row is loaded: reads that never show them don't load them.
 _SECRETS = ("secret", "previous_secret")
@@ -75,6 +75,7 @@ class WorkflowSerializer(StrictFieldsMixin, ModelSerializer):
             "max_backoff_seconds",
             "max_doublings",
             "max_retry_duration_seconds",
+            "definition",
             "created_at",
             "updated_at",
         ]
@@ -108,10 +109,45 @@ class RotatedSecretSerializer(serializers.Serializer):
     )
 
 
+class WorkflowStepSerializer(ModelSerializer):
+    class Meta:
+        model = WorkflowStep
+        fields = [
+            "seq",
+            "step_id",
+            "action",
+            "attempt",
+            "status",
+            "started_at",
+            "finished_at",
+            "input",
+            "output_excerpt",
+            "error",
+        ]
+
+
 class WorkflowRunSerializer(ModelSerializer):
+    steps = WorkflowStepSerializer(many=True, read_only=True, help_text="The run's path, one entry per attempt.")
+
     class Meta:
         model = WorkflowRun
-        fields = ["id", "workflow", "idempotency_key", "inputs", "payload", "received_at"]
+        fields = [
+            "id",
+            "workflow",
+            "idempotency_key",
+            "inputs",
+            "payload",
+            "received_at",
+            "status",
+            "priority",
+            "current_step",
+            "started_at",
+            "finished_at",
+            "wake_at",
+            "error",
+            "context",
+            "steps",
+        ]
 
 
 class RunAcceptedSerializer(serializers.Serializer):
@@ -149,10 +185,53 @@ class WorkflowRunFilter(filters.FilterSet):
 
     class Meta:
         model = WorkflowRun
-        fields = ["idempotency_key", "received_at"]
+        fields = ["idempotency_key", "received_at", "status"]
 
 
-AUDIT_OBJECT_TYPES = [("workflow", "workflow"), ("trigger", "trigger"), ("execution", "execution")]
+class RunListFilter(WorkflowRunFilter):
+    class Meta:
+        model = WorkflowRun
+        fields = ["workflow", "idempotency_key", "received_at", "status"]
+
+
+class StartSerializer(StrictFieldsMixin, serializers.Serializer):
+    delay_seconds = serializers.IntegerField(
+        required=False, min_value=0, max_value=services.MAX_START_DELAY_SECONDS, help_text="0 (default): now; e.g. 600."
+    )
+    run_at = serializers.DateTimeField(
+        required=False, help_text="Or when, with its offset, e.g. 2027-01-04T09:00:00Z (not with delay_seconds)."
+    )
+    inputs = JsonObjectField(
+        required=False, help_text='Over the workflow\'s default inputs, e.g. {"stream": "tuesday"}.'
+    )
+    priority = serializers.ChoiceField(choices=RunPriority.choices, default=RunPriority.NORMAL)
+    idempotency_key = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=200,
+        help_text="The same key again returns the first run instead of starting another.",
+    )
+
+
+class MoveSerializer(StrictFieldsMixin, serializers.Serializer):
+    delay_seconds = serializers.IntegerField(
+        required=False, min_value=0, max_value=services.MAX_START_DELAY_SECONDS, help_text="From now, e.g. 600."
+    )
+    run_at = serializers.DateTimeField(required=False, help_text="Or when, e.g. 2027-01-04T09:00:00Z.")
+
+
+class CancelRunSerializer(StrictFieldsMixin, serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, help_text="Why, for the run's error, e.g. 'wrong inputs'."
+    )
+
+
+AUDIT_OBJECT_TYPES = [
+    ("workflow", "workflow"),
+    ("trigger", "trigger"),
+    ("execution", "execution"),
+    ("workflowrun", "workflow run"),
+]
 AUDIT_SOURCES = [("admin", "admin"), ("api", "api"), ("command", "command"), ("scheduler", "scheduler")]
 
 
@@ -273,7 +352,7 @@ class WorkflowRunsView(generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return WorkflowRun.objects.none()
         workflow = get_object_or_404(workflows_of(self.request.user), pk=self.kwargs["workflow_id"])
-        return workflow.runs.all()
+        return workflow.runs.prefetch_related("steps")
 
     @extend_schema(
         auth=[],
@@ -289,6 +368,74 @@ class WorkflowRunsView(generics.ListAPIView):
     )
     def post(self, request: Request, workflow_id: int) -> HttpResponseBase:
         return views.workflow_runs(request._request, workflow_id)
+
+
+def runs_of(user: Any) -> QuerySet[WorkflowRun]:
+    """The runs of ``user``'s workflows (staff: everyone's), with their steps."""
+    return owned(
+        WorkflowRun.objects.select_related("workflow").prefetch_related("steps"), user, owner_path="workflow__owner"
+    )
+
+
+_CONFLICT = OpenApiResponse(description="The run's status does not allow it (e.g. resume a run that is not paused).")
+
+
+@extend_schema_view(
+    pause=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    resume=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    cancel=extend_schema(request=CancelRunSerializer, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    retry=extend_schema(request=None, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+    move=extend_schema(request=MoveSerializer, responses={200: WorkflowRunSerializer, 409: _CONFLICT}),
+)
+class WorkflowRunViewSet(WriteThrottleMixin, viewsets.ReadOnlyModelViewSet):
+    """Runs of your workflows (staff: everyone's) with their step history; pause, resume, cancel and
+    retry those of the built-in engine. Writes go through workflows.services."""
+
+    serializer_class = WorkflowRunSerializer
+    filterset_class = RunListFilter
+    lookup_value_converter = "uuid"
+    ordering_fields = ["received_at"]
+    ordering = ["-received_at"]
+
+    def get_queryset(self) -> QuerySet[WorkflowRun]:
+        return runs_of(self.request.user)
+
+    def _control(self, change: Any, **options: Any) -> Response:
+        run = change(run=self.get_object(), actor=self.request.user, **options)
+        return Response(self.get_serializer(runs_of(self.request.user).get(pk=run.pk)).data)
+
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Stop sending the run's steps (a step in flight finishes and is recorded)."""
+        return self._control(services.run_pause)
+
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str | None = None) -> Response:
+        """Carry on from where the run was paused."""
+        return self._control(services.run_resume)
+
+    @action(detail=True, methods=["post"], serializer_class=CancelRunSerializer)
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """End the run as cancelled; the Execution that started it fails."""
+        body = CancelRunSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.run_cancel(
+            run=self.get_object(), actor=request.user, reason=body.validated_data.get("reason", "")
+        )
+        return Response(WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data)
+
+    @action(detail=True, methods=["post"], serializer_class=MoveSerializer)
+    def move(self, request: Request, pk: str | None = None) -> Response:
+        """Move a queued run's start (one made with POST /api/workflows/<id>/start/ that has not begun)."""
+        body = MoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run = services.run_move(run=self.get_object(), actor=request.user, **body.validated_data)
+        return Response(WorkflowRunSerializer(runs_of(request.user).get(pk=run.pk)).data)
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        """Run a failed run again from the step that failed (completed steps are not run again)."""
+        return self._control(services.run_retry)
 
 
 def audit_of(user: Any) -> QuerySet[AuditEvent]:

@@ -25,7 +25,7 @@ from standardwebhooks import Webhook
 from scheduler_project import metrics
 
 from . import network
-from .exceptions import TargetRefused, WorkflowCallError, WorkflowRejected, WorkflowUnavailable
+from .exceptions import TargetRefused, WorkflowCallError, WorkflowRejected, WorkflowTimedOut, WorkflowUnavailable
 from .validators import json_loads
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class CallResult:
     run_id: str
     body_excerpt: str
     duration_ms: int
+    # The whole body as read (up to SCHEDULER_MAX_RESPONSE_BYTES), for the engine's http step output.
+    content: bytes = field(default=b"", repr=False)
 
 
 def encode_body(payload: dict[str, Any]) -> str:
@@ -199,7 +201,7 @@ def _call_workflow(call: WorkflowCall) -> CallResult:
         **sign(secret=call.secret, previous_secret=call.previous_secret, message_id=call.idempotency_key, body=body),
     }
     started = time.monotonic()
-    timed_out = WorkflowUnavailable(f"timed out after {call.timeout_seconds}s")
+    timed_out = WorkflowTimedOut(f"timed out after {call.timeout_seconds}s")
     with network.Deadline(call.timeout_seconds) as deadline:
         try:
             response, content = _exchange(call, body.encode(), headers, deadline)
@@ -221,7 +223,11 @@ def _call_workflow(call: WorkflowCall) -> CallResult:
     excerpt = _excerpt(content)
     if 200 <= status < 300:
         return CallResult(
-            http_status=status, run_id=_run_id_from(content), body_excerpt=excerpt, duration_ms=duration_ms
+            http_status=status,
+            run_id=_run_id_from(content),
+            body_excerpt=excerpt,
+            duration_ms=duration_ms,
+            content=content,
         )
     message = f"HTTP {status} {response.reason or ''}".strip()
     if status >= 500 or status in RETRYABLE_STATUSES:
@@ -241,7 +247,7 @@ def _call_workflow(call: WorkflowCall) -> CallResult:
 def _failure(exc: Exception, call: WorkflowCall) -> WorkflowCallError | None:
     """Our error for a transport failure, or None for one we do not know (re-raised as is)."""
     if isinstance(exc, (requests.exceptions.Timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
-        return WorkflowUnavailable(f"timed out after {call.timeout_seconds}s")
+        return WorkflowTimedOut(f"timed out after {call.timeout_seconds}s")
     if isinstance(exc, requests.exceptions.InvalidURL):
         return WorkflowRejected(f"invalid endpoint URL: {type(exc).__name__}")
     if isinstance(exc, (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):

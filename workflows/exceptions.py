@@ -32,6 +32,10 @@ class WorkflowUnavailable(WorkflowCallError):
     retryable = True
 
 
+class WorkflowTimedOut(WorkflowUnavailable):
+    """Worth retrying: no complete answer within the call's deadline (the engine's ``timeout`` event)."""
+
+
 class WorkflowRejected(WorkflowCallError):
     """Final: the endpoint refused the call (other 4xx, redirects, bad URL)."""
 
@@ -56,3 +60,13 @@ class WorkflowInUse(WorkflowError):
 
 class RunBodyInvalid(WorkflowError):
     """A signed run request whose body can't be recorded (e.g. JSON nested too deep)."""
+
+
+class StepFailed(WorkflowError):
+    """A step of the built-in engine failed (bad params at run time, a failed condition...)."""
+
+
+class RunStateError(WorkflowError):
+    """A run cannot do that in its state, e.g. resume a run that is not paused (the API's 409)."""
+
+    field = "status"

@@ -80,6 +80,14 @@ class Workflow(models.Model):
         help_text='Inputs every run gets unless a trigger overrides them, e.g. {"region": "us"}.',
     )
     is_active = models.BooleanField(default=True, help_text="Inactive workflows are not called.")
+    # The built-in engine's program (workflows/engine/definitions.py; README "Built-in workflow
+    # engine"). Empty: the built-in endpoint only records runs, as before.
+    definition = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='What the built-in engine runs, e.g. {"type": "sequence", "steps": [{"id": "hello", '
+        '"action": "log", "params": {"message": "hi"}}]}. Empty: runs are only recorded. Needs a blank endpoint_url.',
+    )
     max_concurrency = models.PositiveIntegerField(
         null=True,
         blank=True,
@@ -135,8 +143,32 @@ class Workflow(models.Model):
         return settings.SCHEDULER_PUBLIC_BASE_URL + reverse("workflow-runs", kwargs={"workflow_id": self.pk})
 
 
+class RunStatus(models.TextChoices):
+    RECORDED = "", "recorded"  # the workflow has no definition: nothing to run
+    QUEUED = "queued", "queued"  # started for later (POST /api/workflows/<id>/start/): begins at wake_at
+    RUNNING = "running", "running"
+    WAITING = "waiting", "waiting"
+    PAUSED = "paused", "paused"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+
+
+RUN_FINISHED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+RUN_ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING, RunStatus.PAUSED)
+
+
+class RunPriority(models.TextChoices):
+    """The broker queue a run's steps go to (the worker's queues: high, normal, low)."""
+
+    HIGH = "high", "high"
+    NORMAL = "normal", "normal"
+    LOW = "low", "low"
+
+
 class WorkflowRun(models.Model):
-    """A run accepted by the built-in execution endpoint (one per idempotency key)."""
+    """A run accepted by the built-in execution endpoint (one per idempotency key), and, for a
+    workflow with a definition, the built-in engine's progress through it (workflows/engine/runner.py)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, help_text="The run id.")
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="runs")
@@ -144,15 +176,100 @@ class WorkflowRun(models.Model):
     inputs = models.JSONField(default=dict, blank=True)
     payload = models.JSONField(default=dict, blank=True, help_text="The whole request body as received.")
     received_at = models.DateTimeField(auto_now_add=True)
+    # --- The engine's state, saved after every step -------------------------------------------
+    status = models.CharField(
+        max_length=16,
+        choices=RunStatus.choices,
+        default=RunStatus.RECORDED,
+        blank=True,
+        help_text="queued, running, waiting, paused, succeeded, failed or cancelled; blank: recorded only.",
+    )
+    priority = models.CharField(
+        max_length=8,
+        choices=RunPriority.choices,
+        default=RunPriority.NORMAL,
+        help_text="The queue its steps go to: high, normal or low.",
+    )
+    definition = models.JSONField(
+        default=dict, blank=True, help_text="The workflow's definition when the run started (later edits don't apply)."
+    )
+    context = models.JSONField(
+        default=dict, blank=True, help_text='What steps produced, e.g. {"steps": {"fetch": {"output": {...}}}}.'
+    )
+    current_step = models.CharField(max_length=64, blank=True, help_text="The step (or state) id, e.g. fetch.")
+    step_seq = models.PositiveIntegerField(
+        default=0, help_text="How many steps the run has entered; with the run id it names the step's Idempotency-Key."
+    )
+    attempt = models.PositiveIntegerField(default=0, help_text="Attempts of the current step so far, e.g. 1.")
+    transitions = models.PositiveIntegerField(default=0, help_text="State machine transitions taken so far.")
+    step_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set while a worker performs the current step; empty: ready to run."
+    )
+    lease_expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Past this, the worker holding the step (or the message sent for it) is presumed lost "
+        "and the recovery task sends the run again.",
+    )
+    wake_at = models.DateTimeField(
+        null=True, blank=True, help_text="A wait or a retry: the current step runs again at this time, e.g. 09:00 UTC."
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Why the run failed, e.g. step fetch: HTTP 500.")
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-received_at"]
         constraints = [
             models.UniqueConstraint(fields=["workflow", "idempotency_key"], name="run_unique_idempotency_key")
         ]
+        indexes = [
+            # The recovery task's look: unfinished runs whose lease or wait ran out.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="run_lease",
+                condition=models.Q(status="running"),
+            ),
+            models.Index(fields=["wake_at"], name="run_wake", condition=models.Q(status__in=["waiting", "queued"])),
+        ]
 
     def __str__(self) -> str:
         return f"run {self.id}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in RUN_FINISHED_STATUSES
+
+
+class StepStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    WAITING = "waiting", "waiting"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+
+
+class WorkflowStep(models.Model):
+    """One attempt of one step of a run: the run's history, written as the engine goes."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    seq = models.PositiveIntegerField(help_text="The step's place in the run's path, 1 for the first.")
+    step_id = models.CharField(max_length=64, help_text="The step (or state) id, e.g. fetch.")
+    action = models.CharField(max_length=32, blank=True, help_text="http, wait, set...; blank: a terminal state.")
+    attempt = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    input = models.JSONField(default=dict, blank=True, help_text="The step's params with variables filled in.")
+    output_excerpt = models.TextField(blank=True, help_text="The start of the step's output as JSON.")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["run", "seq", "attempt"]
+        indexes = [models.Index(fields=["run", "seq", "attempt"], name="step_run_seq")]
+
+    def __str__(self) -> str:
+        return f"{self.step_id} #{self.seq}.{self.attempt}"
 
 
 class AuditEvent(models.Model):

@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from . import network
 from .exceptions import RunBodyInvalid, SignatureInvalid
-from .models import AuditEvent, UserPreferences, Workflow, WorkflowRun, generate_secret
+from .models import AuditEvent, RunPriority, UserPreferences, Workflow, WorkflowRun, generate_secret
 from .validators import MAX_JSON_DEPTH
 
 _EDITABLE = frozenset(
@@ -30,6 +30,8 @@ _EDITABLE = frozenset(
     # The concurrency limit, and the retry policy new triggers start from.
     | {"max_concurrency", "max_attempts", "min_backoff_seconds", "max_backoff_seconds", "max_doublings"}
     | {"max_retry_duration_seconds"}
+    # The built-in engine's program (workflows/engine/definitions.py).
+    | {"definition"}
 )
 # Longest rotation overlap: past a week the old secret is no longer being retired, just kept.
 MAX_OVERLAP_SECONDS = 7 * 24 * 3600
@@ -140,6 +142,7 @@ def workflow_create(
     _json_defaults(fields)
     workflow = Workflow(owner=owner, name=name, **fields)
     workflow.full_clean()
+    definition_check(workflow)
     endpoint_check(workflow.endpoint_url)
     workflow.save()
     audit_record(actor=actor, action="created", obj=workflow)
@@ -166,6 +169,7 @@ def workflow_update(*, workflow: Workflow, actor: AbstractBaseUser | None = None
     for name, value in fields.items():
         setattr(workflow, name, value)
     workflow.full_clean()
+    definition_check(workflow)
     if endpoint_changed:
         endpoint_check(workflow.endpoint_url)
     workflow.save()
@@ -202,9 +206,24 @@ def endpoint_check(url: str) -> None:
         raise ValidationError({"endpoint_url": f"calls to it would be refused: {problem}"})
 
 
+def definition_check(workflow: Workflow) -> None:
+    """Refuse a definition the engine could not run (ValidationError on ``definition``, each problem
+    naming its path, e.g. definition.states[2].transitions.success), or one on a workflow with an
+    endpoint_url (the engine runs only what the built-in endpoint receives). Empty: no engine."""
+    if workflow.definition == {}:
+        return
+    from .engine.definitions import definition_check as check
+
+    check(workflow.definition)
+    if workflow.endpoint_url:
+        raise ValidationError(
+            {"definition": ["a workflow with an endpoint_url is run there: clear endpoint_url to run the definition."]}
+        )
+
+
 def _json_defaults(fields: dict[str, Any]) -> None:
     # An emptied JSON field arrives as None; it means "none", i.e. an empty object.
-    for name in ("headers", "default_inputs"):
+    for name in ("headers", "default_inputs", "definition"):
         if name in fields and fields[name] is None:
             fields[name] = {}
 
@@ -288,7 +307,11 @@ def workflow_secrets_reencrypt() -> int:
 
 
 def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, Any]) -> tuple[WorkflowRun, bool]:
-    """Record a run once per idempotency key; a repeat returns the first run and records nothing."""
+    """Record a run once per idempotency key; a repeat returns the first run and records nothing.
+
+    For a workflow with a definition the new run is started on the built-in engine in the same
+    transaction (its first step is sent when that commits); a repeat starts nothing.
+    """
     inputs = payload.get("inputs")
     if not isinstance(inputs, dict):
         inputs = {}
@@ -302,7 +325,13 @@ def run_record(*, workflow: Workflow, idempotency_key: str, payload: dict[str, A
                 idempotency_key=idempotency_key,
                 inputs=inputs,
                 payload=json.loads(json.dumps(payload)),
+                # A trigger's call says its priority: the engine's steps take the same queue.
+                priority=payload.get("priority") if payload.get("priority") in RunPriority.values else "normal",
             )
+            if workflow.definition:
+                from .engine.runner import run_start
+
+                run_start(run=run)
     except IntegrityError:
         # A concurrent request with the same key won the insert.
         return WorkflowRun.objects.get(workflow=workflow, idempotency_key=idempotency_key), False
@@ -323,3 +352,140 @@ def user_set_timezone(*, user: AbstractBaseUser, timezone_name: str) -> UserPref
     preferences.full_clean(exclude=["user"])
     preferences.save()
     return preferences
+
+
+# --- Runs of the built-in engine: pause, resume, cancel, retry -------------------------------------
+
+
+def _run_control(action: str, run: WorkflowRun, actor: AbstractBaseUser | None, **options: Any) -> WorkflowRun:
+    from .engine import runner
+
+    change = getattr(runner, f"run_{action}")
+    with transaction.atomic():
+        done = change(run_id=run.pk, **options)
+        audit_record(
+            actor=actor,
+            action={"pause": "paused", "resume": "resumed", "cancel": "cancelled", "retry": "retried"}[action],
+            obj=done,
+            owner=done.workflow.owner,
+            changes={"status": done.status, **options},
+        )
+    return done
+
+
+def run_pause(*, run: WorkflowRun, actor: AbstractBaseUser | None = None) -> WorkflowRun:
+    """Pause a running or waiting run: no step is sent until it is resumed (RunStateError otherwise)."""
+    return _run_control("pause", run, actor)
+
+
+def run_resume(*, run: WorkflowRun, actor: AbstractBaseUser | None = None) -> WorkflowRun:
+    """Resume a paused run where it stopped."""
+    return _run_control("resume", run, actor)
+
+
+def run_cancel(*, run: WorkflowRun, actor: AbstractBaseUser | None = None, reason: str = "") -> WorkflowRun:
+    """Cancel an unfinished run; the Execution that started it, if any, fails with the reason."""
+    return _run_control("cancel", run, actor, reason=reason[:500])
+
+
+def run_retry(*, run: WorkflowRun, actor: AbstractBaseUser | None = None) -> WorkflowRun:
+    """Run a failed run again from its failed step (a dag: its failed and skipped nodes)."""
+    return _run_control("retry", run, actor)
+
+
+# --- Start now or later (without a trigger) --------------------------------------------------------
+
+# How far ahead a start may be set (a start further out is a trigger's job, with its preview and pause).
+MAX_START_DELAY_SECONDS = 366 * 24 * 3600
+
+
+def _start_at(*, delay_seconds: int | None, run_at: datetime | None, now: datetime) -> datetime:
+    if delay_seconds is not None and run_at is not None:
+        raise ValidationError({"run_at": ["give delay_seconds or run_at, not both."]})
+    if run_at is not None:
+        if timezone.is_naive(run_at):
+            raise ValidationError({"run_at": ["needs a time zone offset, e.g. 2027-01-04T09:00:00Z."]})
+        if run_at > now + timedelta(seconds=MAX_START_DELAY_SECONDS):
+            raise ValidationError({"run_at": ["at most a year ahead; for later or repeating starts, use a trigger."]})
+        return max(run_at, now)
+    delay = delay_seconds or 0
+    if not 0 <= delay <= MAX_START_DELAY_SECONDS:
+        raise ValidationError({"delay_seconds": [f"must be 0-{MAX_START_DELAY_SECONDS} (a year), not {delay}."]})
+    return now + timedelta(seconds=delay)
+
+
+def startable_check(workflow: Workflow) -> None:
+    """Only an active workflow with a definition can be started (a ValidationError on ``workflow``)."""
+    if not workflow.definition or workflow.endpoint_url:
+        raise ValidationError(
+            {"workflow": ["has no definition: only the built-in engine's workflows can be started here."]}
+        )
+    if not workflow.is_active:
+        raise ValidationError({"workflow": ["is not active."]})
+
+
+def workflow_start(
+    *,
+    workflow: Workflow,
+    inputs: dict[str, Any] | None = None,
+    delay_seconds: int | None = None,
+    run_at: datetime | None = None,
+    priority: str = "normal",
+    idempotency_key: str = "",
+    actor: AbstractBaseUser | None = None,
+    now: datetime | None = None,
+) -> tuple[WorkflowRun, bool]:
+    """Start a run of a workflow with a definition now (delay 0) or later (delay_seconds or run_at),
+    without a trigger; until it begins it can be moved (run_move) or cancelled (run_cancel).
+    Returns the run and whether it was created (False: the same idempotency_key was used before)."""
+    from .engine import runner
+
+    now = now or timezone.now()
+    startable_check(workflow)
+    if priority not in RunPriority.values:
+        raise ValidationError({"priority": [f"must be one of {', '.join(RunPriority.values)}, not {priority!r}."]})
+    inputs = {} if inputs is None else inputs
+    if not isinstance(inputs, dict):
+        raise ValidationError({"inputs": ["must be a JSON object."]})
+    start_at = _start_at(delay_seconds=delay_seconds, run_at=run_at, now=now)
+    run, created = runner.run_schedule(
+        workflow=workflow,
+        start_at=start_at,
+        inputs=json.loads(json.dumps(inputs)),
+        priority=priority,
+        idempotency_key=idempotency_key,
+        now=now,
+    )
+    if created:
+        audit_record(
+            actor=actor,
+            action="started",
+            obj=workflow,
+            changes={"run_id": str(run.pk), "start_at": start_at.isoformat(), "priority": priority},
+        )
+    return run, created
+
+
+def run_move(
+    *,
+    run: WorkflowRun,
+    delay_seconds: int | None = None,
+    run_at: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
+    now: datetime | None = None,
+) -> WorkflowRun:
+    """Move a queued run's start (RunStateError once it has begun)."""
+    from .engine import runner
+
+    now = now or timezone.now()
+    start_at = _start_at(delay_seconds=delay_seconds, run_at=run_at, now=now)
+    with transaction.atomic():
+        moved = runner.run_move(run_id=run.pk, start_at=start_at, now=now)
+        audit_record(
+            actor=actor,
+            action="moved",
+            obj=moved,
+            owner=moved.workflow.owner,
+            changes={"start_at": start_at.isoformat()},
+        )
+    return moved

@@ -282,7 +282,8 @@ def test_migration_0003__encrypts_plaintext_rows_and_back():
             )
         executor = MigrationExecutor(connection)
         executor.migrate([after])
-        legacy = Workflow.objects.get(name="legacy")
+        # Only the columns 0003 has: the current model has more (e.g. 0007's definition).
+        legacy = Workflow.objects.only("id", "name", "secret").get(name="legacy")
         assert legacy.secret == secret
         assert raw_columns(legacy)[0] != secret and "whsec_" not in raw_columns(legacy)[0]
         executor = MigrationExecutor(connection)
