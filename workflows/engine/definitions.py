@@ -27,8 +27,6 @@ MAX_STEPS = 200
 DEFAULT_MAX_TRANSITIONS = 100
 MAX_TRANSITIONS = 10_000
 MAX_PROBLEMS = 20
-# The events every state may have a transition on, besides the named events of its action.
-BUILTIN_EVENTS = ("success", "error", "timeout")
 TERMINAL_STATUSES = ("succeeded", "failed")
 
 ID = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"}
