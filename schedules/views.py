@@ -21,7 +21,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Page, Paginator
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from scheduler_project.api import owned
-from workflows.models import Workflow, WorkflowRun
+from workflows.models import Workflow, WorkflowRun, WorkflowStep
 from workflows.services import user_set_timezone, user_timezone
 
 from . import selectors, services, timing
@@ -432,7 +432,14 @@ def workflow_detail(request: HttpRequest, pk: int) -> HttpResponse:
     executions = list(
         Execution.objects.filter(workflow=workflow).select_related("trigger").order_by("-scheduled_for", "-pk")[:25]
     )
-    runs = list(WorkflowRun.objects.filter(workflow=workflow).order_by("-received_at")[:10])
+    # The built-in engine's runs with their steps (one query for all the runs' steps).
+    steps = WorkflowStep.objects.order_by("seq", "attempt").defer("input")
+    runs = list(
+        WorkflowRun.objects.filter(workflow=workflow)
+        .defer("payload", "context", "definition")
+        .prefetch_related(Prefetch("steps", queryset=steps))
+        .order_by("-received_at")[:10]
+    )
     return render(
         request,
         "schedules/workflow_detail.html",

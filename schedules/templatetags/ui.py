@@ -72,6 +72,14 @@ def duration(ms: int | float | None) -> str:
 
 
 @register.filter
+def ms_until(start: datetime | None, end: datetime | None) -> float | None:
+    """Milliseconds from ``start`` to ``end`` (None if either is missing), for ``|duration``."""
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds() * 1000
+
+
+@register.filter
 def percent(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from schedules.models import Execution, ExecutionStatus, Trigger
 from tests.factories import TriggerFactory, UserFactory, WorkflowFactory
-from workflows.models import AuditEvent, UserPreferences
+from workflows.models import AuditEvent, UserPreferences, WorkflowRun
 
 
 @pytest.fixture
@@ -487,3 +487,50 @@ def test_trigger_list__last_run_is_the_last_outcome_not_a_skip(signed_in, workfl
     content = signed_in.get("/app/schedules/").content.decode()
     assert "HTTP 503 from the endpoint" in content
     assert "Skipped" not in content
+
+
+def _engine_run(workflow, key, steps):
+    """A run of the built-in engine with its step history (as the runner writes it)."""
+    from workflows.models import WorkflowStep
+
+    now = timezone.now()
+    run = WorkflowRun.objects.create(
+        workflow=workflow,
+        idempotency_key=key,
+        status="failed",
+        started_at=now,
+        finished_at=now,
+        error="step notify: HTTP 500",
+    )
+    for seq, (step_id, action, status, error) in enumerate(steps, start=1):
+        WorkflowStep.objects.create(
+            run=run,
+            seq=seq,
+            step_id=step_id,
+            action=action,
+            status=status,
+            started_at=now,
+            finished_at=now + timedelta(milliseconds=250),
+            output_excerpt='{"ok": true}' if not error else "",
+            error=error,
+        )
+    return run
+
+
+def test_workflow_detail__shows_each_engine_runs_steps(signed_in, user):
+    """A workflow's page lists its engine runs with their status and each step (id, action, status,
+    duration, output or error), in the same number of queries for 1 run or 6 runs of many steps."""
+    workflow = WorkflowFactory(owner=user)
+    steps = [("fetch", "http", "succeeded", ""), ("notify", "http", "failed", "HTTP 500 from hooks.example")]
+    run = _engine_run(workflow, "one", steps)
+    path = f"/app/workflows/{workflow.pk}/"
+    with CaptureQueriesContext(connection) as few:
+        content = signed_in.get(path).content.decode()
+    for text in (str(run.pk), "step notify: HTTP 500", "fetch", "(http)", "HTTP 500 from hooks.example", "250 ms"):
+        assert text in content, text
+    assert "status-failed" in content and "status-succeeded" in content
+    for index in range(5):
+        _engine_run(workflow, f"more-{index}", steps * 3)
+    with CaptureQueriesContext(connection) as many:
+        assert signed_in.get(path).status_code == 200
+    assert len(many) == len(few)
