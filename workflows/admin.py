@@ -28,7 +28,16 @@ from . import services
 from .engine.diagram import definition_svg
 from .exceptions import RunStateError
 from .fields import JSONFormField
-from .models import RUN_ACTIVE_STATUSES, ApiToken, AuditEvent, Workflow, WorkflowRun, WorkflowStep, mask_token
+from .models import (
+    RUN_ACTIVE_STATUSES,
+    STEP_HISTORY_FIELDS,
+    ApiToken,
+    AuditEvent,
+    Workflow,
+    WorkflowRun,
+    WorkflowStep,
+    mask_token,
+)
 from .validators import validate_secret
 
 SECRET_HELP = (
@@ -400,18 +409,7 @@ class WorkflowStepInline(admin.TabularInline):
     model = WorkflowStep
     extra = 0
     can_delete = False
-    fields = [
-        "seq",
-        "step_id",
-        "action",
-        "attempt",
-        "status",
-        "started_at",
-        "finished_at",
-        "input",
-        "output_excerpt",
-        "error",
-    ]
+    fields = list(STEP_HISTORY_FIELDS)
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

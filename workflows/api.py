@@ -28,7 +28,7 @@ from scheduler_project.api import (
 )
 
 from . import services, views
-from .models import AuditEvent, RunPriority, Workflow, WorkflowRun, WorkflowStep
+from .models import STEP_HISTORY_FIELDS, AuditEvent, RunPriority, Workflow, WorkflowRun, WorkflowStep
 
 # Secrets are decrypted when a row is loaded: reads that never show them don't load them.
 _SECRETS = ("secret", "previous_secret")
@@ -112,18 +112,7 @@ class RotatedSecretSerializer(serializers.Serializer):
 class WorkflowStepSerializer(ModelSerializer):
     class Meta:
         model = WorkflowStep
-        fields = [
-            "seq",
-            "step_id",
-            "action",
-            "attempt",
-            "status",
-            "started_at",
-            "finished_at",
-            "input",
-            "output_excerpt",
-            "error",
-        ]
+        fields = list(STEP_HISTORY_FIELDS)
 
 
 class WorkflowRunSerializer(ModelSerializer):

@@ -272,6 +272,21 @@ class WorkflowStep(models.Model):
         return f"{self.step_id} #{self.seq}.{self.attempt}"
 
 
+# A step's history as the admin and the API show it, in this order.
+STEP_HISTORY_FIELDS = (
+    "seq",
+    "step_id",
+    "action",
+    "attempt",
+    "status",
+    "started_at",
+    "finished_at",
+    "input",
+    "output_excerpt",
+    "error",
+)
+
+
 class AuditEvent(models.Model):
     """Who created, changed, paused, resumed, ran or deleted a workflow or trigger, and when."""
 
