@@ -250,6 +250,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     # connection log "No hostname was supplied. Reverting to default 'localhost'".
     if CELERY_BROKER_URL == "filesystem://":
         CELERY_BROKER_URL = "filesystem://localhost/"
+    # Our subclass of kombu's transport (scheduler_project/broker.py): message files appear whole.
+    CELERY_BROKER_TRANSPORT = "scheduler_project.broker:FilesystemTransport"
     BROKER_DIR = DATA_DIR / "broker"
     for _folder in ("queue", "processed", "control"):
         (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
