@@ -8,6 +8,7 @@ class SchedulesConfig(AppConfig):
     name = "schedules"
 
     def ready(self) -> None:
+        import scheduler_project.lookups  # noqa: F401  (registers field__any)
         from workflows.engine import runner
 
         from . import (

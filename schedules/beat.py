@@ -236,7 +236,7 @@ def tasks_mark_run(fired: dict[datetime, list[int]]) -> None:
     beats reload (the change signal is not sent), one query per distinct slot.
     """
     for slot, task_ids in fired.items():
-        PeriodicTask.objects.filter(pk__in=task_ids).update(last_run_at=slot, total_run_count=F("total_run_count") + 1)
+        PeriodicTask.objects.filter(pk__any=task_ids).update(last_run_at=slot, total_run_count=F("total_run_count") + 1)
 
 
 def lease_acquire(*, name: str, holder: str, ttl_seconds: float, now: datetime | None = None) -> bool:

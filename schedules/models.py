@@ -253,10 +253,13 @@ class Trigger(models.Model):
         indexes = [
             # The due index beat dispatches from: only triggers that can fire are in it, so finding
             # what is due costs O(due), however many paused or completed triggers there are.
+            # With the id: a burst reads it in batches from where the last batch ended
+            # (dispatch.dispatch_due), not from its start past the entries of triggers it has
+            # just moved on, which stay until no transaction can see them.
             models.Index(
-                fields=["next_run_at"],
+                fields=["next_run_at", "id"],
                 condition=Q(enabled=True, completed_at__isnull=True, next_run_at__isnull=False),
-                name="trigger_due",
+                name="trigger_due_next",
             ),
             # The default order of every trigger list (a staff user's: all of them), read off the
             # index instead of sorted; one owner's come off trigger_unique_name_per_owner.

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, transaction
 from django.db.utils import OperationalError
+from django.test.utils import CaptureQueriesContext
 
 from schedules import dispatch, selectors, services
 from schedules.models import (
@@ -186,6 +187,118 @@ def test_dispatch_due__publish_refused_leaves_ledger_and_stops(user, broker):
     assert unsent.count() == 3
     assert {e.lease_expires_at for e in unsent} == {at(13, 0, 1) + dispatch._handoff()}
     assert Trigger.objects.filter(next_run_at=at(13)).count() == 3  # never claimed
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_dispatch_due__burst_is_sent_from_a_thread_each_once_and_marked(broker, monkeypatch):
+    """Outside a transaction on PostgreSQL, a burst (a full first batch) is published and marked sent on
+    a thread of its own while the next batch is written: every due trigger still fires once, every
+    first attempt is published once, and each execution is marked sent (its lease the grace)."""
+    threads = set()
+    real_send_ledgered = dispatch.send_ledgered
+
+    def send_ledgered(attempts, **options):
+        threads.add(threading.current_thread().name)
+        return real_send_ledgered(attempts, **options)
+
+    monkeypatch.setattr(dispatch, "send_ledgered", send_ledgered)
+    workflow = WorkflowFactory(owner=UserFactory())
+    for index in range(23):
+        create(workflow, name=f"t{index}", overlap="allow")
+    report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
+    assert (report.triggers, report.sent, report.unsent, report.batches) == (23, 23, 0, 5)
+    assert report.error is None and report.refused == []
+    assert [
+        name for name in threads if name.startswith("dispatch-send")
+    ] and threading.current_thread().name not in threads
+    executions = list(Execution.objects.all())
+    assert len(executions) == 23 and len({e.trigger_id for e in executions}) == 23
+    assert sorted(broker.ids()) == sorted(str(e.pk) for e in executions)
+    assert {(e.sent_at, e.lease_expires_at) for e in executions} == {
+        (at(13, 0, 1), at(13, 0, 1) + dispatch.lease_grace())
+    }
+    assert dispatch.dispatch_due(now=at(13, 0, 2), batch_size=5).triggers == 0
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_dispatch_due__burst_refused_on_the_thread_stops_after_one_more_batch(broker):
+    """The broker takes 7 of a burst sent from the thread: the second batch is refused, the batch written
+    meanwhile is not sent either, and no batch after it is claimed. Everything unsent is in the report
+    (beat sends it first at its next tick) and in the database with its hand-off lease."""
+    workflow = WorkflowFactory(owner=UserFactory())
+    for index in range(23):
+        create(workflow, name=f"t{index}", overlap="allow")
+    broker.accept = 7
+    report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
+    assert (report.triggers, report.sent, report.unsent, report.batches) == (15, 7, 8, 3)
+    assert isinstance(report.error, ConnectionRefusedError)
+    unsent = Execution.objects.filter(sent_at__isnull=True)
+    assert sorted(a.execution_id for a in report.refused) == sorted(str(e.pk) for e in unsent)
+    assert unsent.count() == 8
+    assert {e.lease_expires_at for e in unsent} == {at(13, 0, 1) + dispatch._handoff()}
+    assert Trigger.objects.filter(next_run_at=at(13)).count() == 8  # never claimed
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_dispatch_due__batches_go_on_from_the_last_claimed_trigger(broker):
+    """Each batch reads the due index from the previous batch's last (next_run_at, id): a trigger another
+    transaction holds is skipped, not waited for, and left for the next call; the others all fire once."""
+    workflow = WorkflowFactory(owner=UserFactory())
+    triggers = [create(workflow, name=f"t{index}", overlap="allow") for index in range(12)]
+    held = triggers[6]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            Trigger.objects.select_for_update().get(pk=held.pk)
+            holding.set()
+            release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with CaptureQueriesContext(connection) as captured:
+            report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=4)
+    finally:
+        release.set()
+        holder.join()
+    assert report.triggers == 11
+    claims = [q["sql"] for q in captured.captured_queries if "SKIP LOCKED" in q["sql"]]
+    row = '("schedules_trigger"."next_run_at", "schedules_trigger"."id") >'
+    assert len(claims) == 3 and row not in claims[0] and all(row in sql for sql in claims[1:])
+    assert set(Execution.objects.values_list("trigger_id", flat=True)) == {t.pk for t in triggers} - {held.pk}
+    assert dispatch.dispatch_due(now=at(13, 0, 2), batch_size=4).triggers == 1
+    assert Execution.objects.count() == 12
+
+
+def test_new_execution__same_row_as_the_model_builds_from_keywords(trigger):
+    """new_execution builds its row from positional values (a burst's speed): every column equals what
+    Execution(**fields) gives, defaults included."""
+    built = dispatch.new_execution(trigger, at(13), ExecutionOrigin.SCHEDULE, at(13, 0, 1))
+    reference = Execution(
+        id=built.pk,
+        trigger=trigger,
+        workflow=trigger.workflow,
+        scheduled_for=at(13),
+        origin=ExecutionOrigin.SCHEDULE,
+        inputs={**trigger.workflow.default_inputs, **trigger.inputs},
+        status=ExecutionStatus.QUEUED,
+        created_at=at(13, 0, 1),
+        due_at=at(13),
+        lease_expires_at=at(13, 0, 1) + dispatch.lease_grace(),
+    )
+    for field in Execution._meta.concrete_fields:
+        assert getattr(built, field.attname) == getattr(reference, field.attname), field.name
+    assert built.trigger is trigger and built.workflow is trigger.workflow
+    other = dispatch.new_execution(trigger, at(14), ExecutionOrigin.SCHEDULE, at(13, 0, 1))
+    assert other.pk != built.pk and other.metadata is not built.metadata and other.inputs is not built.inputs
+    built.save(force_insert=True)
+    assert Execution.objects.get(pk=built.pk).scheduled_for == at(13)
 
 
 def test_mark_sent__leaves_a_later_attempt_parked_before_it_ran(queued):
