@@ -78,6 +78,18 @@ def _announce_finished(run_id: Any) -> None:
     transaction.on_commit(announce)
 
 
+# Called with a run's id inside the transaction that retries a failed run (run_retry): the schedules
+# app listens to reopen the Execution that ended with the run, in the same transaction, so history
+# never shows the run going again under a failed Execution. An error here fails the retry.
+_reopen_listeners: list[Callable[[str], Any]] = []
+
+
+def listen_run_reopened(listener: Callable[[str], Any]) -> None:
+    """Call ``listener(run_id)`` whenever a finished run is retried (inside the retry's transaction)."""
+    if listener not in _reopen_listeners:
+        _reopen_listeners.append(listener)
+
+
 def _grace() -> timedelta:
     return timedelta(seconds=settings.SCHEDULER_LEASE_GRACE_SECONDS)
 
@@ -877,6 +889,8 @@ def run_retry(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
     if run.status != RunStatus.FAILED:
         raise RunStateError(f"only a failed run can be retried; this one is {run.get_status_display()}.")
     run.status, run.finished_at, run.error = RunStatus.RUNNING, None, ""
+    for listener in list(_reopen_listeners):
+        listener(str(run.pk))
     if run.definition["type"] == "dag":
         nodes = run.context["nodes"]
         for state in nodes.values():
