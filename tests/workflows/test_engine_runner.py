@@ -496,9 +496,8 @@ def test_notify__webhook_refused_fails_the_step_and_sends_no_email(db, server, m
 
 
 def notify_both(server):
-    return sequence(
-        {"id": "tell", "action": "notify", "params": {"email": ["a@example.com"], "message": "m", "webhook": server.url}}
-    )
+    params = {"email": ["a@example.com"], "message": "m", "webhook": server.url}
+    return sequence({"id": "tell", "action": "notify", "params": params})
 
 
 # A notify attempt's lease: its webhook's and the mail server's time, plus the test settings' grace.
