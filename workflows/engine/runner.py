@@ -168,12 +168,14 @@ def _begin(run: WorkflowRun, now: datetime) -> bool:
     payload = run.payload if isinstance(run.payload, dict) else {}
     run.definition = definition
     run.status = RunStatus.RUNNING
-    run.context = {
-        "steps": {},
-        "execution": {
-            name: payload[name] for name in ("execution_id", "scheduled_for", "trigger_id", "manual") if name in payload
-        },
+    execution = {
+        name: payload[name] for name in ("execution_id", "scheduled_for", "trigger_id", "manual") if name in payload
     }
+    if "scheduled_for" not in execution and isinstance(payload.get("start_at"), str):
+        # Started without a trigger (workflow_start): its slot is the time it was asked to start at, so
+        # a definition written for a trigger (examples/stream-start.json) can be started by hand too.
+        execution["scheduled_for"] = payload["start_at"]
+    run.context = {"steps": {}, "execution": execution}
     run.started_at = now
     run.wake_at = None
     problems = definitions.definition_problems(definition)
