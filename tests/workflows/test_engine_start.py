@@ -43,11 +43,8 @@ def test_workflow_start__now_runs_with_inputs_over_the_defaults(engine_workflow)
 def test_workflow_start__scheduled_for_is_the_time_it_was_asked_to_start_at(user):
     """A run started without a trigger reads ${execution.scheduled_for} as its start time (moved with
     the start), so definitions written for triggers run when started by hand too."""
-    workflow = WorkflowFactory(
-        owner=user,
-        endpoint_url="",
-        definition=sequence({"id": "slot", "action": "set", "params": {"values": {"at": "${execution.scheduled_for}"}}}),
-    )
+    step = {"id": "slot", "action": "set", "params": {"values": {"at": "${execution.scheduled_for}"}}}
+    workflow = WorkflowFactory(owner=user, endpoint_url="", definition=sequence(step))
     now = timezone.now()
     run, _ = services.workflow_start(workflow=workflow, delay_seconds=60, now=now)
     moved = now + timedelta(seconds=120)
