@@ -41,7 +41,8 @@ SCHEDULER_HTTPS = env_bool("SCHEDULER_HTTPS", not DEBUG)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", SCHEDULER_HTTPS)
 # Plain HTTP stays allowed where other services call this one inside its network: the signed run
 # endpoint (workers call SCHEDULER_PUBLIC_BASE_URL, e.g. http://web:8000), health and metrics.
-SECURE_REDIRECT_EXEMPT = [r"^api/workflows/\d+/runs/$", r"^api/health/$", r"^metrics$"]
+# The demo target too, when it is on (workers call it there, see SCHEDULER_DEMO_TARGET).
+SECURE_REDIRECT_EXEMPT = [r"^api/workflows/\d+/runs/$", r"^api/health/$", r"^metrics$", r"^api/demo-target/[-\w]+$"]
 # HSTS starts short, as cookiecutter-django's production settings do: raise it (e.g. 31536000) once
 # HTTPS is known to work, since browsers then refuse plain HTTP for that long.
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 60 if SCHEDULER_HTTPS else 0, minimum=0)
@@ -345,6 +346,11 @@ for _network in SCHEDULER_OUTBOUND_ALLOW_NETWORKS:
             f"SCHEDULER_OUTBOUND_ALLOW_NETWORKS: {_network!r} is not a network, e.g. 10.20.0.0/16 or fd00::/8."
         ) from None
 SCHEDULER_OUTBOUND_ALLOW_HOSTS = env_list("SCHEDULER_OUTBOUND_ALLOW_HOSTS", [])
+# The demo target (workflows/demo.py): POST /api/demo-target/<call> answers the examples' calls
+# (examples/, set up by `manage.py demo`) with made-up JSON. On by default only with DEBUG. While it
+# is on, the guard above lets workers call exactly that path on SCHEDULER_PUBLIC_BASE_URL's host,
+# as it does the built-in run endpoint; loopback and private addresses in general stay refused.
+SCHEDULER_DEMO_TARGET = env_bool("SCHEDULER_DEMO_TARGET", DEBUG)
 # Off: a 3xx answer fails the call. On: up to 5 hops are followed, each host vetted again, and the
 # signature, Idempotency-Key, Authorization and workflow headers never go to another host.
 SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS = env_bool("SCHEDULER_OUTBOUND_FOLLOW_REDIRECTS", False)

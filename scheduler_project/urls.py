@@ -23,6 +23,7 @@ from workflows.api import (
     WorkflowRunViewSet,
     WorkflowViewSet,
 )
+from workflows.views import demo_target
 
 admin.site.site_header = "Workflow Scheduler"
 admin.site.site_title = "Workflow Scheduler admin"
@@ -57,6 +58,8 @@ urlpatterns = [
     path("api/workflows/<id:pk>/audit/", WorkflowAuditView.as_view(), name="workflow-audit"),
     path("api/triggers/<id:pk>/audit/", TriggerAuditView.as_view(), name="trigger-audit"),
     path("api/health/", HealthView.as_view(), name="health"),
+    # manage.py demo's examples call it (workflows/demo.py); it answers 404 while SCHEDULER_DEMO_TARGET is off.
+    path("api/demo-target/<slug:call>", demo_target, name="demo-target"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", ApiRootView.as_view(), name="api-root"),

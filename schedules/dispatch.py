@@ -1363,7 +1363,10 @@ def _finish(execution: Execution, now: datetime, status: str, *, error: str = ""
     execution.save()
     # Locks in one order, executions before their trigger: the waiter, then the failure count.
     _wake_waiting(execution, now)
-    if execution.origin != ExecutionOrigin.FALLBACK and status == ExecutionStatus.FAILED:
+    # A reopened execution (its run was retried) counted its failure when it first failed: failing
+    # again is the same slot's failure, not another one in a row (no second notice or fallback).
+    reopened = bool(execution.metadata.get("reopened"))
+    if execution.origin != ExecutionOrigin.FALLBACK and status == ExecutionStatus.FAILED and not reopened:
         _count_failure(execution, now)
 
 

@@ -8,6 +8,7 @@ in ``schedules.dispatch``.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from django.db.models import Count, F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from workflows.models import Workflow
+from workflows.models import Workflow, WorkflowRun
 from workflows.services import audit_changes, audit_record
 
 from . import beat, dispatch, timing
@@ -493,6 +494,8 @@ def _stats_add(trigger_id: int, workflow_id: int, delta: StatsDelta) -> None:
         histogram = dict(stats.duration_histogram or {})
         for key, count in delta.duration_histogram.items():
             histogram[key] = histogram.get(key, 0) + count
+            if histogram[key] <= 0:  # (a negative delta: an execution taken back out, see stats_uncount)
+                del histogram[key]
         changes.update(
             duration_max_ms=Greatest(F("duration_max_ms"), delta.duration_max_ms), duration_histogram=histogram
         )
@@ -511,6 +514,81 @@ def stats_record(*, execution: Execution) -> None:
     for (trigger_id, workflow_id), delta in stats_deltas(rows).items():
         _stats_add(trigger_id, workflow_id, delta)
 
+
+def _stats_uncount(execution: Execution) -> None:
+    """Take a counted execution back out of its stats (it is unfinished again; call inside a
+    transaction, execution locked). The longest duration stays: a maximum cannot be taken back,
+    and the same call's duration is counted again when the execution ends."""
+    if not Execution.objects.filter(pk=execution.pk, counted=True).update(counted=False):
+        return
+    execution.counted = False
+    rows = [(execution.trigger_id, execution.workflow_id, execution.status, execution.origin, execution.duration_ms)]
+    for (trigger_id, workflow_id), delta in stats_deltas(rows).items():
+        minus = StatsDelta(
+            **{
+                name: -getattr(delta, name)
+                for name in ("total", "succeeded", "failed", "skipped", "duration_count", "duration_sum_ms")
+            },
+            duration_histogram={key: -count for key, count in delta.duration_histogram.items()},
+        )
+        _stats_add(trigger_id, workflow_id, minus)
+
+
+def execution_reopen_for_run(*, run_id: str, now: datetime | None = None) -> Execution | None:
+    """A failed engine run is being retried (call inside the retry's transaction): the Execution that
+    ended failed with it is running again, waiting for the run, and ends with its new outcome. Its
+    failure leaves the stats until then (no double count); the trigger's failure count, the failure
+    notification and fallback already happened once and are not repeated if it fails again, and a
+    success counts as any success does. Returns the execution, or None if no Execution follows the run."""
+    now = now or timezone.now()
+    payload = WorkflowRun.objects.filter(pk=run_id).values_list("payload", flat=True).first()
+    execution_id = payload.get("execution_id") if isinstance(payload, dict) else None
+    if not isinstance(execution_id, str):
+        return None  # started without a trigger (workflow start, a sub-workflow)
+    try:
+        uuid.UUID(execution_id)
+    except ValueError:
+        return None
+    execution = (
+        Execution.objects.select_for_update(of=("self",))
+        .filter(pk=execution_id, run_id=run_id, status=ExecutionStatus.FAILED)
+        .first()
+    )
+    if execution is None or "run_status" not in execution.metadata:
+        return None  # pruned, retried already, or it failed before its run (then it has no run to follow)
+    _stats_uncount(execution)
+    reopened = execution.metadata.setdefault("reopened", [])
+    reopened.append(
+        {
+            "at": now.isoformat(),
+            "finished_at": execution.finished_at.isoformat() if execution.finished_at else None,
+            "run_status": execution.metadata.pop("run_status"),
+            "error": execution.error,
+        }
+    )
+    del reopened[:-_REOPEN_LOG_LIMIT]
+    execution.status = ExecutionStatus.RUNNING
+    execution.wait_reason = dispatch.RUN_WAIT
+    execution.finished_at = execution.lease_expires_at = execution.next_attempt_at = execution.due_at = None
+    execution.error = ""
+    execution.save(
+        update_fields=[
+            "status",
+            "wait_reason",
+            "finished_at",
+            "lease_expires_at",
+            "next_attempt_at",
+            "due_at",
+            "error",
+            "metadata",
+        ]
+    )
+    logger.info("execution %s follows its run %s again (retried)", execution.pk, run_id)
+    return execution
+
+
+# Earlier outcomes a reopened execution keeps in metadata["reopened"].
+_REOPEN_LOG_LIMIT = 20
 
 # Executions one stats_fold transaction counts.
 _FOLD_BATCH = 5000

@@ -11,7 +11,8 @@ Exceptions, read from settings on every call:
 - ``SCHEDULER_OUTBOUND_ALLOW_NETWORKS``: CIDRs whose addresses are allowed (``10.20.0.0/16``).
 - ``SCHEDULER_OUTBOUND_ALLOW_HOSTS``: exact host names allowed whatever they resolve to (``n8n.internal``).
 - The host of ``SCHEDULER_PUBLIC_BASE_URL``, for the built-in run endpoint's path only: that is
-  our own service (``http://web:8000`` in compose), which workflows without an endpoint call.
+  our own service (``http://web:8000`` in compose), which workflows without an endpoint call; and,
+  while ``SCHEDULER_DEMO_TARGET`` is on, for the demo target's path (``manage.py demo``'s examples).
 
 A host with some allowed and some blocked addresses is called on the allowed ones only.
 
@@ -60,6 +61,8 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 SAVE_RESOLVE_SECONDS = 2.0
 # The built-in execution endpoint's URL name (scheduler_project/urls.py).
 BUILTIN_ROUTE = "workflow-runs"
+# The demo target's URL name (workflows/demo.py), allowed like it while SCHEDULER_DEMO_TARGET is on.
+DEMO_ROUTE = "demo-target"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Candidate = tuple[int, tuple[Any, ...]]  # (address family, socket address) as getaddrinfo gives them
@@ -147,9 +150,10 @@ def is_allowlisted(ip: IPAddress) -> bool:
 
 
 def builtin_host(url: str) -> str | None:
-    """The host of SCHEDULER_PUBLIC_BASE_URL when ``url`` is our built-in run endpoint on it, else None.
+    """The host of SCHEDULER_PUBLIC_BASE_URL when ``url`` is our built-in run endpoint on it (or the
+    demo target, while SCHEDULER_DEMO_TARGET is on), else None.
 
-    Only that path is implicitly allowed: our own service is not a way into the rest of the network.
+    Only those paths are implicitly allowed: our own service is not a way into the rest of the network.
     """
     base = urlsplit(settings.SCHEDULER_PUBLIC_BASE_URL)
     try:
@@ -164,7 +168,8 @@ def builtin_host(url: str) -> str | None:
         match = resolve(target.path[len(prefix) :])
     except Resolver404:
         return None
-    return normal_host(base.hostname or "") if match.url_name == BUILTIN_ROUTE else None
+    allowed = match.url_name == BUILTIN_ROUTE or (match.url_name == DEMO_ROUTE and settings.SCHEDULER_DEMO_TARGET)
+    return normal_host(base.hostname or "") if allowed else None
 
 
 def literal_address(host: str) -> IPAddress | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -11,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from scheduler_project.api import too_big_message
 
-from . import services
+from . import demo, services
 from .exceptions import RunBodyInvalid, SignatureInvalid
 from .models import Workflow
 from .validators import json_problem
@@ -59,3 +61,22 @@ def workflow_runs(request: HttpRequest, workflow_id: int) -> JsonResponse:
         return JsonResponse({"errors": {"workflow": ["is not active"]}}, status=409)
     run, created = services.run_record(workflow=workflow, idempotency_key=key, payload=payload)
     return JsonResponse({"run_id": str(run.id), "created": created}, status=202)
+
+
+@csrf_exempt
+@require_POST
+def demo_target(request: HttpRequest, call: str) -> JsonResponse:
+    """The demo target (workflows/demo.py): a made-up JSON answer to an example's call; 404 while
+    SCHEDULER_DEMO_TARGET is off."""
+    if not settings.SCHEDULER_DEMO_TARGET:
+        return JsonResponse({"errors": {"demo-target": ["is off: set SCHEDULER_DEMO_TARGET=1 to use it"]}}, status=404)
+    try:
+        body = json.loads(request.body or b"{}")
+    except RequestDataTooBig:
+        return JsonResponse({"errors": {"body": [too_big_message()]}}, status=413)
+    except (ValueError, UnicodeDecodeError):
+        return JsonResponse({"errors": {"body": ["must be JSON"]}}, status=400)
+    if not isinstance(body, dict):
+        return JsonResponse({"errors": {"body": ["must be a JSON object"]}}, status=400)
+    status, answer = demo.answer(call, body)
+    return JsonResponse(answer, status=status)

@@ -892,7 +892,7 @@ def test_demo_command__twice_creates_one_of_each(db, settings):
     second = run("demo")
     admin = get_user_model().objects.get(username="admin")
     assert admin.is_superuser and admin.check_password("admin")
-    workflow = Workflow.objects.get()
+    workflow = Workflow.objects.get(name="Demo workflow")
     assert workflow.name == "Demo workflow" and workflow.endpoint_url == ""
     trigger = Trigger.objects.get()
     assert (trigger.name, trigger.cron, trigger.timezone, trigger.workflow) == (
@@ -927,11 +927,91 @@ def test_demo_command__refuses_with_debug_off(db, settings):
 
 
 def test_demo_command__insecure_demo_flag_runs_with_debug_off(db, settings):
-    """With DEBUG off, demo --insecure-demo sets the demo up as usual."""
+    """With DEBUG off, demo --insecure-demo sets the demo up as usual; with the demo target off (its
+    default then) it says why the examples are not set up."""
     settings.DEBUG = False
+    settings.SCHEDULER_DEMO_TARGET = False
     out = run("demo", "--insecure-demo")
     assert get_user_model().objects.get(username="admin").is_superuser
     assert Trigger.objects.get().name == "Every minute" and "admin / admin" in out
+    assert list(Workflow.objects.values_list("name", flat=True)) == ["Demo workflow"]
+    assert "Examples not set up: the demo target is off" in out and "SCHEDULER_DEMO_TARGET=1" in out
+
+
+EXAMPLE_NAMES = ["Example: raid", "Example: stream-end", "Example: stream-start"]
+
+
+def test_demo_command__sets_up_each_example_once_calling_the_demo_target(db, settings):
+    """One workflow per example, its config.target the demo target on SCHEDULER_PUBLIC_BASE_URL, with
+    short waits in its default inputs; a second run changes nothing, and a new base URL is taken up."""
+    settings.DEBUG = True
+    settings.SCHEDULER_DEMO_TARGET = True
+    settings.SCHEDULER_PUBLIC_BASE_URL = "http://localhost:8123"
+    first = run("demo")
+    examples = Workflow.objects.filter(name__startswith="Example: ").order_by("name")
+    assert [workflow.name for workflow in examples] == EXAMPLE_NAMES
+    for workflow in examples:
+        assert workflow.definition["config"]["target"] == "http://localhost:8123/api/demo-target"
+        assert workflow.endpoint_url == "" and workflow.owner.username == "admin"
+    raid = examples.get(name="Example: raid")
+    assert raid.default_inputs == {"target": "demo", "gather_seconds": 5}
+    assert raid.definition["states"][0]["params"]["url"] == "${config.target}/raid"  # the file, as shipped
+    assert first.count("Created workflow") == 4 and "http://localhost:8123/api/demo-target/<call>" in first
+
+    assert run("demo").count("Reusing workflow") == 4
+    settings.SCHEDULER_PUBLIC_BASE_URL = "http://127.0.0.1:9000"
+    assert run("demo").count("Updated workflow") == 3
+    assert Workflow.objects.get(name="Example: raid").definition["config"]["target"] == (
+        "http://127.0.0.1:9000/api/demo-target"
+    )
+    assert Workflow.objects.count() == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--run", "raid", "party"], "--run: 'party' is not an example; choose from stream-start, stream-end, raid."),
+        (["--wait", "10"], "--wait: only with --run"),
+        (["--inputs", "{}"], "--inputs: only with --run"),
+        (["--run", "--inputs", "[1"], "--inputs: not valid JSON"),
+        (["--run", "--wait", "0"], "--wait: must be 1-3600 seconds, not 0"),
+    ],
+)
+def test_demo_command__bad_options_name_the_option_and_change_nothing(db, settings, args, named):
+    """Each bad option ends in a one-line CommandError naming it, before anything is created."""
+    settings.DEBUG = True
+    with pytest.raises(CommandError) as caught:
+        run("demo", *args)
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+    assert not Workflow.objects.exists()
+
+
+def test_demo_command__run_with_the_demo_target_off_is_refused(db, settings):
+    """--run needs the demo target: off, the error names SCHEDULER_DEMO_TARGET."""
+    settings.DEBUG = True
+    settings.SCHEDULER_DEMO_TARGET = False
+    with pytest.raises(CommandError, match=r"^--run: the demo target .* SCHEDULER_DEMO_TARGET=1"):
+        run("demo", "--run")
+
+
+def test_demo_command__run_starts_the_named_examples_now_with_the_inputs(db, settings):
+    """--run raid starts one run of the raid example now, its inputs over the example's defaults."""
+    settings.DEBUG = True
+    out = run("demo", "--run", "raid", "--inputs", '{"target": "fail"}')
+    from workflows.models import WorkflowRun
+
+    (started,) = WorkflowRun.objects.all()
+    assert started.workflow.name == "Example: raid"
+    assert (started.status, started.inputs) == ("queued", {"target": "fail", "gather_seconds": 5})
+    assert started.wake_at <= timezone.now()
+    assert f"Follow it: manage.py workflow run {started.pk}" in out
+
+
+def test_demo_command__wait_gives_up_naming_the_option_when_nothing_runs_the_steps(db, settings):
+    """No worker takes the run: --wait ends at its deadline with an error naming --wait and the run."""
+    settings.DEBUG = True
+    with pytest.raises(CommandError, match=r"^--wait: after 1s still going: stream-end \(queued\)"):
+        run("demo", "--run", "stream-end", "--wait", "1")
 
 
 # --- healthcheck ----------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import pytest
 from django.utils import timezone
 
 from schedules import dispatch
-from schedules.models import Execution, ExecutionStatus
+from schedules import services as schedule_services
+from schedules.models import Execution, ExecutionStats, ExecutionStatus, Trigger
+from tests.e2e.harness import Endpoint, Reply
 from tests.factories import TriggerFactory, WorkflowFactory
 from workflows import services as workflow_services
 from workflows.client import CallResult
@@ -139,3 +141,99 @@ def test_execution__cancelled_run_fails_it(user, no_broker, monkeypatch):
     assert dispatch.executions_follow_runs() == 1
     execution.refresh_from_db()
     assert (execution.status, execution.error) == (ExecutionStatus.FAILED, "run cancelled: cancelled: not today")
+
+
+@pytest.fixture
+def server():
+    endpoint = Endpoint()
+    yield endpoint
+    endpoint.close()
+
+
+def refused_then_answered(url: str) -> dict:
+    return {"type": "sequence", "steps": [{"id": "call", "action": "http", "params": {"url": url, "retries": 0}}]}
+
+
+def failed_execution(user, monkeypatch, server, **trigger_fields):
+    """An execution that ended failed with its run (the endpoint refused the run's one call)."""
+    server.script = [Reply(status=404)]
+    execution = running_execution(user, refused_then_answered(server.url), **trigger_fields)
+    built_in_endpoint(monkeypatch)
+    dispatch.execution_perform(execution=execution)
+    run = WorkflowRun.objects.get(pk=execution.run_id)
+    while runner.run_advance(run_id=run.pk) != "nothing to do":
+        pass
+    assert dispatch.executions_follow_runs() == 1
+    execution.refresh_from_db()
+    assert (execution.status, execution.error) == (ExecutionStatus.FAILED, "run failed: step call: HTTP 404 Not Found")
+    return execution, run
+
+
+def stats_of(execution):
+    schedule_services.stats_fold()
+    row = ExecutionStats.objects.get(trigger=execution.trigger_id)
+    return {"total": row.total, "succeeded": row.succeeded, "failed": row.failed}
+
+
+def test_run_retry__reopens_the_failed_execution_which_then_ends_with_the_new_outcome(
+    user, no_broker, monkeypatch, server
+):
+    """Retrying the run puts its failed Execution back to waiting for it, out of the stats; when the
+    run succeeds the Execution succeeds, the trigger's failure count is reset, and the stats count it
+    once, as a success."""
+    execution, run = failed_execution(user, monkeypatch, server)
+    assert Trigger.objects.get(pk=execution.trigger_id).consecutive_failures == 1
+    assert stats_of(execution) == {"total": 1, "succeeded": 0, "failed": 1}
+
+    workflow_services.run_retry(run=run)
+    execution.refresh_from_db()
+    assert (execution.status, execution.wait_reason, execution.finished_at, execution.error) == (
+        ExecutionStatus.RUNNING,
+        "run",
+        None,
+        "",
+    )
+    assert execution.counted is False
+    (earlier,) = execution.metadata["reopened"]
+    assert (earlier["run_status"], earlier["error"]) == ("failed", "run failed: step call: HTTP 404 Not Found")
+    assert stats_of(execution) == {"total": 0, "succeeded": 0, "failed": 0}  # running: not a finished one
+
+    while runner.run_advance(run_id=run.pk) != "nothing to do":
+        pass
+    assert dispatch.executions_follow_runs() == 1
+    execution.refresh_from_db()
+    assert (execution.status, execution.error, execution.metadata["run_status"]) == ("succeeded", "", "succeeded")
+    assert Trigger.objects.get(pk=execution.trigger_id).consecutive_failures == 0
+    assert stats_of(execution) == {"total": 1, "succeeded": 1, "failed": 0}
+
+
+def test_run_retry__failing_again_is_not_a_second_failure_of_the_trigger(user, no_broker, monkeypatch, server):
+    """Retried and failed again: the Execution fails with the new error, but the trigger's failure count,
+    its fallback and the stats count the slot's failure once (here it was not folded before the retry)."""
+    fallback = WorkflowFactory(owner=user)
+    execution, run = failed_execution(user, monkeypatch, server, fallback_workflow=fallback)
+    assert Execution.objects.filter(fallback_of=execution).count() == 1
+    server.script = [Reply(status=410)]
+
+    workflow_services.run_retry(run=run)
+    while runner.run_advance(run_id=run.pk) != "nothing to do":
+        pass
+    assert dispatch.executions_follow_runs() == 1
+    execution.refresh_from_db()
+    assert (execution.status, execution.error) == (ExecutionStatus.FAILED, "run failed: step call: HTTP 410 Gone")
+    assert Trigger.objects.get(pk=execution.trigger_id).consecutive_failures == 1
+    assert Execution.objects.filter(fallback_of=execution).count() == 1
+    assert stats_of(execution) == {"total": 1, "succeeded": 0, "failed": 1}
+
+
+def test_run_retry__of_a_run_without_an_execution_reopens_nothing(user, no_broker, server):
+    """A run started without a trigger has no Execution: retrying it changes no execution."""
+    server.script = [Reply(status=404)]
+    workflow = WorkflowFactory(owner=user, endpoint_url="", definition=refused_then_answered(server.url))
+    run, _ = workflow_services.workflow_start(workflow=workflow)
+    while runner.run_advance(run_id=run.pk) != "nothing to do":
+        pass
+    run.refresh_from_db()
+    assert run.status == RunStatus.FAILED
+    assert schedule_services.execution_reopen_for_run(run_id=str(run.pk)) is None
+    assert workflow_services.run_retry(run=run).status == RunStatus.RUNNING

@@ -495,6 +495,85 @@ def test_notify__webhook_refused_fails_the_step_and_sends_no_email(db, server, m
     assert mailoutbox == []
 
 
+def notify_both(server):
+    params = {"email": ["a@example.com"], "message": "m", "webhook": server.url}
+    return sequence({"id": "tell", "action": "notify", "params": params})
+
+
+# A notify attempt's lease: its webhook's and the mail server's time, plus the test settings' grace.
+NOTIFY_LEASE = timedelta(seconds=40 + 3 + 1)
+
+
+def test_notify__an_attempt_after_the_worker_died_repeats_no_channel_already_done(db, server, mailoutbox):
+    """The worker sent both and died before recording the step: the next attempt sends neither again
+    and the step succeeds with what was done; the channels' record is dropped once the step ends."""
+    run = start(notify_both(server))
+    now = timezone.now()
+    claim = runner._claim(run.pk, now)
+    runner._perform(claim)  # both channels go out; the worker is killed before _record
+    assert (len(server.calls), len(mailoutbox)) == (1, 1)
+    run.refresh_from_db()
+    assert run.context["progress"] == {"1": {"webhook": 200, "email": 1}}
+
+    later = now + NOTIFY_LEASE
+    assert runner.runs_recover(now=later) == 1
+    run = drive(run, now=later)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert path(run) == [("tell", 1, "failed"), ("tell", 2, "succeeded")]
+    assert output(run, "tell") == {"webhook": 200, "email": 1}
+    assert (len(server.calls), len(mailoutbox)) == (1, 1)
+    assert "progress" not in run.context
+
+
+def test_notify__killed_between_webhook_and_email_sends_only_the_email_next_time(db, server, mailoutbox, monkeypatch):
+    """The webhook was done and recorded, the worker died before the e-mail: the next attempt sends the
+    e-mail only."""
+    from workflows.engine import actions
+
+    run = start(notify_both(server))
+    now = timezone.now()
+    claim = runner._claim(run.pk, now)
+
+    def killed(*args, **kwargs):
+        raise SystemExit("SIGKILL")  # not an Exception: nothing in the runner catches it, as with a kill
+
+    monkeypatch.setattr(actions, "send_mail", killed)
+    with pytest.raises(SystemExit):
+        runner._perform(claim)
+    monkeypatch.undo()
+    assert (len(server.calls), len(mailoutbox)) == (1, 0)
+
+    later = now + NOTIFY_LEASE
+    runner.runs_recover(now=later)
+    run = drive(run, now=later)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert (len(server.calls), len(mailoutbox)) == (1, 1)
+    assert output(run, "tell") == {"webhook": 200, "email": 1}
+
+
+def test_notify__an_attempt_that_lost_its_step_stops_before_the_email(db, server, mailoutbox, monkeypatch):
+    """The run was cancelled while the webhook was called: the attempt cannot record it, so it stops
+    there and sends no e-mail."""
+    from workflows.engine import actions
+
+    run = start(notify_both(server))
+    claim = runner._claim(run.pk, timezone.now())
+    call_webhook = actions._signed_call
+
+    def cancelled_meanwhile(*args, **kwargs):
+        outcome = call_webhook(*args, **kwargs)
+        services.run_cancel(run=run, reason="enough")
+        return outcome
+
+    monkeypatch.setattr(actions, "_signed_call", cancelled_meanwhile)
+    _params, outcome = runner._perform(claim)
+    assert (outcome.status, outcome.error) == ("failed", "stopped: this attempt no longer holds the step")
+    assert (len(server.calls), mailoutbox) == (1, [])
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    assert "progress" not in run.context
+
+
 def test_notify__needs_an_address_or_a_webhook():
     """Without a webhook, e-mail addresses are required, and they must look like addresses."""
     from workflows.engine.definitions import definition_problems

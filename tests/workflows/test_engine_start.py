@@ -40,6 +40,21 @@ def test_workflow_start__now_runs_with_inputs_over_the_defaults(engine_workflow)
     assert run.steps.get().input == {"message": "hello ana"}
 
 
+def test_workflow_start__scheduled_for_is_the_time_it_was_asked_to_start_at(user):
+    """A run started without a trigger reads ${execution.scheduled_for} as its start time (moved with
+    the start), so definitions written for triggers run when started by hand too."""
+    step = {"id": "slot", "action": "set", "params": {"values": {"at": "${execution.scheduled_for}"}}}
+    workflow = WorkflowFactory(owner=user, endpoint_url="", definition=sequence(step))
+    now = timezone.now()
+    run, _ = services.workflow_start(workflow=workflow, delay_seconds=60, now=now)
+    moved = now + timedelta(seconds=120)
+    services.run_move(run=run, run_at=moved, now=now)
+    run = drive(run, now=moved)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.context["steps"]["slot"]["output"] == {"at": moved.isoformat()}
+    assert "execution_id" not in run.context["execution"]
+
+
 def test_workflow_start__later_is_held_and_begins_when_due_with_the_definition_then(engine_workflow):
     """A later start does nothing before its time; recover_runs sends it when due; it runs the
     definition as it is when it begins."""

@@ -53,6 +53,12 @@ class StepCall:
     values: dict[str, Any]  # what variables are read from (variables.scope)
     now: datetime
     depth: int = 0  # how many run_workflow steps above this run (0: started by a trigger or a call)
+    # What earlier attempts of this step recorded as done (record_progress), e.g. {"email": 2}: an
+    # attempt after a worker died skips that part instead of doing it again.
+    progress: dict[str, Any] = field(default_factory=dict)
+    # Save ``name`` as done with ``value`` in the run now (committed), for a later attempt of this
+    # step to see; False if this attempt no longer holds the step (cancelled, or taken over).
+    record_progress: Callable[[str, Any], bool] = field(default=lambda name, value: True, repr=False)
 
 
 @dataclass(frozen=True)
@@ -371,6 +377,9 @@ def _signed_call(
 
 NOTIFY_WEBHOOK_TIMEOUT_SECONDS = 10
 MAX_RECIPIENTS = 50
+# The attempt lost its step meanwhile (the run was cancelled, or recovery gave the step to another
+# worker): it stops, and the runner does not use its outcome.
+NOT_HELD = "stopped: this attempt no longer holds the step"
 
 
 @action(
@@ -401,11 +410,15 @@ def notify(call: StepCall) -> Outcome:
     """Tell people: an e-mail (Django's mail backend, from SCHEDULER_NOTIFY_FROM_EMAIL) and/or a signed
     JSON POST to a webhook through the guarded client ({"subject", "message", "run_id", "workflow_id",
     "step"}). The webhook goes first and is retried like an http step; the e-mail is sent once it has
-    succeeded (a worker killed between the two may send the e-mail twice: at least once)."""
+    succeeded. Each channel is recorded as done in the run (committed) as soon as it is, so an attempt
+    after a worker died skips it. Still at least once: a worker killed after a channel went out and
+    before that record commits sends it again (the webhook with the same Idempotency-Key)."""
     params = call.params
     subject = params.get("subject") or f"Workflow {call.workflow.name}: {call.step_id}"
     output: dict[str, Any] = {}
-    if "webhook" in params:
+    if "webhook" in call.progress:
+        output["webhook"] = call.progress["webhook"]
+    elif "webhook" in params:
         url = params["webhook"]
         if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
             return failed("webhook must be an http or https URL")
@@ -428,8 +441,12 @@ def notify(call: StepCall) -> Outcome:
         if sent.status != "succeeded":
             return sent
         output["webhook"] = sent.output["status"]
+        if not call.record_progress("webhook", output["webhook"]):
+            return failed(NOT_HELD)
     recipients = params.get("email") or []
-    if recipients:
+    if "email" in call.progress:
+        output["email"] = call.progress["email"]
+    elif recipients:
         wrong = [address for address in recipients if not isinstance(address, str) or "@" not in address]
         if wrong:
             return failed(f"email: not e-mail addresses: {json.dumps(wrong)[:200]}")
@@ -438,6 +455,8 @@ def notify(call: StepCall) -> Outcome:
         except Exception as exc:  # noqa: BLE001 - a mail outage fails the step, never the worker
             return failed(f"e-mail not sent: {type(exc).__name__}: {str(exc)[:200]}")
         output["email"] = len(recipients)
+        if not call.record_progress("email", output["email"]):
+            return failed(NOT_HELD)
     return succeeded(output)
 
 

@@ -78,6 +78,18 @@ def _announce_finished(run_id: Any) -> None:
     transaction.on_commit(announce)
 
 
+# Called with a run's id inside the transaction that retries a failed run (run_retry): the schedules
+# app listens to reopen the Execution that ended with the run, in the same transaction, so history
+# never shows the run going again under a failed Execution. An error here fails the retry.
+_reopen_listeners: list[Callable[[str], Any]] = []
+
+
+def listen_run_reopened(listener: Callable[[str], Any]) -> None:
+    """Call ``listener(run_id)`` whenever a finished run is retried (inside the retry's transaction)."""
+    if listener not in _reopen_listeners:
+        _reopen_listeners.append(listener)
+
+
 def _grace() -> timedelta:
     return timedelta(seconds=settings.SCHEDULER_LEASE_GRACE_SECONDS)
 
@@ -156,12 +168,14 @@ def _begin(run: WorkflowRun, now: datetime) -> bool:
     payload = run.payload if isinstance(run.payload, dict) else {}
     run.definition = definition
     run.status = RunStatus.RUNNING
-    run.context = {
-        "steps": {},
-        "execution": {
-            name: payload[name] for name in ("execution_id", "scheduled_for", "trigger_id", "manual") if name in payload
-        },
+    execution = {
+        name: payload[name] for name in ("execution_id", "scheduled_for", "trigger_id", "manual") if name in payload
     }
+    if "scheduled_for" not in execution and isinstance(payload.get("start_at"), str):
+        # Started without a trigger (workflow_start): its slot is the time it was asked to start at, so
+        # a definition written for a trigger (examples/stream-start.json) can be started by hand too.
+        execution["scheduled_for"] = payload["start_at"]
+    run.context = {"steps": {}, "execution": execution}
     run.started_at = now
     run.wake_at = None
     problems = definitions.definition_problems(definition)
@@ -377,6 +391,8 @@ def _perform(claim: Claim) -> tuple[Any, Outcome]:
             values=values,
             now=timezone.now(),
             depth=int(run.payload.get("depth", 0)) if isinstance(run.payload, dict) else 0,
+            progress=dict((run.context or {}).get(PROGRESS, {}).get(str(claim.seq), {})),
+            record_progress=lambda name, value: _record_progress(claim, name, value),
         )
         return params, action.run(call)
     except WorkflowError as exc:
@@ -389,6 +405,47 @@ def _perform(claim: Claim) -> tuple[Any, Outcome]:
 
 
 # --- Record ----------------------------------------------------------------------------------------
+
+# context[PROGRESS][<step number>]: what attempts of a step in progress have done so far (a notify
+# step's channels), kept until the step ends so an attempt after a worker died does not redo it.
+PROGRESS = "progress"
+
+
+def _holds(run: WorkflowRun, claim: Claim) -> bool:
+    """Whether the claim's attempt still holds its step (run locked): not cancelled, not taken over."""
+    if run.status not in (RunStatus.RUNNING, RunStatus.PAUSED):
+        return False
+    if run.definition.get("type") == "dag":
+        return _dag_holds(run, claim)
+    return run.step_seq == claim.seq and run.attempt == claim.attempt and run.step_started_at is not None
+
+
+@transaction.atomic
+def _record_progress(claim: Claim, name: str, value: Any) -> bool:
+    """Save that the claimed step has done ``name`` (committed at once, under the run's lock); False
+    if the attempt no longer holds the step."""
+    run = WorkflowRun.objects.select_for_update(of=("self",)).filter(pk=claim.run.pk).first()
+    if run is None or not _holds(run, claim):
+        return False
+    context = dict(run.context or {})
+    progress = dict(context.get(PROGRESS, {}))
+    progress[str(claim.seq)] = {**progress.get(str(claim.seq), {}), name: value}
+    context[PROGRESS] = progress
+    run.context = context
+    run.save(update_fields=["context", "updated_at"])
+    return True
+
+
+def _forget_progress(context: dict[str, Any], seq: int | None) -> None:
+    """The step has ended: its progress is no longer needed (changes ``context``)."""
+    progress = context.get(PROGRESS)
+    if progress is None:
+        return
+    progress = {key: value for key, value in progress.items() if key != str(seq)}
+    if progress:
+        context[PROGRESS] = progress
+    else:
+        context.pop(PROGRESS)
 
 
 def _excerpt(value: Any) -> str:
@@ -425,16 +482,8 @@ def _record(claim: Claim, params: Any, outcome: Outcome) -> str:
         "error": outcome.error,
     }
     dag = claim.run.definition.get("type") == "dag"
-    current = (
-        run is not None
-        # A pause takes effect between steps: the step in flight is recorded, the next is not sent.
-        and run.status in (RunStatus.RUNNING, RunStatus.PAUSED)
-        and (
-            _dag_holds(run, claim)
-            if dag
-            else (run.step_seq == claim.seq and run.attempt == claim.attempt and run.step_started_at is not None)
-        )
-    )
+    # A pause takes effect between steps: the step in flight is recorded, the next is not sent.
+    current = run is not None and _holds(run, claim)
     if not current:
         # Cancelled, or taken over after our lease ran out: what the run holds now stands.
         why = (
@@ -492,6 +541,7 @@ def _move_on(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: date
     steps = dict(context.get("steps", {}))
     steps[step["id"]] = {"output": outcome.output, "status": outcome.status, "error": outcome.error}
     context["steps"] = steps
+    _forget_progress(context, run.step_seq)
     run.context = context
     definition = run.definition
     if definition["type"] == "sequence":
@@ -706,6 +756,7 @@ def _dag_outcome(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: 
     }
     node = nodes[step["id"]]
     node.update(lease=None, wake_at=None)
+    _forget_progress(run.context, node["seq"])
     if outcome.status == "succeeded":
         node["status"] = "succeeded"
         for child in run.definition["nodes"]:
@@ -840,6 +891,8 @@ def run_retry(*, run_id: Any, now: datetime | None = None) -> WorkflowRun:
     if run.status != RunStatus.FAILED:
         raise RunStateError(f"only a failed run can be retried; this one is {run.get_status_display()}.")
     run.status, run.finished_at, run.error = RunStatus.RUNNING, None, ""
+    for listener in list(_reopen_listeners):
+        listener(str(run.pk))
     if run.definition["type"] == "dag":
         nodes = run.context["nodes"]
         for state in nodes.values():
