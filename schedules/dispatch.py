@@ -1412,24 +1412,30 @@ def _notify(trigger: Trigger, event: str, execution: Execution, *, detail: dict[
 
 
 def _wake_waiting(execution: Execution, now: datetime) -> None:
-    """Send the executions that may have been waiting for this one (same trigger, workflow, owner)."""
-    trigger = execution.trigger
+    """Send the executions that may have been waiting for this one (same trigger, workflow, owner).
+
+    After every outcome, and nearly always nobody waits: the look is for ids only (the rows are
+    read when there is one).
+    """
     candidates = Execution.objects.filter(status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING]).exclude(
         wait_reason=""
     )
-    picks = [candidates.filter(trigger=trigger).order_by("scheduled_for").first()]
+    picks = [candidates.filter(trigger_id=execution.trigger_id).order_by("scheduled_for")]
     if execution.workflow.max_concurrency:
         picks.append(
-            candidates.filter(workflow=execution.workflow, wait_reason="concurrency").order_by("created_at").first()
+            candidates.filter(workflow_id=execution.workflow_id, wait_reason="concurrency").order_by("created_at")
         )
     if settings.SCHEDULER_OWNER_MAX_CONCURRENCY:
         picks.append(
-            candidates.filter(trigger__owner_id=trigger.owner_id, wait_reason="owner_concurrency")
-            .order_by("created_at")
-            .first()
+            candidates.filter(trigger__owner_id=execution.trigger.owner_id, wait_reason="owner_concurrency").order_by(
+                "created_at"
+            )
         )
+    ids = {pk for pick in picks for pk in pick.values_list("pk", flat=True)[:1]}
+    if not ids:
+        return
     horizon = now + timedelta(seconds=settings.SCHEDULER_COUNTDOWN_MAX_SECONDS)
-    for waiting in {pick.pk: pick for pick in picks if pick is not None}.values():
+    for waiting in Execution.objects.select_related("trigger").filter(pk__in=ids):
         if waiting.due_at is None or waiting.due_at <= horizon:
             dispatch_attempt(waiting, now=now, unlocked=True)
 
