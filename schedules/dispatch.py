@@ -82,8 +82,9 @@ PERSONAL_ORIGINS = (
 )
 _ATTEMPT_LOG_LIMIT = 50
 # Triggers one dispatch transaction claims: large enough that a burst costs few round trips,
-# small enough that the locks are held for a fraction of a second.
-DISPATCH_BATCH_SIZE = 500
+# small enough that the locks are held for a fraction of a second (~0.2 s). A 10,000-trigger burst
+# took 2.4 s in batches of 500, 2.1 s of 1,000 and 2.0 s of 2,000 (in process, median of 3).
+DISPATCH_BATCH_SIZE = 1000
 # Redis commands kombu pipelines in one round trip (a message is one, two with its task-sent event).
 _PUBLISH_BATCH = 1000
 
