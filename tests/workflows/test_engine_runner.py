@@ -210,6 +210,29 @@ def test_condition__comparing_a_number_with_text_is_a_step_error(db):
     assert run.current_step == "no"
     assert run.steps.get(step_id="check").error == 'gt: cannot compare "ten" with 1'
     assert run.error == 'ended in state no after check: gt: cannot compare "ten" with 1'
+    # The terminal state's row in the history says how the run ended, and why.
+    terminal = run.steps.get(step_id="no")
+    assert (terminal.status, terminal.error) == (StepStatus.FAILED, run.error)
+
+
+def test_state_machine__a_succeeded_terminal_state_reads_succeeded_in_the_history(db):
+    run = drive(
+        start(
+            {
+                "type": "state_machine",
+                "initial_state": "hello",
+                "states": [
+                    {"id": "hello", "action": "log", "params": {"message": "hi"}, "transitions": {"success": "end"}},
+                    {"id": "end", "terminal": "succeeded"},
+                ],
+            }
+        )
+    )
+    assert run.status == RunStatus.SUCCEEDED
+    assert list(run.steps.order_by("seq").values_list("step_id", "status", "error")) == [
+        ("hello", StepStatus.SUCCEEDED, ""),
+        ("end", StepStatus.SUCCEEDED, ""),
+    ]
 
 
 def test_state_machine__max_transitions_stops_a_loop(db):

@@ -573,21 +573,23 @@ def _move_on(run: WorkflowRun, step: dict[str, Any], outcome: Outcome, now: date
     _enter(run, target, now)
     state = definitions.find_step(definition, target)
     if "terminal" in state:
-        # The terminal state is part of the run's path: one row, then the run ends there.
+        # The terminal state is part of the run's path: one row, with the run's outcome (a
+        # failed terminal state reads failed in the history too), then the run ends there.
+        status = RunStatus.SUCCEEDED if state["terminal"] == "succeeded" else RunStatus.FAILED
+        error = "" if status == RunStatus.SUCCEEDED else f"ended in state {target}"
+        if status == RunStatus.FAILED and outcome.error:
+            error += f" after {step['id']}: {outcome.error}"
         WorkflowStep.objects.create(
             run=run,
             seq=run.step_seq,
             step_id=target,
             action="",
             attempt=1,
-            status=StepStatus.SUCCEEDED,
+            status=StepStatus.SUCCEEDED if status == RunStatus.SUCCEEDED else StepStatus.FAILED,
             started_at=now,
             finished_at=now,
+            error=error,
         )
-        status = RunStatus.SUCCEEDED if state["terminal"] == "succeeded" else RunStatus.FAILED
-        error = "" if status == RunStatus.SUCCEEDED else f"ended in state {target}"
-        if status == RunStatus.FAILED and outcome.error:
-            error += f" after {step['id']}: {outcome.error}"
         _finish(run, status, now, error=error)
 
 
