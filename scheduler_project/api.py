@@ -66,7 +66,7 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return {prefix or NON_FIELD: [str(detail)]}
 
 
-def _django_validation_errors(exc: DjangoValidationError) -> dict[str, list[str]]:
+def django_validation_errors(exc: DjangoValidationError) -> dict[str, list[str]]:
     """A model ValidationError keyed by field; a per-owner unique name is put on "name"."""
     if not hasattr(exc, "error_dict"):
         return {NON_FIELD: list(exc.messages)}
@@ -106,7 +106,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, RequestDataTooBig):
         return _answer({DETAIL: [too_big_message()]}, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, DjangoValidationError):
-        return _answer(_django_validation_errors(exc), status.HTTP_400_BAD_REQUEST)
+        return _answer(django_validation_errors(exc), status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, TriggerNotFound):
         return _answer({exc.field or DETAIL: [str(exc)]}, status.HTTP_404_NOT_FOUND)
     if isinstance(exc, TriggerStateError):
@@ -222,19 +222,20 @@ class IdFilter(filters.NumberFilter):
         super().__init__(*args, **kwargs)
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character anywhere (the API and the web UI refuse it)."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, Mapping):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+        return any(has_nul(key) or has_nul(item) for key, item in value.items())
     if isinstance(value, list | tuple):
-        return any(_has_nul(item) for item in value)
+        return any(has_nul(item) for item in value)
     return False
 
 
 def refuse_nul(value: Any) -> None:
     """Validator: no NUL character anywhere in a JSON value (PostgreSQL's jsonb cannot store one: a 500, not a 400)."""
-    if _has_nul(value):
+    if has_nul(value):
         raise serializers.ValidationError("must not contain NUL characters (\\u0000).")
 
 

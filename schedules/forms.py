@@ -13,7 +13,7 @@ from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 
 from scheduler_project.api import NON_FIELD as API_NON_FIELD
-from scheduler_project.api import _django_validation_errors, _has_nul
+from scheduler_project.api import django_validation_errors, has_nul
 from workflows.models import Workflow
 from workflows.validators import validate_json_object
 
@@ -52,7 +52,7 @@ def add_service_error(form: forms.BaseForm, exc: ValidationError | ScheduleError
         # The API's translation: a per-owner unique name lands on "name", in its words.
         items = {
             NON_FIELD_ERRORS if name == API_NON_FIELD else name: messages
-            for name, messages in _django_validation_errors(exc).items()
+            for name, messages in django_validation_errors(exc).items()
         }
     for name, messages in items.items():
         target = aliases.get(name, name)
@@ -75,7 +75,7 @@ def parse_json_object(text: str) -> dict[str, Any]:
         raise ValidationError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
     if not isinstance(value, dict):
         raise ValidationError(f'must be a JSON object, e.g. {{"report": "weekly"}}, not {type(value).__name__}.')
-    if _has_nul(value):  # PostgreSQL's jsonb cannot store one (the API's refuse_nul)
+    if has_nul(value):  # PostgreSQL's jsonb cannot store one (the API's refuse_nul)
         raise ValidationError("must not contain NUL characters (\\u0000).")
     validate_json_object(value)  # what the database can store: Unicode text, not too deep
     return value
