@@ -33,6 +33,7 @@ from .models import (
     STEP_HISTORY_FIELDS,
     ApiToken,
     AuditEvent,
+    UserPreferences,
     Workflow,
     WorkflowRun,
     WorkflowStep,
@@ -543,6 +544,27 @@ class AuditEventAdmin(OwnedAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False
+
+
+@admin.register(UserPreferences)
+class UserPreferencesAdmin(OwnedAdminMixin, admin.ModelAdmin):
+    """Each user's web UI settings (the time zone its pages show times in); staff see their own."""
+
+    owner_field = "user"
+    list_display = ["user", "timezone", "updated_at"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "timezone"]
+    readonly_fields = ["updated_at"]
+    raw_id_fields = ["user"]
+
+    def formfield_for_foreignkey(self, db_field: ForeignKey, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "user" and not self.sees_everything(request):
+            kwargs["queryset"] = db_field.related_model.objects.filter(pk=request.user.pk)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
+        # Whose preferences they are is fixed once they exist.
+        return [*self.readonly_fields, "user"] if obj is not None else self.readonly_fields
 
 
 # DRF's token admin lists every key in full (and names tokens by key in titles, delete pages,

@@ -385,3 +385,24 @@ def test_admin_ownership__admin_actions_record_the_acting_user(
         str(trigger_pk),
         str(workflow_pk),
     }
+
+
+def test_user_preferences_admin__staff_see_and_set_only_their_own(staff_client, staff, other_user, admin_client):
+    """UserPreferences is in the admin: a superuser sees everyone's; other staff see only their own and
+    cannot make a row for someone else."""
+    from workflows.models import UserPreferences
+
+    UserPreferences.objects.create(user=staff, timezone="Europe/Paris")
+    theirs = UserPreferences.objects.create(user=other_user, timezone="Asia/Tokyo")
+    changelist = reverse("admin:workflows_userpreferences_changelist")
+    page = admin_client.get(changelist).content.decode()
+    assert "Europe/Paris" in page and "Asia/Tokyo" in page
+    page = staff_client.get(changelist).content.decode()
+    assert "Europe/Paris" in page and "Asia/Tokyo" not in page
+    assert staff_client.get(reverse("admin:workflows_userpreferences_change", args=[theirs.pk])).status_code == 302
+    theirs.delete()
+    response = staff_client.post(
+        reverse("admin:workflows_userpreferences_add"), {"user": other_user.pk, "timezone": "UTC"}
+    )
+    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+    assert not UserPreferences.objects.filter(user=other_user).exists()

@@ -534,3 +534,22 @@ def test_workflow_detail__shows_each_engine_runs_steps(signed_in, user):
     with CaptureQueriesContext(connection) as many:
         assert signed_in.get(path).status_code == 200
     assert len(many) == len(few)
+
+
+def test_error_pages__404_and_500_are_the_ui_s_own_pages(client, user):
+    """A page that does not exist answers the UI's own 404 page (no Django debug page, no traceback);
+    a server error answers its 500 page, which needs no request context."""
+    from django.test import RequestFactory
+    from django.views.defaults import server_error
+
+    anonymous = client.get("/app/no-such-page/")
+    assert anonymous.status_code == 404
+    client.force_login(user)
+    response = client.get("/app/no-such-page/")
+    content = response.content.decode()
+    assert response.status_code == 404
+    assert "Page not found" in content and "schedules/ui.css" in content and "/app/no-such-page/" in content
+    assert "Back to my schedules" in content and "Traceback" not in content
+    error = server_error(RequestFactory().get("/app/"))
+    assert error.status_code == 500
+    assert "Something went wrong" in error.content.decode() and "schedules/ui.css" in error.content.decode()
