@@ -3,6 +3,7 @@ record, recovery that does not multiply load, deadlocks, and folded stats."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +42,28 @@ def create(workflow, **overrides) -> Trigger:
     fields.update(overrides)
     fields.setdefault("now", NOW)
     return services.trigger_create(**fields)
+
+
+@contextlib.contextmanager
+def trigger_held(trigger_id: int):
+    """While the block runs, another connection's transaction holds the trigger's row (FOR UPDATE)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            Trigger.objects.select_for_update().get(pk=trigger_id)
+            holding.set()
+            release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 class Broker:
@@ -249,24 +272,8 @@ def test_dispatch_due__batches_go_on_from_the_last_claimed_trigger(broker):
     workflow = WorkflowFactory(owner=UserFactory())
     triggers = [create(workflow, name=f"t{index}", overlap="allow") for index in range(12)]
     held = triggers[6]
-    holding, release = threading.Event(), threading.Event()
-
-    def hold():
-        with transaction.atomic():
-            Trigger.objects.select_for_update().get(pk=held.pk)
-            holding.set()
-            release.wait(10)
-        connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(10)
-        with CaptureQueriesContext(connection) as captured:
-            report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=4)
-    finally:
-        release.set()
-        holder.join()
+    with trigger_held(held.pk), CaptureQueriesContext(connection) as captured:
+        report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=4)
     assert report.triggers == 11
     claims = [q["sql"] for q in captured.captured_queries if "SKIP LOCKED" in q["sql"]]
     row = '("schedules_trigger"."next_run_at", "schedules_trigger"."id") >'
@@ -489,28 +496,15 @@ def test_execution_claim__does_not_lock_the_trigger_row(broker):
     dispatch.dispatch_due(now=at(13, 0, 1))
     execution = Execution.objects.get()
     Execution.objects.filter(pk=execution.pk).update(due_at=at(13, 0, 30))  # not due: the locked path
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_trigger():
-        with transaction.atomic():
-            Trigger.objects.select_for_update().get(pk=trigger.pk)
-            holding.set()
-            release.wait(10)
-        connection.close()
-
-    holder = threading.Thread(target=hold_trigger)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with trigger_held(trigger.pk):
         with connection.cursor() as cursor:
             cursor.execute("SET lock_timeout = '2s'")
-        assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at(13, 0, 2)) is None
-        assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at(13, 0, 31)) is not None
-    finally:
-        release.set()
-        holder.join()
-        with connection.cursor() as cursor:
-            cursor.execute("SET lock_timeout = 0")
+        try:
+            assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at(13, 0, 2)) is None
+            assert dispatch.execution_claim(execution_id=execution.pk, attempt=1, now=at(13, 0, 31)) is not None
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = 0")
 
 
 @postgres_only
