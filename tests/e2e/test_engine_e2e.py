@@ -151,9 +151,10 @@ def test_scheduled_state_machine__failed_run_fails_the_execution(stack, endpoint
     assert execution.status == ExecutionStatus.FAILED
     assert execution.error == "run failed: ended in state broken after call: HTTP 404 Not Found"
     run = run_of(execution.pk)
-    assert [(step.step_id, step.status) for step in run.steps.order_by("seq")] == [
-        ("call", StepStatus.FAILED),
-        ("broken", StepStatus.SUCCEEDED),
+    # The failed terminal state reads failed in the history too, with the run's error.
+    assert [(step.step_id, step.status, step.error) for step in run.steps.order_by("seq")] == [
+        ("call", StepStatus.FAILED, "HTTP 404 Not Found"),
+        ("broken", StepStatus.FAILED, "ended in state broken after call: HTTP 404 Not Found"),
     ]
 
 
