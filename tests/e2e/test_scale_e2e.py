@@ -166,7 +166,6 @@ class PrivateRedis:
             self.process.wait(timeout=10)
 
 
-
 def test_broker_lost_at_fire_time_and_back_empty__every_slot_recorded_by_its_catchup_policy(stack, user, tmp_path):
     """Redis is SIGKILLed (it keeps nothing) while every-2-seconds triggers fire, and restarted empty
     ~10 s later. No slot is lost: each slot from the first to the last has one execution; the slot

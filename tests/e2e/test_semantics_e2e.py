@@ -348,7 +348,6 @@ LEAD = timedelta(seconds=8)
 SOON = timedelta(seconds=10)
 
 
-
 @pytest.fixture
 def faketime_library() -> Path:
     """libfaketime.so.1 (the libfaketime package in requirements.txt); skipped without it, except in CI."""
