@@ -735,8 +735,9 @@ def figure_burst(ctx: Context, size: int, kind: SchedulerKind, beats: int = 1) -
         taken, dispatched = 0, 0
         while time.time() < deadline:
             sleep_until(min(deadline, time.time() + 1), beat)
-            fresh = ctx.observer.messages(since=taken)
-            taken += len(fresh)
+            upto = ctx.observer.count()
+            fresh = ctx.observer.messages(since=taken, until=upto)
+            taken = upto
             dispatched += sum(1 for m in fresh if m.task not in ctx.housekeeping)
             if dispatched >= due:
                 # A little longer than beat's longest sleep: late duplicates, and a beat that dies at
@@ -923,7 +924,7 @@ def figure_lag(ctx: Context, size: int, kind: SchedulerKind) -> None:
     try:
         for k in range(1, minutes + 1):
             sleep_until((window + timedelta(minutes=k)).timestamp(), beat)
-            log(f"  minute {k}/{minutes}: {ctx.observer.count():,} messages so far")
+            log(f"  minute {k}/{minutes}: {ctx.observer.count():,} broker messages so far")
         sleep_until(end.timestamp() + ctx.args.lag_grace, beat)
     except BeatExited as exc:
         died = str(exc)

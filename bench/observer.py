@@ -68,7 +68,21 @@ class Message:
             return None
 
 
-def decode(at: float, key: str, raw: bytes) -> Message:
+def decode(at: float, key: str, raw: bytes) -> list[Message]:
+    """The message, or one per attempt of a message that carries several (``run_executions``:
+    kwargs ``attempts`` = [[execution_id, attempt], ...]), each with the kwargs of a single one."""
+    message = _decode(at, key, raw)
+    attempts = message.kwargs.get("attempts")
+    if not isinstance(attempts, list):
+        return [message]
+    return [
+        Message(at, message.queue, message.task, [], {"execution_id": pair[0], "attempt": pair[1]}, message.headers)
+        for pair in attempts
+        if isinstance(pair, list) and len(pair) == 2
+    ]
+
+
+def _decode(at: float, key: str, raw: bytes) -> Message:
     queue = key.split(_PRIORITY_SEP)[0]
     try:
         envelope = json.loads(raw)
@@ -131,10 +145,12 @@ class BrokerObserver:
         with self._lock:
             return self.raw[0][0] if self.raw else None
 
-    def messages(self, since: int = 0) -> list[Message]:
+    def messages(self, since: int = 0, until: int | None = None) -> list[Message]:
+        """The messages taken off the queues from the ``since``-th to before the ``until``-th (as
+        ``count`` counts them: a message of several attempts is one there, one per attempt here)."""
         with self._lock:
-            raw = self.raw[since:]
-        return [decode(at, key, data) for at, key, data in raw]
+            raw = self.raw[since:until]
+        return [message for at, key, data in raw for message in decode(at, key, data)]
 
     def _run(self) -> None:
         client = redis.Redis.from_url(self.url)

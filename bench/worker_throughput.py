@@ -8,8 +8,12 @@ For each pool (``--pools``, default prefork 2 and 8, threads 8 and 32, gevent 64
   the ceiling;
 - ``results``: ``bench.http_post_result``, the same task with its result stored by
   django-celery-results (the stock comparison);
-- ``ours``: ``schedules.run_execution(execution_id, attempt=1)`` on real due ``Execution`` rows
-  (claim, signed call through workflows/client.py, history, stats, result);
+- ``ours``: real due ``Execution`` rows, published as beat publishes a burst
+  (``dispatch.publish``: ``schedules.run_executions`` messages of several attempts each, see
+  SCHEDULER_EXECUTIONS_PER_MESSAGE and SCHEDULER_MESSAGE_FANOUT) (claim, signed call through
+  workflows/client.py, history, stats, result);
+- ``ours1``: the same executions one per message, ``schedules.run_execution(execution_id,
+  attempt=1)``, as retries, manual runs and small batches are sent;
 
 it runs ``--executions`` tasks ``--repeat`` times (modes and pools interleaved, so a change in the
 machine's load hits them alike) and prints, per mode and pool: executions/s (best and median),
@@ -86,9 +90,16 @@ DEFAULT_POOLS = "prefork:2,prefork:8,threads:8,threads:32,gevent:64"
 MODES = {
     "raw": "bench.http_post",
     "results": "bench.http_post_result",
-    "ours": "schedules.run_execution",
+    "ours": "schedules.run_executions",
+    "ours1": "schedules.run_execution",
 }
-MODE_LABELS = {"raw": "raw HTTP", "results": "plain task + django-db results", "ours": "ours (run_execution)"}
+OURS = ("ours", "ours1")
+MODE_LABELS = {
+    "raw": "raw HTTP",
+    "results": "plain task + django-db results",
+    "ours": "ours (as beat sends a burst)",
+    "ours1": "ours (one per message)",
+}
 # Bench-only: DEBUG=0 needs a SECRET_KEY and Fernet keys; fixed ones keep the seeded workflow's
 # encrypted secret readable from one invocation to the next.
 BENCH_SECRET_KEY = "bench-worker-throughput-not-a-real-key"  # noqa: S105 - a scratch database's key
@@ -102,7 +113,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--executions", type=int, default=2000, help="tasks per run (default 2000)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each mode and pool (default 2)")
     parser.add_argument("--pools", default=DEFAULT_POOLS, help=f"pool:concurrency,... (default {DEFAULT_POOLS})")
-    parser.add_argument("--modes", default=",".join(MODES), help="raw,results,ours (default all)")
+    parser.add_argument("--modes", default=",".join(MODES), help="raw,results,ours,ours1 (default all)")
     parser.add_argument("--triggers", type=int, default=0, help="triggers for ours (default: one per execution)")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL)
     parser.add_argument("--broker-url", default=DEFAULT_BROKER_URL, help="a Redis database of its own (flushed)")
@@ -181,9 +192,8 @@ from django.utils import timezone  # noqa: E402
 from django_celery_results.models import TaskResult  # noqa: E402
 
 from scheduler_project.celery import app  # noqa: E402
-from schedules import services  # noqa: E402
+from schedules import dispatch, services  # noqa: E402
 from schedules.models import Execution, ExecutionOrigin, ExecutionStats, ExecutionStatus, Trigger  # noqa: E402
-from schedules.tasks import run_execution  # noqa: E402
 from workflows.models import Workflow  # noqa: E402
 from workflows.services import workflow_create  # noqa: E402
 
@@ -440,15 +450,19 @@ def create_due_executions(fixture: Fixture, count: int) -> list[str]:
     return [str(row.pk) for row in rows]
 
 
-def publish(mode: str, count: int, endpoint_url: str, execution_ids: list[str]) -> float:
-    """Send the run's messages to the ``normal`` queue in one go; return how long it took."""
+def publish(mode: str, count: int, endpoint_url: str, execution_ids: list[str]) -> tuple[float, int]:
+    """Send the run's messages to the ``normal`` queue in one go; return how long it took and how
+    many messages went."""
     started = time.perf_counter()
+    messages = count
     with app.producer_or_acquire() as producer:
-        if mode == "ours":
-            for execution_id in execution_ids:
-                run_execution.apply_async(
-                    kwargs={"execution_id": execution_id, "attempt": 1}, queue="normal", producer=producer
-                )
+        if mode in OURS:
+            attempts = [dispatch.Attempt(execution_id, 1, "normal") for execution_id in execution_ids]
+            sent, error = dispatch.publish(attempts, producer=producer, grouped=mode == "ours")
+            if error is not None:
+                raise error
+            if mode == "ours":
+                messages = len(dispatch.message_groups(attempts))
         else:
             for index in range(count):
                 payload = {
@@ -463,7 +477,7 @@ def publish(mode: str, count: int, endpoint_url: str, execution_ids: list[str]) 
                 signature(MODES[mode], kwargs={"url": endpoint_url, "payload": payload}, app=app).apply_async(
                     queue="normal", producer=producer
                 )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, messages
 
 
 class Poller:
@@ -512,6 +526,7 @@ class Run:
     publish_seconds: float = 0.0
     durations: list[float] = field(default_factory=list)
     sql: float | None = None
+    messages: int = 0
     kinds: dict[str, float] = field(default_factory=dict)
     xacts: float = 0.0
     sessions: float = 0.0
@@ -581,7 +596,7 @@ def run_once(
     count = ARGS.executions
     result = Run(mode=mode, pool=pool, concurrency=concurrency)
     reset_database()
-    execution_ids = create_due_executions(fixture, count) if mode == "ours" else []
+    execution_ids = create_due_executions(fixture, count) if mode in OURS else []
     connection.close()  # our backend exits and flushes its statistics before the "before" snapshot
     broker.flushdb()
     endpoint.reset()
@@ -596,7 +611,7 @@ def run_once(
         worker.pause()
         broker.delete("bench:sql", "bench:tasks", *broker.keys("bench:durations:*"), *broker.keys("bench:kinds:*"))
         broker.delete(*broker.keys("bench:first:*"), "bench:none")
-        result.publish_seconds = publish(mode, count, endpoint.url, execution_ids)
+        result.publish_seconds, messages = publish(mode, count, endpoint.url, execution_ids)
         time.sleep(0.5)  # let the probe's backends (if any) exit and report their statistics
         before = pg_counters(admin)
         result.early_calls = endpoint.stats()["calls"]
@@ -632,10 +647,10 @@ def run_once(
             if mode == "results" and results >= count:
                 finished_at = latest
                 break
-            if mode == "ours" and executions >= count:
+            if mode in OURS and executions >= count:
                 # The rewrite may stop storing results: then the last finished_at ends the run.
                 no_results_polls = no_results_polls + 1 if results == 0 else 0
-                if results >= count or no_results_polls >= 3:
+                if results >= messages or no_results_polls >= 3:
                     finished_at = latest
                     break
             time.sleep(0.25)
@@ -663,18 +678,19 @@ def run_once(
     time.sleep(0.5)  # the worker's backends exit and report their statistics
     after = pg_counters(admin)
     task = MODES[mode]
-    tasks = int(broker.hget("bench:tasks", task) or 0)
-    if tasks:
-        result.sql = int(broker.hget("bench:sql", task) or 0) / tasks
+    result.messages = int(broker.hget("bench:tasks", task) or 0)
+    if result.messages:
+        # Per execution (a message of ours may carry several).
+        result.sql = int(broker.hget("bench:sql", task) or 0) / count
         kinds = broker.hgetall(f"bench:kinds:{task}")
-        result.kinds = {kind.decode(): int(total) / tasks for kind, total in kinds.items()}
+        result.kinds = {kind.decode(): int(total) / count for kind, total in kinds.items()}
     result.durations = [float(value) for value in broker.lrange(f"bench:durations:{task}", 0, -1)]
     result.xacts = (after["xacts"] - before["xacts"] - poller.polls) / count
     result.sessions = (after["sessions"] - before["sessions"] - poll_sessions) / count
     result.rows = (after["rows"] - before["rows"]) / count
     stats = endpoint.stats()
     result.http_calls, result.http_connections = stats["calls"], stats["connections"]
-    if mode == "ours":
+    if mode in OURS:
         result.statuses = {
             row["status"]: row["total"]
             for row in Execution.objects.values("status").annotate(total=Count("pk")).order_by()
@@ -698,7 +714,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table(runs: list[Run]) -> list[str]:
     header = (
-        "| mode | pool | c | runs | exec/s best | exec/s median | best vs raw | task p50 ms | task p99 ms "
+        "| mode | pool | c | runs | messages | exec/s best | exec/s median | best vs raw | task p50 ms | task p99 ms "
         "| SQL/exec | xact/exec | PG conn/exec | rows written/exec | worker CPU ms/exec | box CPU busy "
         "| HTTP conns | notes |"
     )
@@ -730,7 +746,7 @@ def table(runs: list[Run]) -> list[str]:
                 notes.append(f"{run.http_calls - ARGS.executions} extra endpoint calls")
         if not good:
             lines.append(
-                f"| {MODE_LABELS[mode]} | {pool} | {concurrency} | 0/{len(group)} | failed | | | | | | | | | | | | "
+                f"| {MODE_LABELS[mode]} | {pool} | {concurrency} | 0/{len(group)} | | failed | | | | | | | | | | | | "
                 f"{'; '.join(notes)} |"
             )
             continue
@@ -747,6 +763,7 @@ def table(runs: list[Run]) -> list[str]:
                     pool,
                     str(concurrency),
                     f"{len(good)}/{len(group)}",
+                    str(round(statistics.median(run.messages for run in good))),
                     f"{max(rates):.0f}",
                     f"{statistics.median(rates):.0f}",
                     versus,
@@ -770,7 +787,7 @@ def table(runs: list[Run]) -> list[str]:
 def kind_lines(runs: list[Run]) -> list[str]:
     lines, seen = [], set()
     for run in runs:
-        if run.mode != "ours" or run.error or not run.kinds or (run.pool, run.concurrency) in seen:
+        if run.mode not in OURS or run.error or not run.kinds or (run.pool, run.concurrency) in seen:
             continue
         seen.add((run.pool, run.concurrency))
         kinds = sorted(run.kinds.items(), key=lambda item: (-item[1], item[0]))
@@ -903,8 +920,9 @@ def main() -> None:
         "",
         f"Endpoint: asyncio on 127.0.0.1, load probe {capacity:,.0f} requests/s. {ARGS.executions} tasks per run, "
         f"{len(fixture.triggers)} triggers for ours; exec/s from the first task's start (all messages already "
-        "queued) to the last execution recorded. Task p50/p99: prerun to postrun in the worker. SQL: statements "
-        "sent by psycopg cursors in the worker; xact, PG conn and rows: pg_stat_database deltas per execution.",
+        "queued) to the last execution recorded. Task p50/p99: prerun to postrun in the worker, per message (ours: "
+        "several executions each). SQL: statements sent by psycopg cursors in the worker, per execution; "
+        "xact, PG conn and rows: pg_stat_database deltas per execution.",
         "",
         *lines,
         "",

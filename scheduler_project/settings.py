@@ -13,7 +13,17 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from .env import env_bool, env_choice, env_fernet_keys, env_int, env_list, env_proxy_ssl_header, env_rate, env_str
+from .env import (
+    env_bool,
+    env_choice,
+    env_fernet_keys,
+    env_float,
+    env_int,
+    env_list,
+    env_proxy_ssl_header,
+    env_rate,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -325,6 +335,16 @@ SCHEDULER_BEAT_LEASE_SECONDS = env_int("SCHEDULER_BEAT_LEASE_SECONDS", 3, minimu
 # Lease of an execution beat committed and is publishing: if beat dies before the broker has the
 # message, another beat sends it once this runs out.
 SCHEDULER_HANDOFF_SECONDS = env_int("SCHEDULER_HANDOFF_SECONDS", 5, minimum=1, maximum=300)
+# A burst's first attempts go to the workers several per message (schedules.run_executions), which a
+# worker process runs one after another: Celery's own cost per message (receive, ack, events,
+# result) and the claim's read are paid once per message instead of once per execution. A batch is
+# split into at least SCHEDULER_MESSAGE_FANOUT messages (set it to at least your workers' total
+# concurrency, so every slot gets work) of at most SCHEDULER_EXECUTIONS_PER_MESSAGE each; smaller
+# batches go one per message. A worker that has spent SCHEDULER_MESSAGE_SECONDS on a message sends
+# the rest back one per message, so slow endpoints are called in parallel again.
+SCHEDULER_EXECUTIONS_PER_MESSAGE = env_int("SCHEDULER_EXECUTIONS_PER_MESSAGE", 20, minimum=1, maximum=100)
+SCHEDULER_MESSAGE_FANOUT = env_int("SCHEDULER_MESSAGE_FANOUT", 64, minimum=1)
+SCHEDULER_MESSAGE_SECONDS = env_float("SCHEDULER_MESSAGE_SECONDS", 1.0, minimum=0.0)
 
 # --- Scheduler ------------------------------------------------------------------------------
 # Base URL of this service, used to reach the built-in execution endpoint

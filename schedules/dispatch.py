@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import DateTimeField, Exists, F, QuerySet, Value
+from django.db.models import DateTimeField, Exists, F, Q, QuerySet, Value
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
@@ -157,19 +157,22 @@ class Attempt:
     countdown: float | None = None
 
 
-def publish(attempts: list[Attempt], *, producer: Any = None) -> tuple[int, BaseException | None]:
+def publish(attempts: list[Attempt], *, producer: Any = None, grouped: bool = True) -> tuple[int, BaseException | None]:
     """Hand ``attempts`` to the broker in order, on one connection, in pipelined batches, without
     retrying.
 
     Returns how many surely arrived (all or none) and the error if not (None if all went). The
     caller decides what a failure means: the executions are still in the database.
 
+    Many attempts for one queue (a burst) go several per ``run_executions`` message (see
+    ``message_groups``; ``grouped=False``: one per message, always).
+
     Messages are built with the app's own ``amqp.create_task_message`` and sent with
     ``amqp.send_task_message`` (what ``Task.apply_async`` does underneath, without its per-call
     routing and option merging, and with the argument reprs given rather than computed): about a
     quarter of apply_async's cost per message, which is most of a burst's.
     """
-    from .tasks import run_execution
+    from .tasks import run_execution, run_executions
 
     if not attempts:
         return 0, None
@@ -184,27 +187,47 @@ def publish(attempts: list[Attempt], *, producer: Any = None) -> tuple[int, Base
             run_execution.app.producer_or_acquire(producer) as channel_producer,
             channel_producer.batch(max_size=_PUBLISH_BATCH),
         ):
-            for attempt in attempts:
-                kwargs = {"execution_id": attempt.execution_id, "attempt": attempt.attempt}
+            for group in message_groups(attempts) if grouped else [[attempt] for attempt in attempts]:
+                first = group[0]
+                if len(group) == 1:
+                    name = run_execution.name
+                    kwargs: dict[str, Any] = {"execution_id": first.execution_id, "attempt": first.attempt}
+                else:
+                    name = run_executions.name
+                    kwargs = {"attempts": [[attempt.execution_id, attempt.attempt] for attempt in group]}
                 message = amqp.create_task_message(
                     str(uuid.uuid4()),
-                    run_execution.name,
+                    name,
                     (),
                     kwargs,
-                    countdown=attempt.countdown,
+                    countdown=first.countdown,
                     argsrepr="()",
                     kwargsrepr=repr(kwargs),
                 )
                 # Each queue is declared with its first message; declaring it again per message
                 # only copies kombu entities (the broker has it by then).
-                declare = None if attempt.queue not in declared else []
-                declared.add(attempt.queue)
-                amqp.send_task_message(
-                    channel_producer, run_execution.name, message, queue=attempt.queue, retry=False, declare=declare
-                )
+                declare = None if first.queue not in declared else []
+                declared.add(first.queue)
+                amqp.send_task_message(channel_producer, name, message, queue=first.queue, retry=False, declare=declare)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves them to recovery
         return 0, exc
     return len(attempts), None
+
+
+def message_groups(attempts: list[Attempt]) -> list[list[Attempt]]:
+    """The messages ``attempts`` go in, in order: attempts for the same queue and countdown
+    together, in at least SCHEDULER_MESSAGE_FANOUT messages (so every worker slot can get one) of
+    at most SCHEDULER_EXECUTIONS_PER_MESSAGE. A few attempts go one per message."""
+    by_kind: dict[tuple[str, float | None], list[Attempt]] = {}
+    for attempt in attempts:
+        by_kind.setdefault((attempt.queue, attempt.countdown), []).append(attempt)
+    groups: list[list[Attempt]] = []
+    for same in by_kind.values():
+        size = max(
+            1, min(settings.SCHEDULER_EXECUTIONS_PER_MESSAGE, -(-len(same) // settings.SCHEDULER_MESSAGE_FANOUT))
+        )
+        groups.extend(same[start : start + size] for start in range(0, len(same), size))
+    return groups
 
 
 def _mark_sent(attempts: list[Attempt], now: datetime) -> None:
@@ -1013,6 +1036,12 @@ def execution_claim(*, execution_id: Any, attempt: int, now: datetime | None = N
         execution = Execution.objects.select_related("workflow", "trigger").get(pk=execution_id)
     except (Execution.DoesNotExist, ValidationError):
         return None
+    return _claim_read(execution, attempt, now)
+
+
+def _claim_read(execution: Execution, attempt: int, now: datetime) -> Execution | None:
+    """execution_claim for an execution read with its workflow and trigger (without a lock: the
+    conditional UPDATE, or the locked path, decides on the row as it is now)."""
     if execution.status in FINISHED_STATUSES:
         return None
     if _startable_without_lock(execution, attempt, now):
@@ -1023,7 +1052,7 @@ def execution_claim(*, execution_id: Any, attempt: int, now: datetime | None = N
         if claim.update(**{name: getattr(execution, name) for name in _START_FIELDS}):
             return execution
         # Someone else moved it since the read: decide under the lock.
-    return _claim_locked(execution_id=execution_id, attempt=attempt, now=now)
+    return _claim_locked(execution_id=execution.pk, attempt=attempt, now=now)
 
 
 def _startable_without_lock(execution: Execution, attempt: int, now: datetime) -> bool:
@@ -1120,8 +1149,11 @@ def backoff_seconds(
     return round(delay, 3)
 
 
-def execution_perform(*, execution: Execution) -> AttemptOutcome:
-    """Call the workflow for a claimed execution and record the outcome."""
+def execution_perform(*, execution: Execution, woken: list[Execution] | None = None) -> AttemptOutcome:
+    """Call the workflow for a claimed execution and record the outcome.
+
+    ``woken``: a succeeded execution is added to it, for the caller to wake what waits for it
+    (``waiting_wake``), instead of looking for waiters now."""
     workflow, trigger = execution.workflow, execution.trigger
     attempt = execution.attempts
     call = WorkflowCall(
@@ -1145,12 +1177,14 @@ def execution_perform(*, execution: Execution) -> AttemptOutcome:
         },
     )
     started = timezone.now()
-    outcome = _perform(execution, call, attempt, started)
+    outcome = _perform(execution, call, attempt, started, woken)
     metrics.observe_attempt(origin=execution.origin, status=outcome.status)
     return outcome
 
 
-def _perform(execution: Execution, call: WorkflowCall, attempt: int, started: datetime) -> AttemptOutcome:
+def _perform(
+    execution: Execution, call: WorkflowCall, attempt: int, started: datetime, woken: list[Execution] | None
+) -> AttemptOutcome:
     workflow = execution.workflow
     try:
         result = call_workflow(call)
@@ -1163,7 +1197,7 @@ def _perform(execution: Execution, call: WorkflowCall, attempt: int, started: da
         error = WorkflowCallError(f"internal error: {type(exc).__name__}")
         error.retryable = True
         return _record_failure(execution.pk, attempt, started, error)
-    return _record_success(execution, attempt, started, result)
+    return _record_success(execution, attempt, started, result, woken)
 
 
 def _log_attempt(metadata: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -1172,7 +1206,9 @@ def _log_attempt(metadata: dict[str, Any], entry: dict[str, Any]) -> None:
     del log[:-_ATTEMPT_LOG_LIMIT]
 
 
-def _record_success(execution: Execution, attempt: int, started: datetime, result: Any) -> AttemptOutcome:
+def _record_success(
+    execution: Execution, attempt: int, started: datetime, result: Any, woken: list[Execution] | None = None
+) -> AttemptOutcome:
     """The outcome first, in one UPDATE of the execution's own row (no other lock, so nothing can
     make it a deadlock victim after the far side has done the work); then what follows from it."""
     now = timezone.now()
@@ -1225,7 +1261,10 @@ def _record_success(execution: Execution, attempt: int, started: datetime, resul
         return AttemptOutcome(status=current or ExecutionStatus.RUNNING, details={"run_id": result.run_id})
     if execution.trigger.consecutive_failures and execution.origin != ExecutionOrigin.FALLBACK:
         _count_success(execution, now)
-    _wake_waiting(execution, now)
+    if woken is None:
+        _wake_waiting(execution, now)
+    else:
+        woken.append(execution)
     return AttemptOutcome(status=ExecutionStatus.SUCCEEDED)
 
 
@@ -1439,6 +1478,93 @@ def _wake_waiting(execution: Execution, now: datetime) -> None:
     for waiting in Execution.objects.select_related("trigger").filter(pk__in=ids):
         if waiting.due_at is None or waiting.due_at <= horizon:
             dispatch_attempt(waiting, now=now, unlocked=True)
+
+
+def waiting_wake(executions: list[Execution], now: datetime) -> None:
+    """``_wake_waiting`` for several finished executions: one look for anyone waiting on their
+    triggers, workflows or owners (nearly always nobody), then each one's own look if somebody does."""
+    if not executions:
+        return
+    waits = Q(trigger_id__any=sorted({execution.trigger_id for execution in executions}))
+    limited = sorted({execution.workflow_id for execution in executions if execution.workflow.max_concurrency})
+    if limited:
+        waits |= Q(workflow_id__any=limited, wait_reason="concurrency")
+    if settings.SCHEDULER_OWNER_MAX_CONCURRENCY:
+        owners = sorted({execution.trigger.owner_id for execution in executions})
+        waits |= Q(trigger__owner_id__any=owners, wait_reason="owner_concurrency")
+    anyone = (
+        Execution.objects.filter(waits, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING])
+        .exclude(wait_reason="")
+        .values_list("pk", flat=True)[:1]
+    )
+    if not list(anyone):
+        return
+    for execution in executions:
+        _wake_waiting(execution, now)
+
+
+# --- A message of several attempts --------------------------------------------------------------
+
+
+@dataclass
+class MessageReport:
+    statuses: dict[str, int] = field(default_factory=dict)  # outcome -> attempts run
+    skipped: int = 0  # nothing to do (run already, not due, waiting, gone)
+    handed_back: int = 0  # sent back one per message after SCHEDULER_MESSAGE_SECONDS
+
+
+def executions_run(attempts: list[tuple[str, int]], *, seconds: float | None = None) -> MessageReport:
+    """Run the attempts of a ``run_executions`` message one after another, each claimed just
+    before its call as ``run_execution`` claims one (a second delivery calls nothing).
+
+    The executions are read once (with their workflows and triggers) and the waiters of those
+    that succeeded are looked for once, at the end. After ``seconds`` (SCHEDULER_MESSAGE_SECONDS)
+    the attempts not started are sent back one per message, so slow calls spread over the
+    workers again, and no attempt is claimed on a read older than that. If the hand-back is
+    refused they stay in the database, sent, and recovery sends them when their lease runs out.
+    """
+    seconds = settings.SCHEDULER_MESSAGE_SECONDS if seconds is None else seconds
+    started = time.monotonic()
+    report = MessageReport()
+    rows = {
+        str(execution.pk): execution
+        for execution in Execution.objects.select_related("workflow", "trigger").filter(
+            pk__any=[execution_id for execution_id, _ in attempts]
+        )
+    }
+    succeeded: list[Execution] = []
+    try:
+        for index, (execution_id, number) in enumerate(attempts):
+            if index and time.monotonic() - started >= seconds:
+                _hand_back(attempts[index:], rows, report)
+                break
+            execution = rows.get(execution_id)
+            claimed = _claim_read(execution, number, timezone.now()) if execution is not None else None
+            if claimed is None:
+                report.skipped += 1
+                continue
+            outcome = execution_perform(execution=claimed, woken=succeeded)
+            report.statuses[outcome.status] = report.statuses.get(outcome.status, 0) + 1
+    finally:
+        waiting_wake(succeeded, timezone.now())
+    return report
+
+
+def _hand_back(attempts: list[tuple[str, int]], rows: dict[str, Execution], report: MessageReport) -> None:
+    back = [
+        Attempt(execution_id, number, _queue(rows[execution_id]))
+        for execution_id, number in attempts
+        if execution_id in rows
+    ]
+    sent, error = publish(back, grouped=False)
+    report.handed_back = sent
+    if error is not None:
+        logger.error(
+            "could not send back %s attempts (%s: %s); recovery sends them when their lease runs out",
+            len(back),
+            type(error).__name__,
+            error,
+        )
 
 
 # --- Recover ------------------------------------------------------------------------------------

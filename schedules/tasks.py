@@ -7,6 +7,7 @@ Task names are explicit because PeriodicTask rows store them as strings.
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from datetime import datetime
 
 from celery import shared_task
@@ -49,6 +50,22 @@ def run_execution(self, execution_id: str, attempt: int) -> dict[str, object]:
         return {"execution_id": execution_id, "attempt": attempt, "status": "nothing to do"}
     outcome = dispatch.execution_perform(execution=execution)
     return {"execution_id": execution_id, "attempt": execution.attempts, "status": outcome.status}
+
+
+@shared_task(name="schedules.run_executions", bind=True, **_RELIABLE)
+def run_executions(self, attempts: list[list]) -> dict[str, object]:
+    """Several attempts in one message (a burst: dispatch.message_groups), run one after another.
+
+    A database outage mid-way sends the whole message again: what ran is not run twice (each
+    attempt is claimed), the rest runs then.
+    """
+    try:
+        report = dispatch.executions_run([(str(execution_id), int(attempt)) for execution_id, attempt in attempts])
+    except (OperationalError, InterfaceError) as exc:
+        if self.request.retries >= _CLAIM_RETRIES:
+            raise  # recovery sends them once their leases run out
+        raise self.retry(exc=exc, countdown=min(30.0, 2.0**self.request.retries) * random.uniform(0.5, 1.0)) from exc
+    return {"attempts": len(attempts), **asdict(report)}
 
 
 @shared_task(name="schedules.recover_executions", ignore_result=True)
