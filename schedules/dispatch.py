@@ -794,20 +794,7 @@ def _dispatch_batch(
             continue
         due.append((trigger, slot))
 
-    ids = [trigger.pk for trigger, _ in due]
-    slots = [slot for _, slot in due if slot is not None]
-    taken: dict[int, set[datetime]] = {}
-    statuses: dict[int, set[str]] = {}
-    if slots:
-        since = min(trigger.next_run_at for trigger, slot in due if slot is not None)
-        existing = Execution.objects.filter(
-            trigger_id__any=ids, scheduled_for__gte=since, scheduled_for__lte=max(slots), fallback_of=None
-        )
-        for trigger_id, slot in existing.values_list("trigger_id", "scheduled_for"):
-            taken.setdefault(trigger_id, set()).add(slot)
-        unfinished = Execution.objects.filter(trigger_id__any=ids, status__in=UNFINISHED_STATUSES, fallback_of=None)
-        for trigger_id, status in unfinished.values_list("trigger_id", "status").distinct():
-            statuses.setdefault(trigger_id, set()).add(status)
+    taken, statuses = _slot_facts([(trigger, slot) for trigger, slot in due if slot is not None])
 
     rows: list[Execution] = []
     fired: dict[datetime, list[int]] = {}
@@ -840,6 +827,61 @@ def _dispatch_batch(
     beat.tasks_mark_run(fired)
     batch.executions = len(rows)
     return batch
+
+
+def _slot_facts(firing: list[tuple[Trigger, datetime]]) -> tuple[dict[int, set[datetime]], dict[int, set[str]]]:
+    """What ``_plan_fire`` needs to know of the executions of triggers about to fire (trigger,
+    due slot): the slots from each one's ``next_run_at`` to its due slot that have an execution
+    already, and the statuses of its unfinished executions, by trigger id.
+
+    On PostgreSQL each trigger looks up its own entries in the (trigger, ...) indexes, in a
+    LATERAL join over the ids (``OFFSET 0`` keeps the planner from flattening it into the plan
+    below). Asked as one filter over all the ids, the planner scans the whole
+    slot's (or every unfinished) executions instead: those a burst has just written are not in its
+    statistics yet, so it takes them for a handful, and each batch read all the earlier ones
+    (20-35 ms a batch of 1,000, a sixth of a burst's writing time).
+    """
+    taken: dict[int, set[datetime]] = {}
+    statuses: dict[int, set[str]] = {}
+    if not firing:
+        return taken, statuses
+    ids = [trigger.pk for trigger, _ in firing]
+    if connection.vendor == "postgresql":
+        table = connection.ops.quote_name(Execution._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT t.id, e.scheduled_for"  # noqa: S608 - the model's own table name
+                " FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS t(id, since, until)"
+                f" CROSS JOIN LATERAL (SELECT scheduled_for FROM {table} e WHERE e.trigger_id = t.id"
+                " AND e.scheduled_for >= t.since AND e.scheduled_for <= t.until AND e.fallback_of_id IS NULL"
+                " OFFSET 0) e",
+                [ids, [trigger.next_run_at for trigger, _ in firing], [slot for _, slot in firing]],
+            )
+            existing = cursor.fetchall()
+            cursor.execute(
+                "SELECT DISTINCT t.id, e.status"  # noqa: S608 - the model's own table name
+                " FROM unnest(%s::bigint[]) AS t(id)"
+                f" CROSS JOIN LATERAL (SELECT status FROM {table} e WHERE e.trigger_id = t.id"
+                " AND e.status = ANY(%s) AND e.fallback_of_id IS NULL OFFSET 0) e",
+                [ids, [str(status) for status in UNFINISHED_STATUSES]],
+            )
+            unfinished = cursor.fetchall()
+    else:
+        since = min(trigger.next_run_at for trigger, _ in firing)
+        until = max(slot for _, slot in firing)
+        existing = Execution.objects.filter(
+            trigger_id__any=ids, scheduled_for__gte=since, scheduled_for__lte=until, fallback_of=None
+        ).values_list("trigger_id", "scheduled_for")
+        unfinished = (
+            Execution.objects.filter(trigger_id__any=ids, status__in=UNFINISHED_STATUSES, fallback_of=None)
+            .values_list("trigger_id", "status")
+            .distinct()
+        )
+    for trigger_id, slot in existing:
+        taken.setdefault(trigger_id, set()).add(slot)
+    for trigger_id, status in unfinished:
+        statuses.setdefault(trigger_id, set()).add(status)
+    return taken, statuses
 
 
 def _insert_executions(rows: list[Execution]) -> None:
