@@ -787,12 +787,12 @@ def table(runs: list[Run]) -> list[str]:
 def kind_lines(runs: list[Run]) -> list[str]:
     lines, seen = [], set()
     for run in runs:
-        if run.mode not in OURS or run.error or not run.kinds or (run.pool, run.concurrency) in seen:
+        if run.mode not in OURS or run.error or not run.kinds or (run.mode, run.pool, run.concurrency) in seen:
             continue
-        seen.add((run.pool, run.concurrency))
+        seen.add((run.mode, run.pool, run.concurrency))
         kinds = sorted(run.kinds.items(), key=lambda item: (-item[1], item[0]))
         lines.append(
-            f"- {run.pool} -c {run.concurrency} ({run.sql:.1f}): "
+            f"- {MODE_LABELS[run.mode]}, {run.pool} -c {run.concurrency} ({run.sql:.1f}): "
             + ", ".join(f"{count:.2f} {kind}" if count % 1 else f"{count:.0f} {kind}" for kind, count in kinds)
         )
     return lines
@@ -930,7 +930,7 @@ def main() -> None:
         "",
         *probe_lines,
         "",
-        "SQL statements per execution of ours, by kind (first successful run on each pool):",
+        "SQL statements per execution of ours, by kind (first successful run of each mode on each pool):",
         "",
         *kind_lines(runs),
         "",

@@ -1555,31 +1555,37 @@ class MessageReport:
     handed_back: int = 0  # sent back one per message after SCHEDULER_MESSAGE_SECONDS
 
 
-def executions_run(attempts: list[tuple[str, int]], *, seconds: float | None = None) -> MessageReport:
+def executions_run(
+    attempts: list[tuple[str, int]], *, seconds: float | None = None, queue_depth: QueueDepth | None = None
+) -> MessageReport:
     """Run the attempts of a ``run_executions`` message one after another, each claimed just
     before its call as ``run_execution`` claims one (a second delivery calls nothing).
 
     The executions are read once (with their workflows and triggers) and the waiters of those
-    that succeeded are looked for once, at the end. After ``seconds`` (SCHEDULER_MESSAGE_SECONDS)
-    the attempts not started are sent back one per message, so slow calls spread over the
-    workers again, and no attempt is claimed on a read older than that. If the hand-back is
-    refused they stay in the database, sent, and recovery sends them when their lease runs out.
+    that succeeded are looked for once, at the end. Every ``seconds`` (SCHEDULER_MESSAGE_SECONDS)
+    the message looks at its queue: if nothing waits there, other workers may be idle, and the
+    attempts not started are sent back one per message so that slow calls spread over them; if
+    messages wait, every worker is busy and sending them back would only add messages, so it goes
+    on, on a fresh read of the rest. If the hand-back is refused they stay in the database, sent,
+    and recovery sends them when their lease runs out.
     """
     seconds = settings.SCHEDULER_MESSAGE_SECONDS if seconds is None else seconds
-    started = time.monotonic()
+    queue_depth = queue_depth or broker_queue_depth
     report = MessageReport()
-    rows = {
-        str(execution.pk): execution
-        for execution in Execution.objects.select_related("workflow", "trigger").filter(
-            pk__any=[execution_id for execution_id, _ in attempts]
-        )
-    }
+    rows = _read_for_claims([execution_id for execution_id, _ in attempts])
+    look_at = time.monotonic() + seconds
     succeeded: list[Execution] = []
     try:
         for index, (execution_id, number) in enumerate(attempts):
-            if index and time.monotonic() - started >= seconds:
-                _hand_back(attempts[index:], rows, report)
-                break
+            if index and time.monotonic() >= look_at:
+                rest = attempts[index:]
+                queue = next((_queue(rows[pk]) for pk, _ in rest if pk in rows), None)
+                if queue is not None and queue_depth(queue) != 0:
+                    rows.update(_read_for_claims([pk for pk, _ in rest]))
+                    look_at = time.monotonic() + seconds
+                else:
+                    _hand_back(rest, rows, report)
+                    break
             execution = rows.get(execution_id)
             claimed = _claim_read(execution, number, timezone.now()) if execution is not None else None
             if claimed is None:
@@ -1590,6 +1596,13 @@ def executions_run(attempts: list[tuple[str, int]], *, seconds: float | None = N
     finally:
         waiting_wake(succeeded, timezone.now())
     return report
+
+
+def _read_for_claims(ids: list[str]) -> dict[str, Execution]:
+    return {
+        str(execution.pk): execution
+        for execution in Execution.objects.select_related("workflow", "trigger").filter(pk__any=ids)
+    }
 
 
 def _hand_back(attempts: list[tuple[str, int]], rows: dict[str, Execution], report: MessageReport) -> None:

@@ -15,6 +15,7 @@ from schedules import dispatch, services, tasks, timing
 from schedules.models import Execution, ExecutionStatus, Trigger
 from workflows.client import CallResult
 from workflows.exceptions import WorkflowRejected
+from workflows.models import Workflow
 
 HOURLY = "0 * * * *"
 
@@ -167,19 +168,50 @@ def test_run_executions__costs_two_statements_per_execution(workflow, calls, pub
     assert len(queries) == 12, [query["sql"][:80] for query in queries]
 
 
-def test_run_executions__sends_the_rest_back_after_its_time(workflow, calls, published, settings):
-    """Past SCHEDULER_MESSAGE_SECONDS the attempts not started go back one per message (to their
-    trigger's queue), unclaimed; the one started first is finished."""
+def test_run_executions__sends_the_rest_back_when_its_time_is_up_and_the_queue_is_empty(
+    workflow, calls, published, settings, monkeypatch
+):
+    """Past SCHEDULER_MESSAGE_SECONDS, with nothing waiting in the queue (other workers may be
+    idle), the attempts not started go back one per message to their trigger's queue, unclaimed;
+    the one started first is finished."""
     settings.SCHEDULER_MESSAGE_SECONDS = 0
+    looked = []
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: looked.append(queue) or 0)
     ids = due_burst(workflow, 3, published, priority="high")
     summary = tasks.run_executions(attempts=[[execution_id, 1] for execution_id in ids])
     assert summary == {"attempts": 3, "statuses": {"succeeded": 1}, "skipped": 0, "handed_back": 2}
+    assert looked == ["high"]
     assert calls["calls"] == ids[:1]
     assert [(attempt.execution_id, attempt.attempt, attempt.queue, grouped) for attempt, grouped in published] == [
         (ids[1], 1, "high", False),
         (ids[2], 1, "high", False),
     ]
     assert set(Execution.objects.filter(pk__in=ids[1:]).values_list("status", "attempts")) == {("queued", 0)}
+
+
+def test_run_executions__goes_on_while_the_queue_has_a_backlog(workflow, calls, published, settings, monkeypatch):
+    """Past its time with messages waiting in the queue (every worker busy), the message goes on,
+    reading the rest afresh: a workflow deactivated meanwhile is not called again."""
+    settings.SCHEDULER_MESSAGE_SECONDS = 0
+    looked = []
+    monkeypatch.setattr(dispatch, "broker_queue_depth", lambda queue: looked.append(queue) or 40)
+    ids = due_burst(workflow, 3, published)
+    original = dispatch.execution_perform
+
+    def perform_then_deactivate(*, execution, woken=None):
+        outcome = original(execution=execution, woken=woken)
+        Workflow.objects.filter(pk=workflow.pk).update(is_active=False)
+        return outcome
+
+    monkeypatch.setattr(dispatch, "execution_perform", perform_then_deactivate)
+    summary = tasks.run_executions(attempts=[[execution_id, 1] for execution_id in ids])
+    assert summary == {"attempts": 3, "statuses": {"succeeded": 1}, "skipped": 2, "handed_back": 0}
+    assert calls["calls"] == ids[:1]
+    assert looked == ["normal", "normal"]
+    assert published == []
+    assert set(Execution.objects.filter(pk__in=ids[1:]).values_list("status", "error")) == {
+        ("failed", "workflow is not active")
+    }
 
 
 def test_run_executions__wakes_the_waiting_at_the_end(workflow, published, monkeypatch):
