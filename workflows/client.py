@@ -145,16 +145,21 @@ def _read_body(response: requests.Response, deadline: float) -> bytes:
 
     requests' read timeout bounds the gap between bytes, not the whole body, so before each
     read the socket's timeout is cut to what is left of the deadline.
+
+    The socket is looked up before each read, never kept: the read that reaches the end of the
+    body hands the connection back to the pool, where another thread may take it (its timeout is
+    not ours to set) or, the pool being full, it is closed (setting a timeout on it then failed
+    with EBADF, and an answered call was recorded as failed and called again).
     """
     cap = settings.SCHEDULER_MAX_RESPONSE_BYTES
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
     chunks: list[bytes] = []
     size = 0
     while size < cap:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("response body not received within the deadline")
+        # None once the connection is back in the pool (the body is then read whole).
+        sock = getattr(getattr(response.raw, "connection", None), "sock", None)
         if sock is not None:
             sock.settimeout(remaining)
         # read1: at most one socket read per call. read() keeps reading until it has the whole

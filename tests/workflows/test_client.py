@@ -466,3 +466,34 @@ NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)
 def test_parse_retry_after__seconds_and_http_date(value, expected):
     """Delta-seconds and HTTP-dates become seconds to wait (never negative); junk is None."""
     assert parse_retry_after(value, now=NOW) == expected
+
+
+def test_call_workflow__threads_sharing_a_full_pool_never_fail_an_answered_call(server, monkeypatch):
+    """A threads (or gevent) worker's calls share one connection pool per endpoint. The read that
+    ends a body hands its connection back to the pool, where another thread takes it or, the pool
+    being full, it is closed: the reader must not touch that socket again. It did (setting its
+    timeout), which failed with EBADF, so an answered call was recorded as failed and called again."""
+
+    def keep_alive(handler):
+        handler.protocol_version = "HTTP/1.1"
+        handler.reply(200, b'{"run_id": "run-1"}')
+
+    server.answer = keep_alive
+    monkeypatch.setattr(network, "POOL_MAXSIZE", 1)  # 8 threads, 1 pooled connection: most are discarded
+    network.close_shared_session()
+    errors: list[str] = []
+
+    def calls(thread: int) -> None:
+        for number in range(40):
+            try:
+                call_workflow(make_call(server.url + "/run", idempotency_key=f"{thread}-{number}"))
+            except WorkflowUnavailable as exc:
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=calls, args=(thread,)) for thread in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(server.requests) == 8 * 40
