@@ -1643,6 +1643,9 @@ def broker_queue_depth(queue: str) -> int | None:
         with app.connection_for_read() as conn:
             return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
     except Exception as exc:  # noqa: BLE001 - an unknown depth means "assume lost", never a crash
+        if str(getattr(exc, "reply_code", "")) == "404":
+            # NOT_FOUND: no such queue. On Redis that is an empty one (an empty list is no key).
+            return 0
         logger.warning("cannot read the depth of queue %s: %s", queue, exc)
         return None
 

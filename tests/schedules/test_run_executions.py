@@ -3,6 +3,7 @@ worker runs such a message (tasks.run_executions -> dispatch.executions_run)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -261,3 +262,12 @@ def test_run_executions__database_unreachable_sends_the_message_again(workflow, 
 def test_run_executions__task_name_is_stable():
     assert tasks.run_executions.name == "schedules.run_executions"
     assert ExecutionStatus.SUCCEEDED == "succeeded"
+
+
+def test_broker_queue_depth__an_empty_queue_is_zero_not_unknown():
+    """On the configured broker (Redis in CI's PostgreSQL phase, the filesystem one otherwise) an
+    empty queue reads 0. Redis has no key for an empty list and answered NOT_FOUND, which read as
+    "cannot say": a message past its time then never sent its rest back, and /metrics showed the
+    broker down whenever every queue was empty."""
+    queue = f"empty-{uuid.uuid4().hex[:8]}"
+    assert dispatch.broker_queue_depth(queue) == 0
