@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.db.models import signals
 from django.db.utils import OperationalError
 from django.test.utils import CaptureQueriesContext
 
@@ -284,8 +285,8 @@ def test_dispatch_due__batches_go_on_from_the_last_claimed_trigger(broker):
 
 
 def test_new_execution__same_row_as_the_model_builds_from_keywords(trigger):
-    """new_execution builds its row from positional values (a burst's speed): every column equals what
-    Execution(**fields) gives, defaults included."""
+    """new_execution builds its row without Model.__init__ (a burst's speed): every column equals what
+    Execution(**fields) gives, defaults included, and it saves like any other."""
     built = dispatch.new_execution(trigger, at(13), ExecutionOrigin.SCHEDULE, at(13, 0, 1))
     reference = Execution(
         id=built.pk,
@@ -306,6 +307,8 @@ def test_new_execution__same_row_as_the_model_builds_from_keywords(trigger):
     assert other.pk != built.pk and other.metadata is not built.metadata and other.inputs is not built.inputs
     built.save(force_insert=True)
     assert Execution.objects.get(pk=built.pk).scheduled_for == at(13)
+    # It skips Model.__init__, so nothing may listen for an Execution's construction.
+    assert not signals.pre_init.has_listeners(Execution) and not signals.post_init.has_listeners(Execution)
 
 
 def test_mark_sent__leaves_a_later_attempt_parked_before_it_ran(queued):
