@@ -6,8 +6,9 @@ prints ``PORT <n>`` and serves until stdin closes (so it dies with the process t
 Every request but the two below is answered 200 ``{"run_id": "run-<n>"}`` on a kept-alive
 connection and counted:
 
-- ``GET /_stats``: ``{"calls", "connections", "first", "last"}`` (calls so far, TCP connections
-  that made them, time.time() of the first and last counted call);
+- ``GET /_stats``: ``{"calls", "connections", "first", "last", "repeated"}`` (calls so far, TCP
+  connections that made them, time.time() of the first and last counted call, and calls whose
+  Idempotency-Key an earlier call carried: the same execution's attempt sent twice);
 - ``POST /_reset``: zero the counters.
 
 One asyncio process, no framework: a single core answers well over ten thousand small requests a
@@ -22,7 +23,8 @@ import json
 import sys
 import time
 
-_STATS = {"calls": 0, "connections": 0, "first": None, "last": None}
+_STATS = {"calls": 0, "connections": 0, "first": None, "last": None, "repeated": 0}
+_KEYS: set[str] = set()
 
 
 def _response(status: str, body: bytes, *, close: bool) -> bytes:
@@ -58,22 +60,26 @@ class _Endpoint(asyncio.Protocol):
             method, _, rest = lines[0].partition(" ")
             path = rest.split(" ", 1)[0]
             close = headers.get("connection", "").lower() == "close"
-            self.transport.write(self._answer(method, path, close=close))
+            self.transport.write(self._answer(method, path, close=close, key=headers.get("idempotency-key")))
             if close:
                 self.transport.close()
                 return
 
-    def _answer(self, method: str, path: str, *, close: bool) -> bytes:
+    def _answer(self, method: str, path: str, *, close: bool, key: str | None = None) -> bytes:
         if path == "/_stats":
             return _response("200 OK", json.dumps(_STATS).encode(), close=close)
         if path == "/_reset":
-            _STATS.update(calls=0, connections=0, first=None, last=None)
+            _STATS.update(calls=0, connections=0, first=None, last=None, repeated=0)
+            _KEYS.clear()
             return _response("200 OK", b"{}", close=close)
         now = time.time()
         if not self.counted:
             self.counted = True
             _STATS["connections"] += 1
         _STATS["calls"] += 1
+        if key:
+            _STATS["repeated"] += key in _KEYS
+            _KEYS.add(key)
         _STATS["first"] = _STATS["first"] or now
         _STATS["last"] = now
         return _response("200 OK", b'{"run_id": "run-%d"}' % _STATS["calls"], close=close)

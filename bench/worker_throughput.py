@@ -532,6 +532,7 @@ class Run:
     sessions: float = 0.0
     rows: float = 0.0
     http_calls: int = 0
+    repeated_calls: int = 0
     early_calls: int = 0
     start_lag: float = 0.0
     repeat: int = 0
@@ -690,6 +691,7 @@ def run_once(
     result.rows = (after["rows"] - before["rows"]) / count
     stats = endpoint.stats()
     result.http_calls, result.http_connections = stats["calls"], stats["connections"]
+    result.repeated_calls = stats.get("repeated", 0)
     if mode in OURS:
         result.statuses = {
             row["status"]: row["total"]
@@ -744,6 +746,8 @@ def table(runs: list[Run]) -> list[str]:
                 notes.append(f"{run.early_calls} calls before the clock started")
             if run.http_calls > ARGS.executions:
                 notes.append(f"{run.http_calls - ARGS.executions} extra endpoint calls")
+            if run.repeated_calls:
+                notes.append(f"{run.repeated_calls} calls repeated an Idempotency-Key")
         if not good:
             lines.append(
                 f"| {MODE_LABELS[mode]} | {pool} | {concurrency} | 0/{len(group)} | | failed | | | | | | | | | | | | "
