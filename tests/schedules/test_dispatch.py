@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from django.db.models import signals
 from django.db.utils import OperationalError
 from django.test.utils import CaptureQueriesContext
+from django_celery_beat.models import PeriodicTask
 
 from schedules import dispatch, selectors, services
 from schedules.models import (
@@ -242,6 +243,9 @@ def test_dispatch_due__burst_is_sent_from_a_thread_each_once_and_marked(broker, 
     assert {(e.sent_at, e.lease_expires_at) for e in executions} == {
         (at(13, 0, 1), at(13, 0, 1) + dispatch.lease_grace())
     }
+    # Each batch wrote its PeriodicTasks' last run (stock DatabaseScheduler continues from it).
+    tasks = PeriodicTask.objects.filter(pk__in=Trigger.objects.values_list("periodic_task_id", flat=True))
+    assert sorted(tasks.values_list("last_run_at", "total_run_count")) == [(at(13), 1)] * 23
     assert dispatch.dispatch_due(now=at(13, 0, 2), batch_size=5).triggers == 0
 
 
