@@ -1603,9 +1603,16 @@ def executions_run(
 
 
 def _read_for_claims(ids: list[str]) -> dict[str, Execution]:
+    """The executions (with workflow and trigger) by the id as given; ids that are not UUIDs are none."""
+    valid: dict[uuid.UUID, str] = {}
+    for given in ids:
+        try:
+            valid[uuid.UUID(given)] = given
+        except (TypeError, ValueError):
+            continue
     return {
-        str(execution.pk): execution
-        for execution in Execution.objects.select_related("workflow", "trigger").filter(pk__any=ids)
+        valid[execution.pk]: execution
+        for execution in Execution.objects.select_related("workflow", "trigger").filter(pk__any=list(valid))
     }
 
 

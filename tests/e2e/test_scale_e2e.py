@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.utils import timezone
+from django_celery_results.models import TaskResult
 
 from schedules import beat as schedule_beat
 from schedules import services, timing
@@ -330,3 +331,9 @@ def test_slots_due_at_once__worker_killed__every_one_executed_once(stack, endpoi
     assert len(repeated) <= 8, repeated
     assert all(run == endpoint.runs[str(e.pk)] for e in rows for run in [e.run_id])
     assert killed_at_done < count
+    # Beat sent the burst several attempts per message (dispatch.message_groups): the path above.
+    wait_for(
+        lambda: TaskResult.objects.filter(task_name="schedules.run_executions", status="SUCCESS").exists(),
+        timeout=30,
+        what="a run_executions result",
+    )

@@ -150,11 +150,14 @@ def test_run_executions__runs_each_attempt_once_in_order(workflow, calls, publis
 
 
 def test_run_executions__unknown_and_finished_executions_are_skipped(workflow, calls, published):
-    """An id that is gone, and an execution another message already ran, are skipped; the rest run."""
+    """An id that is gone or is no UUID, and an execution another message already ran, are skipped;
+    the rest run (an id is read however its UUID is spelled)."""
     ids = due_burst(workflow, 2, published)
     tasks.run_execution(execution_id=ids[0], attempt=1)
-    summary = tasks.run_executions(attempts=[["00000000-0000-0000-0000-000000000000", 1], [ids[0], 1], [ids[1], 1]])
-    assert summary["statuses"] == {"succeeded": 1} and summary["skipped"] == 2
+    summary = tasks.run_executions(
+        attempts=[["00000000-0000-0000-0000-000000000000", 1], ["not-a-uuid", 1], [ids[0], 1], [ids[1].upper(), 1]]
+    )
+    assert summary["statuses"] == {"succeeded": 1} and summary["skipped"] == 3
     assert calls["calls"] == ids
 
 
@@ -271,3 +274,28 @@ def test_broker_queue_depth__an_empty_queue_is_zero_not_unknown():
     broker down whenever every queue was empty."""
     queue = f"empty-{uuid.uuid4().hex[:8]}"
     assert dispatch.broker_queue_depth(queue) == 0
+
+
+@pytest.mark.parametrize(
+    ("reason", "limits", "woken"),
+    [
+        ("owner_concurrency", {"owner": 1}, True),
+        ("owner_concurrency", {}, False),
+        ("concurrency", {"workflow": 1}, True),
+        ("concurrency", {}, False),
+    ],
+)
+def test_waiting_wake__wakes_who_waits_on_the_owner_or_workflow_limit(
+    workflow, published, settings, reason, limits, woken
+):
+    """The message's one look covers the finished executions' owners and workflows when they have a
+    concurrency limit: an execution of another trigger waiting on that limit is sent; without the
+    limit nobody is looked for there."""
+    settings.SCHEDULER_OWNER_MAX_CONCURRENCY = limits.get("owner", 0)
+    Workflow.objects.filter(pk=workflow.pk).update(max_concurrency=limits.get("workflow", 0))
+    finished_id, waiting_id = due_burst(workflow, 2, published)
+    Execution.objects.filter(pk=finished_id).update(status=ExecutionStatus.SUCCEEDED)
+    Execution.objects.filter(pk=waiting_id).update(wait_reason=reason, sent_at=None)
+    finished = Execution.objects.select_related("workflow", "trigger").get(pk=finished_id)
+    dispatch.waiting_wake([finished], timezone.now())
+    assert published == ([(waiting_id, 1)] if woken else [])
