@@ -10,7 +10,7 @@ import random
 from dataclasses import asdict
 from datetime import datetime
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 
 from . import dispatch, services
@@ -36,16 +36,23 @@ def fire_trigger(trigger_id: int, scheduled_for: str | None = None) -> dict[str,
 _CLAIM_RETRIES = 5
 
 
+def _retry_soon(task: Task, exc: Exception) -> None:
+    """For a database error at a claim: raise celery's Retry (the message again after 1-30 s,
+    growing), unless _CLAIM_RETRIES were made; then return, and the caller raises the error
+    (recovery sends the message once its lease runs out). The next task's prerun drops the
+    broken connection (scheduler_project/celery.py)."""
+    if task.request.retries < _CLAIM_RETRIES:
+        raise task.retry(exc=exc, countdown=min(30.0, 2.0**task.request.retries) * random.uniform(0.5, 1.0)) from exc
+
+
 @shared_task(name="schedules.run_execution", bind=True, **_RELIABLE)
 def run_execution(self, execution_id: str, attempt: int) -> dict[str, object]:
     """Run one attempt of an execution (manual runs, retries and recovered executions)."""
     try:
         execution = dispatch.execution_claim(execution_id=execution_id, attempt=attempt)
     except (OperationalError, InterfaceError) as exc:
-        # (The next task's prerun drops the broken connection: scheduler_project/celery.py.)
-        if self.request.retries >= _CLAIM_RETRIES:
-            raise  # recovery sends it once its lease runs out
-        raise self.retry(exc=exc, countdown=min(30.0, 2.0**self.request.retries) * random.uniform(0.5, 1.0)) from exc
+        _retry_soon(self, exc)
+        raise
     if execution is None:
         return {"execution_id": execution_id, "attempt": attempt, "status": "nothing to do"}
     outcome = dispatch.execution_perform(execution=execution)
@@ -62,9 +69,8 @@ def run_executions(self, attempts: list[list]) -> dict[str, object]:
     try:
         report = dispatch.executions_run([(str(execution_id), int(attempt)) for execution_id, attempt in attempts])
     except (OperationalError, InterfaceError) as exc:
-        if self.request.retries >= _CLAIM_RETRIES:
-            raise  # recovery sends them once their leases run out
-        raise self.retry(exc=exc, countdown=min(30.0, 2.0**self.request.retries) * random.uniform(0.5, 1.0)) from exc
+        _retry_soon(self, exc)
+        raise
     return {"attempts": len(attempts), **asdict(report)}
 
 

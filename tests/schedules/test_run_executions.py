@@ -82,22 +82,6 @@ def test_publish__a_burst_reaches_the_queue_as_run_executions(settings):
 
 
 @pytest.fixture
-def calls(monkeypatch):
-    """Replaces the outbound call; tests set ``answers`` (results or exceptions, in order)."""
-    state = {"answers": [], "calls": []}
-
-    def fake(call):
-        state["calls"].append(call.payload["execution_id"])
-        answer = state["answers"].pop(0) if state["answers"] else ok()
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    monkeypatch.setattr(dispatch, "call_workflow", fake)
-    return state
-
-
-@pytest.fixture
 def published(monkeypatch):
     """What the dispatch path hands the broker: (attempt, grouped) per attempt; a single send as
     (execution id, attempt)."""
@@ -112,6 +96,11 @@ def published(monkeypatch):
         dispatch, "_enqueue_attempt", lambda execution_id, attempt, **options: sent.append((str(execution_id), attempt))
     )
     return sent
+
+
+def called(calls) -> list[str]:
+    """The executions called, in order."""
+    return [call.payload["execution_id"] for call in calls["calls"]]
 
 
 def ok() -> CallResult:
@@ -140,13 +129,13 @@ def test_run_executions__runs_each_attempt_once_in_order(workflow, calls, publis
     ids = due_burst(workflow, 3, published)
     calls["answers"] = [ok(), WorkflowRejected("HTTP 404", http_status=404), ok()]
     summary = tasks.run_executions(attempts=[[execution_id, 1] for execution_id in ids])
-    assert calls["calls"] == ids
+    assert called(calls) == ids
     assert summary == {"attempts": 3, "statuses": {"succeeded": 2, "failed": 1}, "skipped": 0, "handed_back": 0}
     statuses = dict(Execution.objects.values_list("pk", "status"))
     assert [statuses[uuid] for uuid in map(type(next(iter(statuses))), ids)] == ["succeeded", "failed", "succeeded"]
     again = tasks.run_executions(attempts=[[execution_id, 1] for execution_id in ids])
     assert again == {"attempts": 3, "statuses": {}, "skipped": 3, "handed_back": 0}
-    assert len(calls["calls"]) == 3
+    assert len(called(calls)) == 3
 
 
 def test_run_executions__unknown_and_finished_executions_are_skipped(workflow, calls, published):
@@ -158,7 +147,7 @@ def test_run_executions__unknown_and_finished_executions_are_skipped(workflow, c
         attempts=[["00000000-0000-0000-0000-000000000000", 1], ["not-a-uuid", 1], [ids[0], 1], [ids[1].upper(), 1]]
     )
     assert summary["statuses"] == {"succeeded": 1} and summary["skipped"] == 3
-    assert calls["calls"] == ids
+    assert called(calls) == ids
 
 
 def test_run_executions__costs_two_statements_per_execution(workflow, calls, published):
@@ -185,7 +174,7 @@ def test_run_executions__sends_the_rest_back_when_its_time_is_up_and_the_queue_i
     summary = tasks.run_executions(attempts=[[execution_id, 1] for execution_id in ids])
     assert summary == {"attempts": 3, "statuses": {"succeeded": 1}, "skipped": 0, "handed_back": 2}
     assert looked == ["high"]
-    assert calls["calls"] == ids[:1]
+    assert called(calls) == ids[:1]
     assert [(attempt.execution_id, attempt.attempt, attempt.queue, grouped) for attempt, grouped in published] == [
         (ids[1], 1, "high", False),
         (ids[2], 1, "high", False),
@@ -210,7 +199,7 @@ def test_run_executions__goes_on_while_the_queue_has_a_backlog(workflow, calls, 
     monkeypatch.setattr(dispatch, "execution_perform", perform_then_deactivate)
     summary = tasks.run_executions(attempts=[[execution_id, 1] for execution_id in ids])
     assert summary == {"attempts": 3, "statuses": {"succeeded": 1}, "skipped": 2, "handed_back": 0}
-    assert calls["calls"] == ids[:1]
+    assert called(calls) == ids[:1]
     assert looked == ["normal", "normal"]
     assert published == []
     assert set(Execution.objects.filter(pk__in=ids[1:]).values_list("status", "error")) == {

@@ -14,22 +14,6 @@ from workflows.exceptions import WorkflowRejected, WorkflowUnavailable
 
 
 @pytest.fixture
-def calls(monkeypatch):
-    """Replaces the outbound call; tests set ``answers`` (results or exceptions, in order)."""
-    state = {"answers": [], "calls": []}
-
-    def fake(call):
-        state["calls"].append(call)
-        answer = state["answers"].pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    monkeypatch.setattr(dispatch, "call_workflow", fake)
-    return state
-
-
-@pytest.fixture
 def enqueued(monkeypatch):
     sent = []
     monkeypatch.setattr(
