@@ -68,6 +68,19 @@ def _serve_worker_metrics(**_: Any) -> None:
         )
 
 
+@signals.worker_init.connect(weak=False)
+def _outbound_pool_per_concurrency(sender: Any = None, **_: Any) -> None:
+    """A threads or gevent worker makes up to -c calls at once, and they share one connection pool
+    per endpoint: keep as many connections as that, not urllib3's 10 (beyond it, each call's
+    connection was closed after use, with a "Connection pool is full" warning, and the next call
+    connected again). A prefork child makes one call at a time and never reaches the bound."""
+    concurrency = getattr(sender, "concurrency", None)
+    if isinstance(concurrency, int) and concurrency > 0:
+        from workflows import network
+
+        network.POOL_MAXSIZE = max(network.POOL_MAXSIZE, concurrency)
+
+
 @signals.worker_shutdown.connect(weak=False)
 def _remove_worker_metrics_directory(**_: Any) -> None:
     metrics = sys.modules.get("scheduler_project.metrics")

@@ -497,3 +497,38 @@ def test_call_workflow__threads_sharing_a_full_pool_never_fail_an_answered_call(
         thread.join(30)
     assert errors == []
     assert len(server.requests) == 8 * 40
+
+
+def test_worker_init__the_connection_pool_holds_as_many_connections_as_the_worker_runs_calls(
+    server, monkeypatch, caplog
+):
+    """A threads or gevent worker started with -c 16 keeps up to 16 connections per endpoint, so
+    16 calls at once neither close their connections after use nor log "Connection pool is full"."""
+    from celery import signals
+
+    import scheduler_project.celery  # noqa: F401 - connects the worker's signal handlers
+
+    def keep_alive(handler):
+        handler.protocol_version = "HTTP/1.1"
+        time.sleep(0.05)  # the calls overlap
+        handler.reply(200, b'{"run_id": "run-1"}')
+
+    server.answer = keep_alive
+    monkeypatch.setattr(network, "POOL_MAXSIZE", network.POOL_MAXSIZE)
+    worker = type("Worker", (), {"concurrency": 16})()  # what celery's WorkController has by then
+    signals.worker_init.send(sender=worker)
+    assert network.POOL_MAXSIZE == 16
+    network.close_shared_session()
+
+    def calls(thread: int) -> None:
+        for number in range(3):
+            call_workflow(make_call(server.url + "/run", idempotency_key=f"{thread}-{number}"))
+
+    with caplog.at_level("WARNING", logger="urllib3.connectionpool"):
+        threads = [threading.Thread(target=calls, args=(thread,)) for thread in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert len(server.requests) == 16 * 3
+    assert not [record for record in caplog.records if "pool is full" in record.getMessage()]
