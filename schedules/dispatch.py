@@ -6,12 +6,14 @@ At least once in, exactly once recorded:
 - **fire**: beat (``dispatch_due``) claims due triggers from the due index in batches
   (``SELECT ... FOR UPDATE SKIP LOCKED``, so several beats never take the same one), inserts
   each slot's Execution and advances ``next_run_at`` in one transaction, then publishes the
-  batch's first attempts on one connection. The Execution row, committed before the publish,
-  is the ledger: ``sent_at`` stays empty until the broker has the message. ``trigger_fire``
+  batch's first attempts on one connection, several per message in a burst (``message_groups``).
+  The Execution row, committed before the publish, is the ledger: ``sent_at`` stays empty until
+  the broker has the message. ``trigger_fire``
   does the same for one trigger, for the ``fire_trigger`` message stock DatabaseScheduler sends.
 - **claim**: a worker starts an attempt with one conditional UPDATE (status and attempt number
   as it read them), so a second delivery of the same message calls nothing; it then holds the
-  execution's lease (the call's deadline plus a grace) while it calls.
+  execution's lease (the call's deadline plus a grace) while it calls. A message of several
+  attempts (``executions_run``) claims each just before its call, the same way.
 - **perform / record**: the outcome of a successful call is one UPDATE of the execution's own
   row, committed before anything else happens, so no lock or deadlock elsewhere can lose it.
   Failures take the trigger's lock (failure count, auto-pause, fallback) in one order:
