@@ -340,8 +340,9 @@ SCHEDULER_HANDOFF_SECONDS = env_int("SCHEDULER_HANDOFF_SECONDS", 5, minimum=1, m
 # result) and the claim's read are paid once per message instead of once per execution. A batch is
 # split into at least SCHEDULER_MESSAGE_FANOUT messages (set it to at least your workers' total
 # concurrency, so every slot gets work) of at most SCHEDULER_EXECUTIONS_PER_MESSAGE each; smaller
-# batches go one per message. A worker that has spent SCHEDULER_MESSAGE_SECONDS on a message sends
-# the rest back one per message, so slow endpoints are called in parallel again.
+# batches go one per message. Every SCHEDULER_MESSAGE_SECONDS a worker looks at the message's queue:
+# if it is empty (other workers may be idle) it sends the attempts not started back one per message,
+# so slow endpoints are called in parallel again; if messages wait there, it goes on.
 SCHEDULER_EXECUTIONS_PER_MESSAGE = env_int("SCHEDULER_EXECUTIONS_PER_MESSAGE", 20, minimum=1, maximum=100)
 SCHEDULER_MESSAGE_FANOUT = env_int("SCHEDULER_MESSAGE_FANOUT", 64, minimum=1)
 SCHEDULER_MESSAGE_SECONDS = env_float("SCHEDULER_MESSAGE_SECONDS", 1.0, minimum=0.0)

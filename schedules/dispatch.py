@@ -1558,7 +1558,7 @@ def waiting_wake(executions: list[Execution], now: datetime) -> None:
 class MessageReport:
     statuses: dict[str, int] = field(default_factory=dict)  # outcome -> attempts run
     skipped: int = 0  # nothing to do (run already, not due, waiting, gone)
-    handed_back: int = 0  # sent back one per message after SCHEDULER_MESSAGE_SECONDS
+    handed_back: int = 0  # sent back one per message (past its time, its queue empty)
 
 
 def executions_run(
