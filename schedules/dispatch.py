@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import DateTimeField, Exists, F, Q, QuerySet, Value
+from django.db.models import DateTimeField, F, Q, QuerySet, Value
 from django.db.models.base import ModelState
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
@@ -1012,6 +1012,70 @@ def _ahead(execution: Execution) -> Any:
     )
 
 
+# --- One execution's conditional UPDATE, compiled once ------------------------------------------
+
+
+def _update_execution(
+    pk: Any, *, where: dict[str, Any], values: dict[str, Any], nothing_ahead_of: Execution | None = None
+) -> int:
+    """``UPDATE`` the execution ``pk`` with ``values`` if its columns in ``where`` still hold those
+    values (none of them NULL) and, with ``nothing_ahead_of``, nothing is ahead of it
+    (``_ahead``); the rows changed, 0 or 1.
+
+    What ``Execution.objects.filter(pk=pk, **where).update(**values)`` does (plus
+    ``.filter(~Exists(_ahead(...)))``), for the worker's two statements per attempt (the claim
+    and the outcome): the ORM compiles the statement on every call, 0.4 ms of CPU against
+    0.13 ms for running it. Here its text is built once per shape from the model's columns and
+    the values are prepared by their fields, as the ORM prepares them. Tests hold it to the ORM's
+    rows.
+    """
+    fields = Execution._meta
+    sql = _update_sql(connection.vendor, tuple(values), tuple(where), nothing_ahead_of is not None)
+    params = [fields.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+    params.append(fields.pk.get_db_prep_value(pk, connection))
+    params.extend(fields.get_field(name).get_db_prep_value(value, connection) for name, value in where.items())
+    if nothing_ahead_of is not None:
+        execution = nothing_ahead_of
+        params.extend(
+            [
+                fields.get_field("trigger").get_db_prep_value(execution.trigger_id, connection),
+                *map(str, UNFINISHED_STATUSES),
+                fields.get_field("scheduled_for").get_db_prep_value(execution.scheduled_for, connection),
+                fields.pk.get_db_prep_value(execution.pk, connection),
+                str(ExecutionStatus.QUEUED),
+                str(ExecutionOrigin.MANUAL),
+                str(ExecutionOrigin.RETRY),
+            ]
+        )
+    with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+@functools.cache
+def _update_sql(vendor: str, values: tuple[str, ...], where: tuple[str, ...], ahead: bool) -> str:
+    """The statement of ``_update_execution`` for one shape (``vendor`` only keys the cache)."""
+    quote = connection.ops.quote_name
+    fields = Execution._meta
+
+    def column(name: str, alias: str = "") -> str:
+        return f"{alias}{quote(fields.get_field(name).column)}"
+
+    conditions = [f"{quote(fields.pk.column)} = %s", *(f"{column(name)} = %s" for name in where)]
+    if ahead:
+        # _ahead, as SQL: the trigger's older unfinished executions, but a queued manual run or retry.
+        conditions.append(
+            f"NOT EXISTS (SELECT 1 FROM {quote(fields.db_table)} ahead"  # noqa: S608 - the model's own names
+            f" WHERE {column('trigger', 'ahead.')} = %s"
+            f" AND {column('status', 'ahead.')} IN ({', '.join(['%s'] * len(UNFINISHED_STATUSES))})"
+            f" AND {column('fallback_of', 'ahead.')} IS NULL AND {column('scheduled_for', 'ahead.')} < %s"
+            f" AND {column('id', 'ahead.')} <> %s"
+            f" AND NOT ({column('status', 'ahead.')} = %s AND {column('origin', 'ahead.')} IN (%s, %s)))"
+        )
+    assignments = ", ".join(f"{column(name)} = %s" for name in values)
+    return f"UPDATE {quote(fields.db_table)} SET {assignments} WHERE {' AND '.join(conditions)}"  # noqa: S608
+
+
 def _try_start(execution: Execution, now: datetime) -> bool:
     """Start the next attempt if it is due, first in line and within concurrency limits.
 
@@ -1093,11 +1157,11 @@ def _claim_read(execution: Execution, attempt: int, now: datetime) -> Execution 
     if execution.status in FINISHED_STATUSES:
         return None
     if _startable_without_lock(execution, attempt, now):
-        claim = Execution.objects.filter(pk=execution.pk, status=execution.status, attempts=execution.attempts)
-        if _serial(execution):
-            claim = claim.filter(~Exists(_ahead(execution)))
+        read = {"status": execution.status, "attempts": execution.attempts}
+        ahead_of = execution if _serial(execution) else None
         _start(execution, now)
-        if claim.update(**{name: getattr(execution, name) for name in _START_FIELDS}):
+        values = {name: getattr(execution, name) for name in _START_FIELDS}
+        if _update_execution(execution.pk, where=read, values=values, nothing_ahead_of=ahead_of):
             return execution
         # Someone else moved it since the read: decide under the lock.
     return _claim_locked(execution_id=execution.pk, attempt=attempt, now=now)
@@ -1292,8 +1356,9 @@ def _record_success(
         # never calls it again; executions_follow_runs ends it (workflows' finish hook, and the
         # recovery task as the backstop).
         outcome.update(status=ExecutionStatus.RUNNING, finished_at=None, wait_reason=RUN_WAIT)
-    held = Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.RUNNING, attempts=attempt)
-    if not held.update(**outcome):
+    if not _update_execution(
+        execution.pk, where={"status": ExecutionStatus.RUNNING, "attempts": attempt}, values=outcome
+    ):
         # Someone took over after our lease ran out; their outcome stands.
         logger.warning(
             "attempt %s of execution %s finished after it was taken over", attempt, execution.pk, extra=_ids(execution)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
-from django.db.models import signals
+from django.db.models import Exists, signals
 from django.db.utils import OperationalError
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
@@ -417,6 +417,84 @@ def test_execution_claim__fast_path_is_one_read_and_one_update(queued, django_as
         claimed = dispatch.execution_claim(execution_id=queued.pk, attempt=1, now=at(13, 0, 2))
     assert claimed.status == ExecutionStatus.RUNNING and claimed.attempts == 1
     assert not any("FOR UPDATE" in query["sql"] or "SAVEPOINT" in query["sql"] for query in captured.captured_queries)
+
+
+# The claim's and the outcome's UPDATE are built once (dispatch._update_execution), not by the ORM
+# on each call: they must change exactly the rows the ORM's update would.
+
+AHEAD_CASES = {
+    # what else the trigger has -> whether it holds the 13:00 execution back (dispatch._ahead)
+    "nothing": ([], False),
+    "older running": ([{"slot": at(12), "status": "running"}], True),
+    "older retrying": ([{"slot": at(12), "status": "retrying"}], True),
+    "older queued slot": ([{"slot": at(12), "status": "queued"}], True),
+    "older queued manual run": ([{"slot": at(12), "status": "queued", "origin": "manual"}], False),
+    "older queued retry run": ([{"slot": at(12), "status": "queued", "origin": "retry"}], False),
+    "older running manual run": ([{"slot": at(12), "status": "running", "origin": "manual"}], True),
+    "older finished": ([{"slot": at(11), "status": "succeeded"}, {"slot": at(12), "status": "failed"}], False),
+    "newer running": ([{"slot": at(14), "status": "running"}], False),
+    "older running fallback": ([{"slot": at(12), "status": "running", "fallback": True}], False),
+    "older running, other trigger": ([{"slot": at(12), "status": "running", "other": True}], False),
+}
+
+
+@pytest.mark.parametrize("case", list(AHEAD_CASES))
+def test_update_execution__nothing_ahead_agrees_with_the_orm(workflow, case):
+    others, held_back = AHEAD_CASES[case]
+    trigger, other = create(workflow), create(workflow, name="Other")
+    target = Execution.objects.create(trigger=trigger, workflow=workflow, scheduled_for=at(13))
+    for spec in others:
+        Execution.objects.create(
+            trigger=other if spec.get("other") else trigger,
+            workflow=workflow,
+            scheduled_for=spec["slot"],
+            status=spec["status"],
+            origin=spec.get("origin", ExecutionOrigin.SCHEDULE),
+            fallback_of=target if spec.get("fallback") else None,
+        )
+    orm = Execution.objects.filter(pk=target.pk, status="queued", attempts=0).filter(~Exists(dispatch._ahead(target)))
+    assert orm.exists() is not held_back  # the case says what the ORM does
+
+    changed = dispatch._update_execution(
+        target.pk, where={"status": "queued", "attempts": 0}, values={"wait_reason": "x"}, nothing_ahead_of=target
+    )
+
+    assert changed == (0 if held_back else 1)
+    assert Execution.objects.get(pk=target.pk).wait_reason == ("" if held_back else "x")
+
+
+@pytest.mark.parametrize("where", [{"status": "queued", "attempts": 0}, {"status": "running", "attempts": 0}])
+def test_update_execution__writes_what_the_orm_writes(workflow, where):
+    """Every kind of value (text, number, datetime, JSON, NULL) lands as the ORM's update leaves
+    it, and only where the row still holds ``where``."""
+    trigger = create(workflow, overlap="allow")
+    ours, theirs = (
+        Execution.objects.create(
+            trigger=trigger, workflow=workflow, scheduled_for=at(hour), due_at=at(12), lease_expires_at=at(12, 30)
+        )
+        for hour in (13, 14)
+    )
+    values = {
+        "status": ExecutionStatus.SUCCEEDED,
+        "attempts": 1,
+        "finished_at": at(13, 0, 2) + timedelta(microseconds=123456),
+        "http_status": 200,
+        "run_id": "run-ü",
+        "error": "",
+        "metadata": {"attempts": [{"attempt": 1, "at": "2027-03-10T13:00:02"}], "note": "é \" ' %s"},
+        "due_at": None,
+        "duration_ms": 7,
+    }
+    changed = dispatch._update_execution(ours.pk, where=where, values=values)
+    orm_changed = Execution.objects.filter(pk=theirs.pk, **where).update(**values)
+
+    assert changed == orm_changed == (1 if where["status"] == "queued" else 0)
+    ours.refresh_from_db()
+    theirs.refresh_from_db()
+    for name in [*values, "lease_expires_at"]:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    if changed:
+        assert (ours.metadata, ours.finished_at, ours.due_at) == (values["metadata"], values["finished_at"], None)
 
 
 def test_execution_claim__lost_race_falls_back_and_calls_nothing(queued, monkeypatch):
