@@ -1568,8 +1568,15 @@ def _wake_waiting(execution: Execution, now: datetime) -> None:
     """Send the executions that may have been waiting for this one (same trigger, workflow, owner).
 
     After every outcome, and nearly always nobody waits: the look is for ids only (the rows are
-    read when there is one).
+    read when there is one). Without concurrency limits only the trigger's own executions can
+    wait, and that look is one statement built once (``_waits_on_trigger``).
     """
+    if (
+        not execution.workflow.max_concurrency
+        and not settings.SCHEDULER_OWNER_MAX_CONCURRENCY
+        and not _waits_on_trigger(execution.trigger_id)
+    ):
+        return
     candidates = Execution.objects.filter(status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING]).exclude(
         wait_reason=""
     )
@@ -1591,6 +1598,33 @@ def _wake_waiting(execution: Execution, now: datetime) -> None:
     for waiting in Execution.objects.select_related("trigger").filter(pk__in=ids):
         if waiting.due_at is None or waiting.due_at <= horizon:
             dispatch_attempt(waiting, now=now, unlocked=True)
+
+
+def _waits_on_trigger(trigger_id: int) -> bool:
+    """Whether an execution of the trigger waits for something (queued or retrying, with a
+    wait_reason): ``_wake_waiting``'s first look, as a statement built once rather than compiled by
+    the ORM after every outcome (a test holds it to the ORM's answer)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _waits_sql(connection.vendor),
+            [trigger_id, str(ExecutionStatus.QUEUED), str(ExecutionStatus.RETRYING), ""],
+        )
+        return cursor.fetchone() is not None
+
+
+@functools.cache
+def _waits_sql(vendor: str) -> str:
+    """The statement of ``_waits_on_trigger`` (``vendor`` only keys the cache)."""
+    quote = connection.ops.quote_name
+    fields = Execution._meta
+
+    def column(name: str) -> str:
+        return quote(fields.get_field(name).column)
+
+    return (
+        f"SELECT 1 FROM {quote(fields.db_table)} WHERE {column('trigger')} = %s"  # noqa: S608 - the model's own names
+        f" AND {column('status')} IN (%s, %s) AND {column('wait_reason')} <> %s LIMIT 1"
+    )
 
 
 def waiting_wake(executions: list[Execution], now: datetime) -> None:

@@ -497,6 +497,36 @@ def test_update_execution__writes_what_the_orm_writes(workflow, where):
         assert (ours.metadata, ours.finished_at, ours.due_at) == (values["metadata"], values["finished_at"], None)
 
 
+WAITING_CASES = {
+    # the trigger's other execution (status, wait_reason) -> whether it counts as waiting
+    "nobody": (None, False),
+    "queued behind the previous one": (("queued", "overlap"), True),
+    "retrying, held": (("retrying", "concurrency"), True),
+    "queued, not waiting": (("queued", ""), False),
+    "running": (("running", ""), False),
+    "finished with a stale reason": (("succeeded", "overlap"), False),
+}
+
+
+@pytest.mark.parametrize("case", list(WAITING_CASES))
+def test_waits_on_trigger__agrees_with_the_orm(workflow, case):
+    other, waits = WAITING_CASES[case]
+    trigger, elsewhere = create(workflow), create(workflow, name="Elsewhere")
+    # Another trigger's waiting execution never counts.
+    Execution.objects.create(trigger=elsewhere, workflow=workflow, scheduled_for=at(13), wait_reason="overlap")
+    if other is not None:
+        Execution.objects.create(
+            trigger=trigger, workflow=workflow, scheduled_for=at(13), status=other[0], wait_reason=other[1]
+        )
+    orm = (
+        Execution.objects.filter(trigger=trigger, status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING])
+        .exclude(wait_reason="")
+        .exists()
+    )
+    assert orm is waits  # the case says what the ORM answers
+    assert dispatch._waits_on_trigger(trigger.pk) is waits
+
+
 def test_execution_claim__lost_race_falls_back_and_calls_nothing(queued, monkeypatch):
     """Two deliveries read the same queued row; the second one's UPDATE finds it started and calls nothing."""
     real = dispatch._startable_without_lock
