@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Exists, signals
 from django.db.utils import OperationalError
@@ -495,6 +496,34 @@ def test_update_execution__writes_what_the_orm_writes(workflow, where):
         assert getattr(ours, name) == getattr(theirs, name), name
     if changed:
         assert (ours.metadata, ours.finished_at, ours.due_at) == (values["metadata"], values["finished_at"], None)
+
+
+def test_read_with_related__is_the_orms_select_related_read(queued, django_assert_num_queries):
+    """The claim's read (built once) gives what select_related("workflow", "trigger").get() gives:
+    every column of the three models, converted alike, relations loaded, saved-state flags."""
+    Execution.objects.filter(pk=queued.pk).update(
+        metadata={"attempts": [{"attempt": 1}]}, inputs={"a": [1, "é"]}, jitter_seconds=1.5, due_at=at(13, 0, 1)
+    )
+    expected = Execution.objects.select_related("workflow", "trigger").get(pk=queued.pk)
+    assert expected.workflow.secret  # an encrypted column, decrypted by its field on the way in
+
+    with django_assert_num_queries(1):
+        execution = dispatch._read_with_related(str(queued.pk))
+        related = (execution.workflow, execution.trigger)
+
+    for ours, theirs in ((execution, expected), (related[0], expected.workflow), (related[1], expected.trigger)):
+        assert type(ours) is type(theirs)
+        for model_field in type(ours)._meta.concrete_fields:
+            name = model_field.attname
+            assert getattr(ours, name) == getattr(theirs, name), f"{type(ours).__name__}.{name}"
+            assert type(getattr(ours, name)) is type(getattr(theirs, name)), f"{type(ours).__name__}.{name}"
+        assert (ours._state.adding, ours._state.db) == (False, theirs._state.db)
+
+
+def test_read_with_related__missing_and_malformed_ids(db):
+    assert dispatch._read_with_related("00000000-0000-0000-0000-000000000000") is None
+    with pytest.raises(ValidationError):
+        dispatch._read_with_related("not-an-id")
 
 
 WAITING_CASES = {
