@@ -9,6 +9,7 @@ class SchedulesConfig(AppConfig):
 
     def ready(self) -> None:
         import scheduler_project.lookups  # noqa: F401  (registers field__any)
+        from scheduler_project import pg_timestamps
         from workflows.engine import runner
 
         from . import (
@@ -17,6 +18,7 @@ class SchedulesConfig(AppConfig):
             services,
         )
 
+        pg_timestamps.install()
         # An execution of a built-in engine workflow ends when its run does (the recovery task
         # looks too, in case this is lost).
         runner.listen_run_finished(lambda run_id: dispatch.executions_follow_runs(run_ids=[run_id]))
