@@ -47,7 +47,7 @@ from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
 from scheduler_project import metrics
-from scheduler_project.lookups import Row
+from scheduler_project.lookups import Row, array_literal
 from workflows.client import WorkflowCall, call_workflow
 from workflows.exceptions import WorkflowCallError
 from workflows.models import RUN_FINISHED_STATUSES, RunStatus, Workflow, WorkflowRun
@@ -861,7 +861,7 @@ def _slot_facts(firing: list[tuple[Trigger, datetime]]) -> tuple[dict[int, set[d
                 f" CROSS JOIN LATERAL (SELECT scheduled_for FROM {table} e WHERE e.trigger_id = t.id"
                 " AND e.scheduled_for >= t.since AND e.scheduled_for <= t.until AND e.fallback_of_id IS NULL"
                 " OFFSET 0) e",
-                [ids, [trigger.next_run_at for trigger, _ in firing], [slot for _, slot in firing]],
+                [_array(ids), _array(trigger.next_run_at for trigger, _ in firing), _array(slot for _, slot in firing)],
             )
             existing = cursor.fetchall()
             cursor.execute(
@@ -869,7 +869,7 @@ def _slot_facts(firing: list[tuple[Trigger, datetime]]) -> tuple[dict[int, set[d
                 " FROM unnest(%s::bigint[]) AS t(id)"
                 f" CROSS JOIN LATERAL (SELECT status FROM {table} e WHERE e.trigger_id = t.id"
                 " AND e.status = ANY(%s) AND e.fallback_of_id IS NULL OFFSET 0) e",
-                [ids, [str(status) for status in UNFINISHED_STATUSES]],
+                [_array(ids), [str(status) for status in UNFINISHED_STATUSES]],
             )
             unfinished = cursor.fetchall()
     else:
@@ -888,6 +888,13 @@ def _slot_facts(firing: list[tuple[Trigger, datetime]]) -> tuple[dict[int, set[d
     for trigger_id, status in unfinished:
         statuses.setdefault(trigger_id, set()).add(status)
     return taken, statuses
+
+
+def _array(values: Any) -> Any:
+    """A list parameter for ``%s::<type>[]``: as one literal where it can be (see ``array_literal``)."""
+    values = list(values)
+    literal = array_literal(values)
+    return values if literal is None else literal
 
 
 def _insert_executions(rows: list[Execution]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -10,7 +12,7 @@ from django.db.models import F, Value
 from django.db.models.lookups import GreaterThan
 from django.test.utils import CaptureQueriesContext
 
-from scheduler_project.lookups import Row
+from scheduler_project.lookups import Row, array_literal
 from schedules.models import Execution, Trigger
 from tests.factories import TriggerFactory
 
@@ -46,6 +48,44 @@ def test_any__one_array_parameter_whatever_the_length():
         statements.append(captured.captured_queries[0]["sql"].split("= ANY(")[0])
     assert statements[0] == statements[1]
     assert "IN (" not in statements[0]
+
+
+def test_array_literal__ids_uuids_and_aware_datetimes_only():
+    ids = [1, 22, 333]
+    uuids = [uuid.UUID(int=1), uuid.uuid4()]
+    times = [
+        datetime(2027, 1, 1, 9, 30, 15, 123456, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, tzinfo=ZoneInfo("Asia/Kolkata")),
+    ]
+    assert array_literal(ids) == "{1,22,333}"
+    assert array_literal(uuids) == "{" + ",".join(str(value) for value in uuids) + "}"
+    assert array_literal(times) == "{2027-01-01T09:30:15.123456+00:00,1969-12-31T23:00:00+05:30}"
+    assert array_literal([]) == "{}"
+    # Anything that would need quoting or a type of its own: none (the caller sends a list).
+    for values in (["a"], [1, None], [True], [1.5], [datetime(2027, 1, 1)], [str(uuids[0])]):
+        assert array_literal(values) is None, values
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="array literals are PostgreSQL's")
+def test_any__literal_reads_back_the_same_values():
+    """Ids, UUIDs and datetimes sent as one literal find what a list of parameters finds."""
+    triggers = [TriggerFactory() for _ in range(3)]
+    executions = [execution_of(trigger, hour) for hour, trigger in enumerate(triggers)]
+    with CaptureQueriesContext(connection) as captured:
+        found = set(Execution.objects.filter(pk__any=[executions[0].pk, str(executions[2].pk)]))
+    assert found == {executions[0], executions[2]}
+    assert "::uuid[])" in captured.captured_queries[0]["sql"]
+    slots = [executions[1].scheduled_for.astimezone(ZoneInfo("America/Los_Angeles")), executions[2].scheduled_for]
+    with CaptureQueriesContext(connection) as captured:
+        found = set(Execution.objects.filter(scheduled_for__any=slots))
+    assert found == {executions[1], executions[2]}
+    assert "::timestamp with time zone[])" in captured.captured_queries[0]["sql"]
+    # Text columns stay a list of parameters (quoting is psycopg's job there).
+    assert set(Trigger.objects.filter(name__any=[triggers[1].name, "it's \\ {odd}"])) == {triggers[1]}
+    with connection.cursor() as cursor:
+        literal = array_literal(slots)
+        cursor.execute("SELECT unnest(%s::timestamptz[])", [literal])
+        assert [row[0] for row in cursor.fetchall()] == slots
 
 
 def test_row__compares_as_a_row():
