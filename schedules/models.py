@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -13,6 +14,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from scheduler_project.model_loading import from_db
 from workflows.models import Workflow
 from workflows.validators import validate_json_object
 
@@ -278,6 +280,10 @@ class Trigger(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def from_db(cls, db: str, field_names: Any, values: Any) -> Any:
+        return from_db(cls, db, field_names, values)  # Django's result without Model.__init__
+
     @property
     def cadence(self) -> timing.Cadence:
         """The schedule as the timing functions read it (cron in numeric form)."""
@@ -498,6 +504,10 @@ class Execution(models.Model):
     def __str__(self) -> str:
         # The admin's one time format (titles, breadcrumbs, messages): 2026-12-07 09:00:00 UTC.
         return f"trigger {self.trigger_id} @ {self.scheduled_for:%Y-%m-%d %H:%M:%S} UTC ({self.status})"
+
+    @classmethod
+    def from_db(cls, db: str, field_names: Any, values: Any) -> Any:
+        return from_db(cls, db, field_names, values)  # Django's result without Model.__init__
 
 
 # Duration buckets (upper bounds in ms, inclusive) for ExecutionStats.duration_histogram: each is
