@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Exists, signals
 from django.db.utils import OperationalError
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 
-from schedules import dispatch, selectors, services
+from schedules import beat, dispatch, selectors, services
 from schedules.models import (
     Execution,
     ExecutionOrigin,
@@ -248,6 +248,38 @@ def test_dispatch_due__burst_is_sent_from_a_thread_each_once_and_marked(broker, 
     tasks = PeriodicTask.objects.filter(pk__in=Trigger.objects.values_list("periodic_task_id", flat=True))
     assert sorted(tasks.values_list("last_run_at", "total_run_count")) == [(at(13), 1)] * 23
     assert dispatch.dispatch_due(now=at(13, 0, 2), batch_size=5).triggers == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dispatch_due__periodic_tasks_marked_after_the_batch_and_a_failure_there_changes_nothing(
+    broker, monkeypatch, caplog
+):
+    """The periodic tasks' last run is written after each batch commits (on the send thread in a
+    burst): a database error there is logged, and the batch's executions, sends and next slots stand."""
+    marked = []
+    real_mark = beat.tasks_mark_run
+
+    def tasks_mark_run(fired):
+        # The batch is committed by then: another connection sees its executions.
+        marked.append((threading.current_thread().name, sum(map(len, fired.values()))))
+        if len(marked) == 2:
+            raise DatabaseError("periodic task table locked")
+        real_mark(fired)
+
+    monkeypatch.setattr(beat, "tasks_mark_run", tasks_mark_run)
+    workflow = WorkflowFactory(owner=UserFactory())
+    for index in range(12):
+        create(workflow, name=f"t{index}", overlap="allow")
+    with caplog.at_level("ERROR", logger="schedules.dispatch"):
+        report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
+    assert (report.triggers, report.sent, report.error) == (12, 12, None)
+    assert [count for _, count in marked] == [5, 5, 2]
+    if connection.vendor == "postgresql":
+        assert all(name.startswith("dispatch-send") for name, _ in marked[1:])
+    assert "could not record the slots dispatched on 5 periodic tasks" in caplog.text
+    assert Execution.objects.count() == 12 and not Trigger.objects.filter(next_run_at__lte=at(13)).exists()
+    tasks = PeriodicTask.objects.filter(pk__in=Trigger.objects.values_list("periodic_task_id", flat=True))
+    assert sorted(count for (count,) in tasks.values_list("total_run_count")) == [0] * 5 + [1] * 7
 
 
 @postgres_only
