@@ -30,18 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.callgrind import append_results, ensure_database, per_unit, sizes  # noqa: E402
+
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench_beat_instructions"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/12"
 MODES = {
@@ -117,39 +118,6 @@ def child_run(database_url: str, broker_url: str, data_dir: str, mode: str, slot
 # --- the parent ---------------------------------------------------------------------------------
 
 
-def ensure_database(database_url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(database_url)
-    name = parts.path.lstrip("/")
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as admin:
-        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
-            admin.execute(f'CREATE DATABASE "{name}"')
-
-
-def instructions(command: list[str], out_dir: str, label: str) -> tuple[int, dict]:
-    out = Path(out_dir) / f"callgrind.{label}"
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found = re.search(r"(?:Collected|I\s+refs)\s*:\s*([\d,]+)", result.stderr)
-    if result.returncode != 0 or found is None:
-        raise SystemExit(f"{label}: valgrind run failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    return int(found.group(1).replace(",", "")), report
-
-
-def code_under_test() -> str:
-    def git(*command: str) -> str:
-        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "schedules", "workflows", "scheduler_project")
-    return git("rev-parse", "--short", "HEAD") + (" (uncommitted changes in the app)" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,3000", help="N1,N2: due triggers in the two runs of each mode")
@@ -158,12 +126,7 @@ def main() -> None:
     parser.add_argument("--broker-url", default=DEFAULT_BROKER_URL, help="a scratch Redis database (emptied)")
     parser.add_argument("--no-record", action="store_true", help="do not append the table to bench/RESULTS.md")
     args = parser.parse_args()
-    try:
-        small, large = (int(size) for size in args.sizes.split(","))
-    except ValueError:
-        parser.error("--sizes: two whole numbers, N1,N2, e.g. 1000,3000")
-    if not 0 < small < large:
-        parser.error("--sizes: N1 must be at least 1 and smaller than N2")
+    small, large = sizes(parser, args.sizes, "1000,3000")
     modes = [mode.strip() for mode in args.modes.split(",")]
     if unknown := set(modes) - set(MODES):
         parser.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
@@ -176,22 +139,9 @@ def main() -> None:
     ensure_database(args.database_url)
     started = time.monotonic()
     me = str(Path(__file__).resolve())
-    per_trigger: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-beat-instructions-") as work:
-        for mode in modes:
-            counts = {}
-            for size in (small, large):
-                slot_file = str(Path(work) / f"{mode}-{size}.slot")
-                common = [args.database_url, args.broker_url, work]
-                subprocess.run([sys.executable, me, "--child-prepare", *common, str(size), slot_file], check=True)
-                total, report = instructions(
-                    [sys.executable, me, "--child-run", *common, mode, slot_file], work, f"{mode}-{size}"
-                )
-                if report["done"] != size:
-                    raise SystemExit(f"{mode} at {size}: only {report['done']} of {size} sent")
-                counts[size] = total
-                print(f"  {mode:9s} N={size:<6d} {total / 1e6:10,.1f} M instructions", flush=True)
-            per_trigger[mode] = (counts[large] - counts[small]) / (large - small)
+        common = [args.database_url, args.broker_url, work]
+        per_trigger = per_unit(me, common, modes, small, large, work)
 
     stock = per_trigger.get("send_task")
     lines = [
@@ -205,23 +155,16 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_record:
         return
-    versions = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
-    section = [
-        "",
-        f"## Beat instructions, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"- Command: `{' '.join(['.venv/bin/python', 'bench/beat_instructions.py', *sys.argv[1:]])}`",
-        f"- Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {versions}; commit "
-        f"{code_under_test()}; took {time.monotonic() - started:.0f} s",
-        f"- Per due trigger: (instructions with {large} - with {small}) / {large - small}, beat's process only "
-        "(callgrind, both its threads; PostgreSQL and Redis are other processes)",
-        "",
-        *lines,
-        "",
-    ]
-    with (ROOT / "bench" / "RESULTS.md").open("a") as results:
-        results.write("\n".join(section))
-    print("appended to bench/RESULTS.md")
+    append_results(
+        "Beat instructions",
+        ["bench/beat_instructions.py", *sys.argv[1:]],
+        time.monotonic() - started,
+        [
+            f"Per due trigger: (instructions with {large} - with {small}) / {large - small}, beat's process only "
+            "(callgrind, both its threads; PostgreSQL and Redis are other processes)"
+        ],
+        lines,
+    )
 
 
 if __name__ == "__main__":

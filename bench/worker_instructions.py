@@ -38,18 +38,20 @@ import base64
 import hashlib
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.callgrind import append_results, ensure_database, per_unit, sizes  # noqa: E402
+
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench_instructions"
 MODES = {
     "raw": "requests.Session().post, body read (no Celery)",
@@ -176,39 +178,6 @@ def child_run(database_url: str, data_dir: str, endpoint_url: str, mode: str, id
 # --- the parent ---------------------------------------------------------------------------------
 
 
-def ensure_database(database_url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(database_url)
-    name = parts.path.lstrip("/")
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as admin:
-        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is None:
-            admin.execute(f'CREATE DATABASE "{name}"')
-
-
-def instructions(command: list[str], out_dir: str, label: str) -> tuple[int, dict]:
-    out = Path(out_dir) / f"callgrind.{label}"
-    result = subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    found = re.search(r"(?:Collected|I\s+refs)\s*:\s*([\d,]+)", result.stderr)
-    if result.returncode != 0 or found is None:
-        raise SystemExit(f"{label}: valgrind run failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    return int(found.group(1).replace(",", "")), report
-
-
-def code_under_test() -> str:
-    def git(*command: str) -> str:
-        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "schedules", "workflows", "scheduler_project")
-    return git("rev-parse", "--short", "HEAD") + (" (uncommitted changes in the app)" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,300", help="N1,N2: executions in the two runs of each mode")
@@ -216,12 +185,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="a scratch database (emptied)")
     parser.add_argument("--no-record", action="store_true", help="do not append the table to bench/RESULTS.md")
     args = parser.parse_args()
-    try:
-        small, large = (int(size) for size in args.sizes.split(","))
-    except ValueError:
-        parser.error("--sizes: two whole numbers, N1,N2, e.g. 100,300")
-    if not 0 < small < large:
-        parser.error("--sizes: N1 must be at least 1 and smaller than N2")
+    small, large = sizes(parser, args.sizes, "100,300")
     modes = [mode.strip() for mode in args.modes.split(",")]
     if unknown := set(modes) - set(MODES):
         parser.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
@@ -244,23 +208,9 @@ def main() -> None:
         raise SystemExit(f"endpoint did not start: {line!r}")
     endpoint_url = f"http://127.0.0.1:{int(line.split()[1])}/hooks/run"
     me = str(Path(__file__).resolve())
-    per_execution: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-instructions-") as work:
-            for mode in modes:
-                counts = {}
-                for size in (small, large):
-                    ids_file = str(Path(work) / f"{mode}-{size}.json")
-                    common = [args.database_url, work, endpoint_url]
-                    subprocess.run([sys.executable, me, "--child-prepare", *common, str(size), ids_file], check=True)
-                    total, report = instructions(
-                        [sys.executable, me, "--child-run", *common, mode, ids_file], work, f"{mode}-{size}"
-                    )
-                    if report["done"] != size:
-                        raise SystemExit(f"{mode} at {size}: only {report['done']} executions succeeded")
-                    counts[size] = total
-                    print(f"  {mode:6s} N={size:<5d} {total / 1e6:10,.1f} M instructions", flush=True)
-                per_execution[mode] = (counts[large] - counts[small]) / (large - small)
+            per_execution = per_unit(me, [args.database_url, work, endpoint_url], modes, small, large, work)
     finally:
         endpoint.stdin.close()
         endpoint.wait(timeout=10)
@@ -277,23 +227,16 @@ def main() -> None:
     print("\n".join(lines))
     if args.no_record:
         return
-    versions = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
-    section = [
-        "",
-        f"## Worker instructions, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        "",
-        f"- Command: `{' '.join(['.venv/bin/python', 'bench/worker_instructions.py', *sys.argv[1:]])}`",
-        f"- Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {versions}; commit "
-        f"{code_under_test()}; took {time.monotonic() - started:.0f} s",
-        f"- Per execution: (instructions with {large} - with {small}) / {large - small}, the worker's process only "
-        "(callgrind; the endpoint and PostgreSQL are other processes); Celery's per-message work is in none",
-        "",
-        *lines,
-        "",
-    ]
-    with (ROOT / "bench" / "RESULTS.md").open("a") as results:
-        results.write("\n".join(section))
-    print("appended to bench/RESULTS.md")
+    append_results(
+        "Worker instructions",
+        ["bench/worker_instructions.py", *sys.argv[1:]],
+        time.monotonic() - started,
+        [
+            f"Per execution: (instructions with {large} - with {small}) / {large - small}, the worker's process only "
+            "(callgrind; the endpoint and PostgreSQL are other processes); Celery's per-message work is in none"
+        ],
+        lines,
+    )
 
 
 if __name__ == "__main__":
