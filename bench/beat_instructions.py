@@ -27,21 +27,18 @@ Loopback only. The table is appended to bench/RESULTS.md (``--no-record``: not).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.callgrind import append_results, ensure_database, per_unit, sizes  # noqa: E402
+from bench.callgrind import arguments, finish, per_unit, table  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench_beat_instructions"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/12"
@@ -119,43 +116,21 @@ def child_run(database_url: str, broker_url: str, data_dir: str, mode: str, slot
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,3000", help="N1,N2: due triggers in the two runs of each mode")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="a scratch database (emptied)")
-    parser.add_argument("--broker-url", default=DEFAULT_BROKER_URL, help="a scratch Redis database (emptied)")
-    parser.add_argument("--no-record", action="store_true", help="do not append the table to bench/RESULTS.md")
-    args = parser.parse_args()
-    small, large = sizes(parser, args.sizes, "1000,3000")
-    modes = [mode.strip() for mode in args.modes.split(",")]
-    if unknown := set(modes) - set(MODES):
-        parser.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
-    for option, url in (("--database-url", args.database_url), ("--broker-url", args.broker_url)):
-        if urlsplit(url).hostname not in {"127.0.0.1", "localhost", "::1"}:
-            parser.error(f"{option}: loopback only")
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-
-    ensure_database(args.database_url)
+    args, small, large, modes = arguments(
+        __doc__,
+        MODES,
+        "1000,3000",
+        "N1,N2: due triggers in the two runs of each mode",
+        DEFAULT_DATABASE_URL,
+        DEFAULT_BROKER_URL,
+    )
     started = time.monotonic()
     me = str(Path(__file__).resolve())
     with tempfile.TemporaryDirectory(prefix="bench-beat-instructions-") as work:
         common = [args.database_url, args.broker_url, work]
         per_trigger = per_unit(me, common, modes, small, large, work)
 
-    stock = per_trigger.get("send_task")
-    lines = [
-        "| mode | instructions per due trigger | vs stock send |",
-        "| --- | --- | --- |",
-        *(
-            f"| {MODES[mode]} | {value / 1e3:,.0f} k | {f'{value / stock:.2f}x' if stock else '—'} |"
-            for mode, value in per_trigger.items()
-        ),
-    ]
-    print("\n".join(lines))
-    if args.no_record:
-        return
-    append_results(
+    finish(
         "Beat instructions",
         ["bench/beat_instructions.py", *sys.argv[1:]],
         time.monotonic() - started,
@@ -163,7 +138,15 @@ def main() -> None:
             f"Per due trigger: (instructions with {large} - with {small}) / {large - small}, beat's process only "
             "(callgrind, both its threads; PostgreSQL and Redis are other processes)"
         ],
-        lines,
+        table(
+            per_trigger,
+            MODES,
+            "instructions per due trigger",
+            "send_task",
+            "vs stock send",
+            lambda v: f"{v / 1e3:,.0f} k",
+        ),
+        record=not args.no_record,
     )
 
 

@@ -9,9 +9,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +64,15 @@ def code_under_test() -> str:
     return git("rev-parse", "--short", "HEAD") + (" (uncommitted changes in the app)" if dirty else "")
 
 
+def finish(title: str, command: list[str], took: float, notes: list[str], lines: list[str], *, record: bool) -> None:
+    """Print the table and, with ``record``, append a section to bench/RESULTS.md: title and time,
+    command, machine, notes, table."""
+    print("\n".join(lines))
+    if record:
+        append_results(title, command, took, notes, lines)
+
+
 def append_results(title: str, command: list[str], took: float, notes: list[str], table: list[str]) -> None:
-    """Append a section to bench/RESULTS.md: title and time, command, machine, notes, table."""
     versions = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
     section = [
         "",
@@ -103,3 +112,44 @@ def per_unit(script: str, common: list[str], modes: list[str], small: int, large
             print(f"  {mode:9s} N={size:<6d} {total / 1e6:10,.1f} M instructions", flush=True)
         result[mode] = (counts[large] - counts[small]) / (large - small)
     return result
+
+
+def table(
+    per: dict[str, float], labels: dict[str, str], column: str, base: str, base_column: str, show: Any
+) -> list[str]:
+    """A markdown table of ``per`` (mode -> instructions), each shown by ``show`` and against ``base``'s."""
+    reference = per.get(base)
+    return [
+        f"| mode | {column} | {base_column} |",
+        "| --- | --- | --- |",
+        *(
+            f"| {labels[mode]} | {show(value)} | {f'{value / reference:.2f}x' if reference else '—'} |"
+            for mode, value in per.items()
+        ),
+    ]
+
+
+def arguments(
+    doc: str, modes: dict[str, str], sizes_default: str, sizes_help: str, database_url: str, broker_url: str = ""
+) -> tuple[argparse.Namespace, int, int, list[str]]:
+    """The benchmarks' command line, checked: (args, N1, N2, modes chosen). Makes the scratch database."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--sizes", default=sizes_default, help=sizes_help)
+    parser.add_argument("--modes", default=",".join(modes), help=f"subset of {','.join(modes)}")
+    parser.add_argument("--database-url", default=database_url, help="a scratch database (emptied)")
+    if broker_url:
+        parser.add_argument("--broker-url", default=broker_url, help="a scratch Redis database (emptied)")
+    parser.add_argument("--no-record", action="store_true", help="do not append the table to bench/RESULTS.md")
+    args = parser.parse_args()
+    small, large = sizes(parser, args.sizes, sizes_default)
+    chosen = [mode.strip() for mode in args.modes.split(",")]
+    if unknown := set(chosen) - set(modes):
+        parser.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(modes)}")
+    for option in ("database_url", "broker_url"):
+        url = getattr(args, option, None)
+        if url is not None and urlsplit(url).hostname not in {"127.0.0.1", "localhost", "::1"}:
+            parser.error(f"--{option.replace('_', '-')}: loopback only")
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    ensure_database(args.database_url)
+    return args, small, large, chosen

@@ -33,24 +33,21 @@ bench/RESULTS.md (``--no-record``: not).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.callgrind import append_results, ensure_database, per_unit, sizes  # noqa: E402
+from bench.callgrind import arguments, finish, per_unit, table  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/bench_instructions"
 MODES = {
@@ -179,23 +176,9 @@ def child_run(database_url: str, data_dir: str, endpoint_url: str, mode: str, id
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100,300", help="N1,N2: executions in the two runs of each mode")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="a scratch database (emptied)")
-    parser.add_argument("--no-record", action="store_true", help="do not append the table to bench/RESULTS.md")
-    args = parser.parse_args()
-    small, large = sizes(parser, args.sizes, "100,300")
-    modes = [mode.strip() for mode in args.modes.split(",")]
-    if unknown := set(modes) - set(MODES):
-        parser.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
-    host = urlsplit(args.database_url).hostname
-    if host not in {"127.0.0.1", "localhost", "::1"}:
-        parser.error("--database-url: loopback only")
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
-
-    ensure_database(args.database_url)
+    args, small, large, modes = arguments(
+        __doc__, MODES, "100,300", "N1,N2: executions in the two runs of each mode", DEFAULT_DATABASE_URL
+    )
     started = time.monotonic()
     endpoint = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "loopback_endpoint.py")],
@@ -215,19 +198,7 @@ def main() -> None:
         endpoint.stdin.close()
         endpoint.wait(timeout=10)
 
-    raw = per_execution.get("raw")
-    lines = [
-        "| mode | instructions per execution | vs raw |",
-        "| --- | --- | --- |",
-        *(
-            f"| {MODES[mode]} | {value / 1e6:.2f} M | {f'{value / raw:.2f}x' if raw else '—'} |"
-            for mode, value in per_execution.items()
-        ),
-    ]
-    print("\n".join(lines))
-    if args.no_record:
-        return
-    append_results(
+    finish(
         "Worker instructions",
         ["bench/worker_instructions.py", *sys.argv[1:]],
         time.monotonic() - started,
@@ -235,7 +206,8 @@ def main() -> None:
             f"Per execution: (instructions with {large} - with {small}) / {large - small}, the worker's process only "
             "(callgrind; the endpoint and PostgreSQL are other processes); Celery's per-message work is in none"
         ],
-        lines,
+        table(per_execution, MODES, "instructions per execution", "raw", "vs raw", lambda v: f"{v / 1e6:.2f} M"),
+        record=not args.no_record,
     )
 
 
