@@ -75,11 +75,18 @@ def test_fire_trigger__second_delivery_calls_nothing(minutely, calls, enqueued):
 
 
 def test_fire_trigger__without_slot_fires_latest(minutely, calls, enqueued):
-    """A message without scheduled_for fires the latest slot."""
+    """A message without scheduled_for fires the latest slot (the one due when it is handled: if a
+    minute began since the fixture, the fixture's slot is recorded missed and the new one runs)."""
     trigger, slot = minutely
     calls["answers"] = [ok()]
+    before = timezone.now()
     assert tasks.fire_trigger(trigger_id=trigger.pk)["status"] == "succeeded"
-    assert Execution.objects.get().scheduled_for >= slot
+    latest = {timing.latest_slot_at_or_before(trigger.cadence, at) for at in (before, timezone.now())}
+    ran = Execution.objects.exclude(status=ExecutionStatus.SKIPPED).get()
+    assert ran.scheduled_for in latest and ran.scheduled_for >= slot
+    assert len(calls["calls"]) == 1
+    missed = Execution.objects.filter(status=ExecutionStatus.SKIPPED)
+    assert all(execution.scheduled_for < ran.scheduled_for for execution in missed)
 
 
 def test_fire_trigger__retryable_failure_reports_retrying(minutely, calls, enqueued):
