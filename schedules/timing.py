@@ -671,8 +671,42 @@ def _latest_unbounded(cadence: Cadence, at: datetime) -> datetime | None:
     return _latest_cron(cadence, at)
 
 
+# Both searches are pure functions of (cadence, instant), and the same pairs come round again and
+# again: every trigger of a burst due on one minute with the same schedule asks for the same
+# slots (10,000 triggers, a handful of distinct schedules), as do beat's ticks for a schedule
+# shared by many triggers. The instant is cached in UTC: two datetimes in the same zone compare
+# and hash by wall time (fold ignored), so the two passes of a repeated hour would share an entry.
+_SLOT_CACHE_SIZE = 8192
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is UTC or moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _cacheable(cadence: Cadence) -> bool:
+    """Whether the cadence's own instants are in UTC (as read from the database), so that equal
+    cadences are the same schedule (see above)."""
+    return all(
+        moment is None or moment.tzinfo is UTC
+        for moment in (cadence.run_at, cadence.anchor_at, cadence.start_at, cadence.end_at)
+    )
+
+
 def next_slot_after(cadence: Cadence, after: datetime) -> datetime | None:
     """The first slot strictly after ``after`` (aware) within start_at/end_at, or None."""
+    if _cacheable(cadence):
+        return _next_slot_after_cached(cadence, _utc(after))
+    return _next_slot_after(cadence, after)
+
+
+def latest_slot_at_or_before(cadence: Cadence, at: datetime) -> datetime | None:
+    """The last slot at or before ``at`` (aware) within start_at/end_at, or None."""
+    if _cacheable(cadence):
+        return _latest_slot_at_or_before_cached(cadence, _utc(at))
+    return _latest_slot_at_or_before(cadence, at)
+
+
+def _next_slot_after(cadence: Cadence, after: datetime) -> datetime | None:
     if cadence.start_at is not None and after < cadence.start_at:
         # A slot exactly at start_at counts: look from just before it.
         after = cadence.start_at - timedelta(microseconds=1)
@@ -682,14 +716,17 @@ def next_slot_after(cadence: Cadence, after: datetime) -> datetime | None:
     return slot
 
 
-def latest_slot_at_or_before(cadence: Cadence, at: datetime) -> datetime | None:
-    """The last slot at or before ``at`` (aware) within start_at/end_at, or None."""
+def _latest_slot_at_or_before(cadence: Cadence, at: datetime) -> datetime | None:
     if cadence.end_at is not None and at > cadence.end_at:
         at = cadence.end_at
     slot = _latest_unbounded(cadence, at)
     if slot is None or (cadence.start_at is not None and slot < cadence.start_at):
         return None
     return slot
+
+
+_next_slot_after_cached = lru_cache(maxsize=_SLOT_CACHE_SIZE)(_next_slot_after)
+_latest_slot_at_or_before_cached = lru_cache(maxsize=_SLOT_CACHE_SIZE)(_latest_slot_at_or_before)
 
 
 def slots_between(cadence: Cadence, after: datetime, until: datetime, *, limit: int) -> list[datetime]:

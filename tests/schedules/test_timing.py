@@ -717,6 +717,30 @@ def test_next_slot_after__typical_call_is_well_under_a_millisecond():
 # --- interval and once --------------------------------------------------------------------------
 
 
+def test_slot_searches__the_two_passes_of_a_repeated_hour_are_different_instants():
+    """01:30 on New York's fall-back night comes twice (EDT, then EST). In one zone Python compares
+    and hashes datetimes by wall time, so the answers for one pass must not be reused for the other
+    (the searches remember recent answers)."""
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2027, 11, 7, 1, 30, tzinfo=new_york)  # 05:30 UTC
+    second = datetime(2027, 11, 7, 1, 30, tzinfo=new_york, fold=1)  # 06:30 UTC
+    cadence = Cadence(kind=timing.INTERVAL, interval_seconds=900)
+    for _ in range(2):  # the second round answers from what the first remembered
+        assert timing.next_slot_after(cadence, first) == utc(2027, 11, 7, 5, 45)
+        assert timing.next_slot_after(cadence, second) == utc(2027, 11, 7, 6, 45)
+        assert timing.latest_slot_at_or_before(cadence, first) == utc(2027, 11, 7, 5, 30)
+        assert timing.latest_slot_at_or_before(cadence, second) == utc(2027, 11, 7, 6, 30)
+    once_first = Cadence(kind=timing.ONCE, run_at=first)
+    once_second = Cadence(kind=timing.ONCE, run_at=second)
+    assert once_first == once_second  # equal as dataclasses: the same wall time in one zone
+    for _ in range(2):
+        # (An instant in a repeated hour never compares equal to one in another zone: compare in UTC.)
+        assert timing.next_slot_after(once_first, utc(2027, 11, 7, 5)).astimezone(UTC) == utc(2027, 11, 7, 5, 30)
+        assert timing.next_slot_after(once_second, utc(2027, 11, 7, 5)).astimezone(UTC) == utc(2027, 11, 7, 6, 30)
+        assert timing.next_slot_after(once_first, utc(2027, 11, 7, 5, 40)) is None
+        assert timing.next_slot_after(once_second, utc(2027, 11, 7, 5, 40)).astimezone(UTC) == utc(2027, 11, 7, 6, 30)
+
+
 def test_next_slot_after__interval_is_epoch_aligned():
     """Every 900 s fires on :00, :15, :30, :45 UTC whatever the starting instant."""
     cadence = Cadence(kind=timing.INTERVAL, interval_seconds=900)
