@@ -46,7 +46,7 @@ from django.db.models.base import ModelState
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
 
-from scheduler_project import metrics
+from scheduler_project import collector, metrics
 from scheduler_project.lookups import Row, array_literal
 from workflows.client import WorkflowCall, call_workflow
 from workflows.exceptions import WorkflowCallError
@@ -650,6 +650,17 @@ def dispatch_due(
     In a burst (a first batch that was full) on PostgreSQL, batches are published on a thread
     of their own while the next one is written: see ``_Sender``.
     """
+    # Cyclic garbage collection is off meanwhile (see scheduler_project.collector): a burst's
+    # objects live until their batch is done, and the collector kept walking through them.
+    with collector.paused():
+        return _dispatch_due(
+            now=now, overdue_seconds=overdue_seconds, batch_size=batch_size, producer=producer, max_batches=max_batches
+        )
+
+
+def _dispatch_due(
+    *, now: datetime | None, overdue_seconds: float, batch_size: int, producer: Any, max_batches: int | None
+) -> DispatchReport:
     fixed_now = now
     report = DispatchReport()
     sender: _Sender | None = None

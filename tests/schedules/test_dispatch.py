@@ -282,6 +282,34 @@ def test_dispatch_due__periodic_tasks_marked_after_the_batch_and_a_failure_there
     assert sorted(count for (count,) in tasks.values_list("total_run_count")) == [0] * 5 + [1] * 7
 
 
+@pytest.mark.django_db(transaction=True)
+def test_dispatch_due__runs_with_the_cyclic_collector_off_and_restores_it(broker, monkeypatch):
+    """A burst's batches are written with Python's cyclic garbage collector paused (its objects all
+    live until the batch is done); it is on again after, also when a batch fails."""
+    import gc
+
+    seen = []
+    real_batch = dispatch._dispatch_batch
+
+    def batch(**kwargs):
+        seen.append(gc.isenabled())
+        if len(seen) == 3:
+            raise DatabaseError("connection lost")
+        return real_batch(**kwargs)
+
+    monkeypatch.setattr(dispatch, "_dispatch_batch", batch)
+    workflow = WorkflowFactory(owner=UserFactory())
+    for index in range(12):
+        create(workflow, name=f"t{index}", overlap="allow")
+    assert gc.isenabled()
+    with pytest.raises(DatabaseError):
+        dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
+    assert seen == [False, False, False]
+    assert gc.isenabled()
+    assert dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5).triggers == 2
+    assert seen == [False, False, False, False] and gc.isenabled()
+
+
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_dispatch_due__burst_refused_on_the_thread_stops_after_one_more_batch(broker):
