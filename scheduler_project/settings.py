@@ -134,6 +134,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # The test database must be a file that worker and beat subprocesses can open too.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+# A pool of PostgreSQL connections in each process (Django's "pool" option: psycopg_pool), for
+# processes whose units of work don't keep a connection of their own. Under `celery worker -P
+# gevent` each task runs in a new greenlet and Django's connections belong to it, so without a
+# pool every task opened a PostgreSQL connection and closed it (scheduler_project/celery.py).
+# Connections go back to the pool instead of being kept per thread (CONN_MAX_AGE is then 0); at
+# most this many per process. 0 (the default): no pool.
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 0, minimum=0, maximum=1000)
+if DATABASE_POOL_SIZE:
+    if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            f"DATABASE_POOL_SIZE={DATABASE_POOL_SIZE}: a connection pool is for PostgreSQL only; "
+            "leave it unset (or 0) with this DATABASE_URL."
+        )
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        # How long a unit of work waits for a free connection before it fails (psycopg_pool's default).
+        "timeout": 30,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -304,3 +304,70 @@ def test_venv_script__reinstalls_when_an_included_requirements_file_changes(tmp_
         assert "pip install" in calls and "-r requirements.txt" in calls
     else:
         assert calls == ""
+
+
+def test_database_pool_size__configures_djangos_pool_for_postgresql_and_is_refused_elsewhere():
+    """DATABASE_POOL_SIZE turns on Django's PostgreSQL pool (psycopg_pool) of at most that many
+    connections, with no per-thread persistent connection beside it; with SQLite, or an unreadable
+    value, start-up stops naming the variable."""
+    script = (
+        "import django; django.setup(); from django.conf import settings; d = settings.DATABASES['default'];"
+        "print(d['CONN_MAX_AGE'], d['OPTIONS'].get('pool'))"
+    )
+    url = "postgres://scheduler@db.invalid:5432/scheduler"
+
+    def run(**extra: str) -> subprocess.CompletedProcess[str]:
+        env = production_env(DATABASE_URL=url, **extra)
+        return subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+
+    pooled = run(DATABASE_POOL_SIZE="16")
+    assert pooled.stdout.strip() == "0 {'min_size': 1, 'max_size': 16, 'timeout': 30}", pooled.stderr
+    plain = run()
+    assert plain.stdout.strip() == "60 None", plain.stderr
+    bad = run(DATABASE_POOL_SIZE="many")
+    assert bad.returncode != 0 and "DATABASE_POOL_SIZE='many': must be a whole number." in bad.stderr
+    sqlite = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=production_env(DATABASE_URL="sqlite:///var/pool.sqlite3", DATABASE_POOL_SIZE="4"),
+        capture_output=True,
+        text=True,
+    )
+    assert sqlite.returncode != 0
+    assert "DATABASE_POOL_SIZE=4: a connection pool is for PostgreSQL only" in sqlite.stderr
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="the pool is PostgreSQL's (DATABASE_URL)"
+)
+@pytest.mark.django_db
+def test_database_pool_size__threads_that_close_their_connection_reuse_one_server_connection():
+    """As gevent's greenlets do (a connection per task, closed after it, scheduler_project/celery.py):
+    five threads one after the other each query and close. Pooled, they are served by one
+    PostgreSQL backend; without the pool, each opened its own."""
+    from django.db import connection
+
+    name = connection.settings_dict["NAME"]  # the test database
+    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    script = (
+        "import threading, django; django.setup()\n"
+        "from django.db import connection, connections\n"
+        "pids = []\n"
+        "def task():\n"
+        "    with connection.cursor() as cursor:\n"
+        "        cursor.execute('SELECT pg_backend_pid()')\n"
+        "        pids.append(cursor.fetchone()[0])\n"
+        "    connections.close_all()\n"
+        "for _ in range(5):\n"
+        "    thread = threading.Thread(target=task); thread.start(); thread.join()\n"
+        "print(len(pids), len(set(pids)))\n"
+    )
+
+    def distinct_backends(**extra: str) -> str:
+        env = production_env(DATABASE_URL=f"{base}/{name}", **extra)
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert distinct_backends(DATABASE_POOL_SIZE="4") == "5 1"
+    assert distinct_backends() == "5 5"
