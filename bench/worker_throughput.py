@@ -32,7 +32,9 @@ the trigger and stats rows). A real worker starts in its own process group::
 
 with DATABASE_URL, CELERY_BROKER_URL, DJANGO_SETTINGS_MODULE, SCHEDULER_DATA_DIR (a temporary
 folder), SCHEDULER_OUTBOUND_ALLOW_NETWORKS=127.0.0.0/8 (the endpoint is on loopback) and DEBUG=0
-with bench-only keys, as docker-compose.yml runs it (``--debug``: DEBUG=1). Once it answers a
+with bench-only keys, as docker-compose.yml runs it (``--debug``: DEBUG=1); a gevent worker
+also gets DATABASE_POOL_SIZE=<n>, as the README advises for that pool (``--no-gevent-db-pool``:
+not, and its tasks open a PostgreSQL connection each). Once it answers a
 ping its consumers are cancelled, the N messages are published to the ``normal`` queue in one go,
 and the consumers are added back. The rate is N / (the first task's start in the worker -> the last
 execution recorded: the latest finished_at or result date_done; for ``raw`` the endpoint's last
@@ -125,6 +127,11 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=0,
         help="experiment, not the project's setting: the broker's Redis pool size in the workers (kombu: 10)",
+    )
+    parser.add_argument(
+        "--no-gevent-db-pool",
+        action="store_true",
+        help="run gevent workers without DATABASE_POOL_SIZE (each task then opens a PostgreSQL connection)",
     )
     parser.add_argument("--no-record", action="store_true", help="do not append the table to bench/RESULTS.md")
     args = parser.parse_args()
@@ -270,6 +277,9 @@ class Worker:
         self.log_path = log_path
         self._log = log_path.open("wb")
         env = {**os.environ, **WORKER_ENV, "BENCH_POOL_SIZE": str(concurrency)}
+        env.pop("DATABASE_POOL_SIZE", None)
+        if pool == "gevent" and not ARGS.no_gevent_db_pool:
+            env["DATABASE_POOL_SIZE"] = str(concurrency)
         if ARGS.broker_max_connections:
             env["BENCH_BROKER_MAX_CONNECTIONS"] = str(ARGS.broker_max_connections)
         self.popen = subprocess.Popen(
@@ -918,6 +928,11 @@ def main() -> None:
             f" and broker max_connections={ARGS.broker_max_connections} (an experiment, not the project's setting)."
             if ARGS.broker_max_connections
             else "."
+        )
+        + (
+            ""
+            if ARGS.no_gevent_db_pool or not any(pool == "gevent" for pool, _ in ARGS.pools)
+            else " gevent workers with DATABASE_POOL_SIZE=-c (Django's connection pool)."
         ),
         "",
         f"    {command}",
