@@ -6,8 +6,9 @@ deallocations by a threshold (700 for the youngest generation). A burst of beat 
 tens of thousands of objects that all stay alive until their batch is done (its triggers, their
 executions, the rows and messages made of them), so the collector ran over and over through
 objects that were never garbage, and twice through everything the process holds (Django's
-models, URL patterns, the burst). In a 10,000-trigger burst that was a fifth of beat's CPU,
-and after it the collector found a few dozen cyclic objects to free.
+models, URL patterns, the burst). In a 10,000-trigger burst its collections took 170 ms of
+beat's 1.2-1.5 s of CPU (timed with gc.callbacks), and a full collection after the burst found
+about 60 cyclic objects to free.
 
 ``paused()`` turns the collector off for the block and back on after it (only if it was on when
 the block started), so cyclic garbage made in the block is collected as usual afterwards. Use it
