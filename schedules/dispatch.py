@@ -1555,7 +1555,7 @@ def _end_with_run(execution_id: Any, run_id: str, run_status: str, run_error: st
 @transaction.atomic
 def _count_success(execution: Execution, now: datetime) -> None:
     trigger = Trigger.objects.select_for_update(of=("self",)).get(pk=execution.trigger_id)
-    if trigger.consecutive_failures:
+    if trigger.consecutive_failures and not _later_slot_ended(execution, ExecutionStatus.FAILED):
         failures = trigger.consecutive_failures
         trigger.consecutive_failures = 0
         trigger.save(update_fields=["consecutive_failures"])
@@ -1629,10 +1629,29 @@ def _finish(execution: Execution, now: datetime, status: str, *, error: str = ""
         _count_failure(execution, now)
 
 
+def _later_slot_ended(execution: Execution, status: str) -> bool:
+    """Whether a later slot of the execution's trigger has already ended with ``status``.
+
+    Failures "in a row" go by slot, not by when the calls ended: a slot whose retries succeed an
+    hour late does not clear the failures of the slots after it (no "recovered" notice while the
+    newest slot is failing), and a late failure after a later slot's success starts no count
+    toward pause_after_failures. Fallback runs share their failed slot and count for nothing.
+    """
+    return (
+        Execution.objects.filter(
+            trigger_id=execution.trigger_id, status=status, scheduled_for__gt=execution.scheduled_for
+        )
+        .exclude(origin=ExecutionOrigin.FALLBACK)
+        .exists()
+    )
+
+
 def _count_failure(execution: Execution, now: datetime) -> None:
     trigger = Trigger.objects.select_for_update(of=("self",)).get(pk=execution.trigger_id)
-    trigger.consecutive_failures += 1
-    trigger.save(update_fields=["consecutive_failures"])
+    in_a_row = not _later_slot_ended(execution, ExecutionStatus.SUCCEEDED)
+    if in_a_row:
+        trigger.consecutive_failures += 1
+        trigger.save(update_fields=["consecutive_failures"])
     _notify(trigger, "failed", execution)
     if trigger.fallback_workflow_id and trigger.fallback_workflow.is_active:
         fallback = Execution.objects.create(
@@ -1649,7 +1668,7 @@ def _count_failure(execution: Execution, now: datetime) -> None:
         )
         dispatch_attempt(fallback, now=now)
     limit = trigger.pause_after_failures
-    if limit and trigger.enabled and trigger.consecutive_failures >= limit:
+    if in_a_row and limit and trigger.enabled and trigger.consecutive_failures >= limit:
         trigger.enabled = False
         trigger.paused_at = now
         trigger.paused_by = None

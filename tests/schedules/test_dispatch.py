@@ -687,6 +687,63 @@ def test_record_success__resets_failures_and_notifies_recovery(workflow, broker,
     assert Trigger.objects.get(pk=trigger.pk).consecutive_failures == 0
 
 
+def _ends(execution_id, attempt: int, now: datetime, outcome, monkeypatch) -> None:
+    claimed = dispatch.execution_claim(execution_id=execution_id, attempt=attempt, now=now)
+    monkeypatch.setattr(dispatch, "call_workflow", outcome)
+    dispatch.execution_perform(execution=claimed)
+
+
+def _fails(call):
+    raise WorkflowRejected("HTTP 404")
+
+
+def test_record_success__of_an_older_slot_keeps_the_later_slots_failures(workflow, broker, monkeypatch):
+    """Failures in a row go by slot: 13:00's call succeeding after 14:00's failed (a late retry, a
+    slow worker) does not reset the count nor send "recovered"; 15:00's success does."""
+    events = []
+    monkeypatch.setattr(dispatch, "_notify", lambda trigger, event, execution, **kw: events.append(event))
+    trigger = create(workflow, overlap="allow", max_attempts=1)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    older = Execution.objects.get(scheduled_for=at(13))
+    dispatch.dispatch_due(now=at(14, 0, 1))
+    _ends(Execution.objects.get(scheduled_for=at(14)).pk, 1, at(14, 0, 2), _fails, monkeypatch)
+    assert Trigger.objects.get(pk=trigger.pk).consecutive_failures == 1
+
+    _ends(older.pk, 1, at(14, 0, 3), lambda call: ok(), monkeypatch)
+    assert Execution.objects.get(pk=older.pk).status == ExecutionStatus.SUCCEEDED
+    assert Trigger.objects.get(pk=trigger.pk).consecutive_failures == 1
+    assert events == ["failed"]
+
+    dispatch.dispatch_due(now=at(15, 0, 1))
+    _ends(Execution.objects.get(scheduled_for=at(15)).pk, 1, at(15, 0, 2), lambda call: ok(), monkeypatch)
+    assert Trigger.objects.get(pk=trigger.pk).consecutive_failures == 0
+    assert events == ["failed", "recovered"]
+
+
+def test_record_failure__of_an_older_slot_after_a_later_success_is_not_in_a_row(workflow, broker, monkeypatch):
+    """13:00 failing after 14:00 succeeded is told (notice, fallback) but starts no count: with
+    pause_after_failures=1 the trigger stays enabled; a failure of the newest slot then pauses it."""
+    events = []
+    monkeypatch.setattr(dispatch, "_notify", lambda trigger, event, execution, **kw: events.append(event))
+    trigger = create(workflow, overlap="allow", max_attempts=1, pause_after_failures=1)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    older = Execution.objects.get(scheduled_for=at(13))
+    dispatch.dispatch_due(now=at(14, 0, 1))
+    _ends(Execution.objects.get(scheduled_for=at(14)).pk, 1, at(14, 0, 2), lambda call: ok(), monkeypatch)
+
+    _ends(older.pk, 1, at(14, 0, 3), _fails, monkeypatch)
+    assert Execution.objects.get(pk=older.pk).status == ExecutionStatus.FAILED
+    trigger.refresh_from_db()
+    assert (trigger.consecutive_failures, trigger.enabled) == (0, True)
+    assert events == ["failed"]
+
+    dispatch.dispatch_due(now=at(15, 0, 1))
+    _ends(Execution.objects.get(scheduled_for=at(15)).pk, 1, at(15, 0, 2), _fails, monkeypatch)
+    trigger.refresh_from_db()
+    assert (trigger.consecutive_failures, trigger.enabled) == (1, False)
+    assert events == ["failed", "failed", "auto_paused"]
+
+
 # --- Deadlocks ----------------------------------------------------------------------------------
 
 
