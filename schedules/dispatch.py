@@ -7,8 +7,9 @@ At least once in, exactly once recorded:
   (``SELECT ... FOR UPDATE SKIP LOCKED``, so several beats never take the same one), inserts
   each slot's Execution and advances ``next_run_at`` in one transaction, then publishes the
   batch's first attempts on one connection, several per message in a burst (``message_groups``).
-  The Execution row, committed before the publish, is the ledger: ``sent_at`` stays empty until
-  the broker has the message. ``trigger_fire``
+  The Execution row, committed before the publish, is the ledger: it counts as unsent until the
+  broker has the message (its ``sent_at``, or for beat's batches the batch's ``Handoff.sent_at``,
+  one row per batch). ``trigger_fire``
   does the same for one trigger, for the ``fire_trigger`` message stock DatabaseScheduler sends.
 - **claim**: a worker starts an attempt with one conditional UPDATE (status and attempt number
   as it read them), so a second delivery of the same message calls nothing; it then holds the
@@ -41,7 +42,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connection, transaction
-from django.db.models import DateTimeField, F, Q, QuerySet, Value
+from django.db.models import DateTimeField, Exists, F, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.base import ModelState
 from django.db.models.lookups import GreaterThan
 from django.utils import timezone
@@ -61,6 +62,7 @@ from .models import (
     Execution,
     ExecutionOrigin,
     ExecutionStatus,
+    Handoff,
     OverlapPolicy,
     SkipReason,
     Trigger,
@@ -249,10 +251,13 @@ def _mark_sent(attempts: list[Attempt], now: datetime) -> None:
         ).update(sent_at=now, lease_expires_at=F("lease_expires_at") + (lease_grace() - _handoff()))
 
 
-def send_ledgered(attempts: list[Attempt], *, now: datetime, producer: Any = None) -> tuple[int, BaseException | None]:
+def send_ledgered(
+    attempts: list[Attempt], *, now: datetime, producer: Any = None, handoff: int | None = None
+) -> tuple[int, BaseException | None]:
     """Publish attempts whose executions are committed with ``sent_at`` empty and a hand-off
-    lease, then mark the ones the broker took. If this process dies in between, the hand-off
-    lease runs out within SCHEDULER_HANDOFF_SECONDS and recovery sends them."""
+    lease, then mark the ones the broker took: each execution, or (``handoff``: beat's batch,
+    whose executions all name it) the batch's one Handoff row. If this process dies in between,
+    the hand-off lease runs out within SCHEDULER_HANDOFF_SECONDS and recovery sends them."""
     sent, error = publish(attempts, producer=producer)
     if error is not None:
         logger.error(
@@ -262,8 +267,44 @@ def send_ledgered(attempts: list[Attempt], *, now: datetime, producer: Any = Non
             type(error).__name__,
             error,
         )
-    _mark_sent(attempts[:sent], now)
+    if handoff is not None and sent and sent == len(attempts):
+        Handoff.objects.filter(pk=handoff).update(sent_at=now)
+    else:
+        _mark_sent(attempts[:sent], now)  # (the part of a batch the broker took, if any: one by one)
     return sent, error
+
+
+def handoffs_settle(now: datetime) -> int:
+    """Mark sent the first attempts whose hand-off lease ran out unclaimed but whose batch the
+    broker took (``Handoff.sent_at``): their lease grows to the grace, as ``_mark_sent`` would
+    have done at the publish, so recovery treats them as sent (held back while their queue has
+    a backlog) and not as never sent. Recovery calls it before it looks for stale leases; it
+    touches only executions still waiting after SCHEDULER_HANDOFF_SECONDS, not every one of a
+    burst. Returns how many."""
+    published = Handoff.objects.filter(pk=OuterRef("handoff_id"), sent_at__isnull=False)
+    return (
+        Execution.objects.filter(
+            status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING],
+            lease_expires_at__lte=now,
+            attempts=0,
+            sent_at__isnull=True,
+            handoff__isnull=False,
+        )
+        .filter(Exists(published))
+        .update(
+            sent_at=Subquery(published.values("sent_at")[:1]),
+            lease_expires_at=F("lease_expires_at") + (lease_grace() - _handoff()),
+        )
+    )
+
+
+def handoffs_prune(now: datetime) -> int:
+    """Delete the Handoff rows no lease can still need: older than the longest hand-off lease
+    (a countdown of SCHEDULER_COUNTDOWN_MAX_SECONDS plus the hand-off), with a minute to spare.
+    Call after ``handoffs_settle`` (the executions whose lease ran out have read theirs)."""
+    horizon = timedelta(seconds=settings.SCHEDULER_COUNTDOWN_MAX_SECONDS + 60) + _handoff()
+    deleted, _ = Handoff.objects.filter(created_at__lt=now - horizon).delete()
+    return deleted
 
 
 def _enqueue_attempt(
@@ -280,7 +321,7 @@ def _enqueue_attempt(
     def send() -> None:
         _, error = publish([message])
         if error is not None:
-            Execution.objects.filter(pk=execution_id, attempts=attempt - 1).update(sent_at=None)
+            Execution.objects.filter(pk=execution_id, attempts=attempt - 1).update(sent_at=None, handoff=None)
             if not robust:
                 raise error
             logger.error(
@@ -311,10 +352,10 @@ def dispatch_attempt(execution: Execution, *, now: datetime, robust: bool = True
     if unlocked:
         rows = rows.filter(status__in=[ExecutionStatus.QUEUED, ExecutionStatus.RETRYING], attempts=execution.attempts)
     if wait > settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
-        if rows.update(lease_expires_at=due, sent_at=None):
+        if rows.update(lease_expires_at=due, sent_at=None, handoff=None):
             execution.lease_expires_at, execution.sent_at = due, None
         return
-    if not rows.update(lease_expires_at=due + lease_grace(), sent_at=now):
+    if not rows.update(lease_expires_at=due + lease_grace(), sent_at=now, handoff=None):
         return
     execution.lease_expires_at, execution.sent_at = due + lease_grace(), now
     _enqueue_attempt(
@@ -628,6 +669,7 @@ class _Batch:
     attempts: list[Attempt] = field(default_factory=list)
     last: tuple[datetime, int] | None = None  # (next_run_at, id) of its last trigger, as claimed
     fired: dict[datetime, list[int]] = field(default_factory=dict)  # slot -> periodic task ids
+    handoff: int | None = None  # the Handoff its attempts' executions name
 
 
 def dispatch_due(
@@ -679,10 +721,10 @@ def _dispatch_due(
             if sender is None and more and _Sender.possible():
                 sender = _Sender()
             if sender is not None:
-                if not sender.submit(batch.attempts, now, batch.fired) or not more:
+                if not sender.submit(batch, now) or not more:
                     break
                 continue
-            sent, error = send_ledgered(batch.attempts, now=now, producer=producer)
+            sent, error = send_ledgered(batch.attempts, now=now, producer=producer, handoff=batch.handoff)
             _tasks_mark_run(batch.fired)
             _add_sent(report, batch.attempts, sent, error)
             if error is not None or not more:
@@ -727,26 +769,24 @@ class _Sender:
     def possible() -> bool:
         return connection.vendor == "postgresql" and not connection.in_atomic_block
 
-    def submit(self, attempts: list[Attempt], now: datetime, fired: dict[datetime, list[int]]) -> bool:
+    def submit(self, batch: _Batch, now: datetime) -> bool:
         """Queue a batch after waiting for the ones before it: False if one of those was refused
         (this one is then not sent either)."""
         for _, earlier in self._batches:
             earlier.result()
         refused = self._refused
-        self._batches.append((attempts, self._pool.submit(self._send, attempts, now, fired)))
+        self._batches.append((batch.attempts, self._pool.submit(self._send, batch, now)))
         return not refused
 
-    def _send(
-        self, attempts: list[Attempt], now: datetime, fired: dict[datetime, list[int]]
-    ) -> tuple[int, BaseException | None]:
+    def _send(self, batch: _Batch, now: datetime) -> tuple[int, BaseException | None]:
         try:
             if self._refused:
                 return 0, None  # counted as refused after the batch before it
-            sent, error = send_ledgered(attempts, now=now)
+            sent, error = send_ledgered(batch.attempts, now=now, handoff=batch.handoff)
             self._refused = error is not None
             return sent, error
         finally:
-            _tasks_mark_run(fired)
+            _tasks_mark_run(batch.fired)
 
     def close(self) -> list[tuple[list[Attempt], int, BaseException | None]]:
         """Wait for every batch and close the thread's connections; (attempts, sent, error) per batch."""
@@ -821,6 +861,7 @@ def _dispatch_batch(
     taken, statuses = _slot_facts([(trigger, slot) for trigger, slot in due if slot is not None])
 
     rows: list[Execution] = []
+    sending: list[Execution] = []  # the rows whose first attempt this batch publishes
     fired: dict[datetime, list[int]] = {}
     for trigger, slot in due:
         if slot is None:
@@ -837,12 +878,17 @@ def _dispatch_batch(
             queued_behind=ExecutionStatus.QUEUED in trigger_statuses,
         )
         for execution in _plan_fire(trigger, slot, now, facts):
-            if execution.status == ExecutionStatus.QUEUED:
-                _hand_off(execution, now, batch.attempts)
+            if execution.status == ExecutionStatus.QUEUED and _hand_off(execution, now, batch.attempts):
+                sending.append(execution)
             rows.append(execution)
         if trigger.periodic_task_id:
             fired.setdefault(slot, []).append(trigger.periodic_task_id)
 
+    if sending:
+        # Marked sent all at once after the publish (send_ledgered): one row, not one per execution.
+        batch.handoff = Handoff.objects.create(created_at=now).pk
+        for execution in sending:
+            execution.handoff_id = batch.handoff
     _insert_executions(rows)
     _save_fired([trigger for trigger, _ in due], run_counts)
     for trigger, _ in due:
@@ -991,20 +1037,23 @@ def _save_fired(triggers: list[Trigger], run_counts: dict[int, int]) -> None:
         )
 
 
-def _hand_off(execution: Execution, now: datetime, attempts: list[Attempt]) -> None:
+def _hand_off(execution: Execution, now: datetime, attempts: list[Attempt]) -> bool:
     """Set a new queued execution's lease for beat's publish, and add its first attempt if it can
-    start (one waiting behind another is woken when that finishes; a far wait is held here)."""
+    start (one waiting behind another is woken when that finishes; a far wait is held here).
+    Returns whether it added one."""
     due = max(execution.due_at or now, now)
     wait = (due - now).total_seconds()
     if execution.wait_reason and _serial(execution):
         # Woken by the execution it waits for; the lease is only the backstop.
         execution.lease_expires_at = now + lease_grace()
-    elif wait > settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
+        return False
+    if wait > settings.SCHEDULER_COUNTDOWN_MAX_SECONDS:
         execution.lease_expires_at = due  # recovery sends it when due
-    else:
-        execution.lease_expires_at = due + _handoff()
-        queue = str(execution.trigger.priority)
-        attempts.append(Attempt(str(execution.pk), 1, queue, round(wait, 3) if wait > 0 else None))
+        return False
+    execution.lease_expires_at = due + _handoff()
+    queue = str(execution.trigger.priority)
+    attempts.append(Attempt(str(execution.pk), 1, queue, round(wait, 3) if wait > 0 else None))
+    return True
 
 
 def next_due_query() -> QuerySet[Trigger]:
@@ -1312,8 +1361,8 @@ def _claim_locked(*, execution_id: Any, attempt: int, now: datetime) -> Executio
     if not _try_start(execution, now):
         # Waits for what wait_reason names; re-sent when that finishes, or by recovery.
         execution.lease_expires_at = max(execution.due_at or now, now) + lease_grace()
-        execution.sent_at = None
-        execution.save(update_fields=["wait_reason", "lease_expires_at", "sent_at"])
+        execution.sent_at = execution.handoff_id = None
+        execution.save(update_fields=["wait_reason", "lease_expires_at", "sent_at", "handoff"])
         return None
     execution.save(update_fields=_START_FIELDS)
     return execution
@@ -1904,6 +1953,7 @@ def leases_recover(
       fresh lease, so a slow system is not handed a second copy of its backlog.
     """
     now = now or timezone.now()
+    handoffs_settle(now)
     attempts, deferred = _recover_batch(now=now, limit=limit, queue_depth=queue_depth or broker_queue_depth)
     send_ledgered(attempts, now=now, producer=producer)
     return RecoveryReport(executions=len(attempts), slots=0, deferred=deferred)
@@ -1959,9 +2009,18 @@ def _recover_locked(*, now: datetime, limit: int, depths: dict[str, int | None])
             deferred.append(execution.pk)
             continue
         execution.lease_expires_at = now + _handoff()
-        execution.sent_at = None
+        execution.sent_at = execution.handoff_id = None
         execution.save(
-            update_fields=["status", "error", "metadata", "next_attempt_at", "due_at", "lease_expires_at", "sent_at"]
+            update_fields=[
+                "status",
+                "error",
+                "metadata",
+                "next_attempt_at",
+                "due_at",
+                "lease_expires_at",
+                "sent_at",
+                "handoff",
+            ]
         )
         attempts.append(Attempt(str(execution.pk), execution.attempts + 1, queue))
     if deferred:
@@ -1979,6 +2038,7 @@ def executions_recover(
     fire messages, so a system that is behind gets no extra work from it."""
     now = now or timezone.now()
     leases = leases_recover(now=now, limit=limit, queue_depth=queue_depth)
+    handoffs_prune(now)
     # Executions whose engine run finished and whose hook was lost (a worker killed after the commit).
     executions_follow_runs(limit=limit)
     slots = dispatch_due(now=now, overdue_seconds=settings.SCHEDULER_MISSED_SLOT_GRACE_SECONDS, max_batches=1)

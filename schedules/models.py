@@ -397,6 +397,23 @@ FINISHED_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, Executio
 UNFINISHED_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.RETRYING)
 
 
+class Handoff(models.Model):
+    """One batch of first attempts that beat wrote and then handed to the broker together.
+
+    ``sent_at`` is set once the broker has taken all of them: one row written per batch of a
+    burst, instead of an UPDATE of each of its executions (every index of the execution table
+    written again for each). The executions name it (``Execution.handoff``) and keep ``sent_at``
+    empty; recovery reads it for those whose hand-off lease runs out unclaimed
+    (``dispatch.handoffs_settle``). Rows older than any such lease are deleted.
+    """
+
+    created_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"hand-off {self.pk} of {self.created_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
 class Execution(models.Model):
     """One slot of a trigger (or one manual run) and how calling the workflow went."""
 
@@ -448,6 +465,19 @@ class Execution(models.Model):
     # database (a wait, or a publish that never happened). Recovery sends unsent ones when their
     # lease runs out, and holds back re-sending sent ones while the broker still has a backlog.
     sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # The batch beat published this execution's first attempt in: while that is not known to be
+    # sent, it counts as unsent; once it is, as sent at the batch's sent_at (see Handoff). No
+    # constraint or index: beat writes it by the thousand, and only recovery reads it (by join).
+    handoff = models.ForeignKey(
+        Handoff,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+        editable=False,
+    )
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
     run_id = models.CharField(max_length=255, blank=True, help_text="The run id the endpoint answered with.")

@@ -30,6 +30,7 @@ from .models import (
     ExecutionOrigin,
     ExecutionStats,
     ExecutionStatus,
+    Handoff,
     OverlapPolicy,
     Priority,
     SkipReason,
@@ -100,6 +101,15 @@ def triggers_with_last_status(
             finished_executions=Coalesce(Subquery(finished), 0) + Coalesce(Subquery(uncounted), 0),
         )
     )
+
+
+def execution_sent_at(execution: Execution) -> datetime | None:
+    """When the broker took the message of the execution's pending attempt: its own ``sent_at``,
+    or for a first attempt beat published in a batch, the batch's (``Handoff``). None: not sent
+    (waiting in the database, or the publish failed)."""
+    if execution.sent_at is not None or execution.handoff_id is None:
+        return execution.sent_at
+    return Handoff.objects.filter(pk=execution.handoff_id).values_list("sent_at", flat=True).first()
 
 
 def executions_by_id(ids: Iterable[Any]) -> dict[Any, Execution]:

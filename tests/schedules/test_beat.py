@@ -15,7 +15,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from django_celery_beat.schedulers import ModelEntry
 
 from scheduler_project.celery import app as celery_app
-from schedules import beat, dispatch, services
+from schedules import beat, dispatch, selectors, services
 from schedules import tasks as _tasks  # noqa: F401 - registers the tasks with the app
 from schedules.beat import FIRE_TASK, TriggerScheduler
 from schedules.models import BeatLease, Execution, ExecutionOrigin, ExecutionStatus, Trigger, TriggerKind
@@ -135,7 +135,7 @@ def test_trigger_scheduler_tick__dispatches_due_trigger_once(workflow, make_sche
     scheduler.tick()
     execution = Execution.objects.get(trigger=trigger, origin=ExecutionOrigin.SCHEDULE)
     assert execution.scheduled_for >= due_slot
-    assert execution.status == ExecutionStatus.QUEUED and execution.sent_at is not None
+    assert execution.status == ExecutionStatus.QUEUED and selectors.execution_sent_at(execution) is not None
     assert [(a.execution_id, a.attempt) for a in published["attempts"]] == [(str(execution.pk), 1)]
     trigger.refresh_from_db()
     assert trigger.next_run_at > execution.scheduled_for
@@ -229,7 +229,7 @@ def test_trigger_scheduler_tick__broker_down_holds_dispatch(workflow, make_sched
     published["refuse"] = True
     scheduler.tick()
     ledgered = Execution.objects.get(trigger=first, origin=ExecutionOrigin.SCHEDULE)
-    assert ledgered.sent_at is None and ledgered.status == ExecutionStatus.QUEUED
+    assert selectors.execution_sent_at(ledgered) is None and ledgered.status == ExecutionStatus.QUEUED
     second = every_second(workflow, name="second")
     scheduler.tick()
     assert not Execution.objects.filter(trigger=second).exists()
@@ -237,7 +237,7 @@ def test_trigger_scheduler_tick__broker_down_holds_dispatch(workflow, make_sched
     scheduler.tick()
     # First what was refused, then the slots that waited (catch-up 'latest': one runs).
     assert [a.execution_id for a in published["attempts"]][0] == str(ledgered.pk)
-    assert Execution.objects.get(pk=ledgered.pk).sent_at is not None
+    assert selectors.execution_sent_at(Execution.objects.get(pk=ledgered.pk)) is not None
     assert Execution.objects.filter(trigger=second, status=ExecutionStatus.QUEUED).count() == 1
 
 

@@ -21,6 +21,7 @@ from schedules.models import (
     ExecutionOrigin,
     ExecutionStats,
     ExecutionStatus,
+    Handoff,
     SkipReason,
     Trigger,
 )
@@ -171,8 +172,15 @@ def test_dispatch_due__first_attempts_published_once_waiters_not(workflow, broke
     assert (first.scheduled_for, second.scheduled_for) == (at(13), at(14))
     assert second.wait_reason == "previous"
     assert broker.ids() == [str(first.pk)]
-    assert first.sent_at == at(14, 0, 5) and second.sent_at is None
-    assert first.lease_expires_at == at(14, 0, 5) + dispatch.lease_grace()
+    sent_at = selectors.execution_sent_at
+    assert sent_at(first) == at(14, 0, 5) and sent_at(second) is None
+    # Marked sent by its batch's Handoff row; its own lease stays the hand-off's until recovery
+    # finds it unclaimed (handoffs_settle), and is then a sent message's: the grace.
+    assert (first.sent_at, first.lease_expires_at) == (None, at(14, 0, 5) + dispatch._handoff())
+    assert dispatch.handoffs_settle(first.lease_expires_at - timedelta(seconds=1)) == 0
+    assert dispatch.handoffs_settle(first.lease_expires_at) == 1
+    first.refresh_from_db()
+    assert (first.sent_at, first.lease_expires_at) == (at(14, 0, 5), at(14, 0, 5) + dispatch.lease_grace())
 
 
 def test_dispatch_due__batches_until_nothing_due(user, broker):
@@ -209,8 +217,8 @@ def test_dispatch_due__publish_refused_leaves_ledger_and_stops(user, broker):
     report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
     assert (report.triggers, report.sent, report.unsent, report.batches) == (5, 2, 3, 1)
     assert isinstance(report.error, ConnectionRefusedError)
-    unsent = Execution.objects.filter(sent_at__isnull=True)
-    assert unsent.count() == 3
+    unsent = [e for e in Execution.objects.all() if selectors.execution_sent_at(e) is None]
+    assert len(unsent) == 3
     assert {e.lease_expires_at for e in unsent} == {at(13, 0, 1) + dispatch._handoff()}
     assert Trigger.objects.filter(next_run_at=at(13)).count() == 3  # never claimed
 
@@ -241,9 +249,9 @@ def test_dispatch_due__burst_is_sent_from_a_thread_each_once_and_marked(broker, 
     executions = list(Execution.objects.all())
     assert len(executions) == 23 and len({e.trigger_id for e in executions}) == 23
     assert sorted(broker.ids()) == sorted(str(e.pk) for e in executions)
-    assert {(e.sent_at, e.lease_expires_at) for e in executions} == {
-        (at(13, 0, 1), at(13, 0, 1) + dispatch.lease_grace())
-    }
+    # Each batch marked sent by its one Handoff row (5 batches, 5 rows), not row by row.
+    assert {(selectors.execution_sent_at(e), e.sent_at) for e in executions} == {(at(13, 0, 1), None)}
+    assert len({e.handoff_id for e in executions}) == 5
     # Each batch wrote its PeriodicTasks' last run (stock DatabaseScheduler continues from it).
     tasks = PeriodicTask.objects.filter(pk__in=Trigger.objects.values_list("periodic_task_id", flat=True))
     assert sorted(tasks.values_list("last_run_at", "total_run_count")) == [(at(13), 1)] * 23
@@ -323,9 +331,9 @@ def test_dispatch_due__burst_refused_on_the_thread_stops_after_one_more_batch(br
     report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=5)
     assert (report.triggers, report.sent, report.unsent, report.batches) == (15, 7, 8, 3)
     assert isinstance(report.error, ConnectionRefusedError)
-    unsent = Execution.objects.filter(sent_at__isnull=True)
+    unsent = [e for e in Execution.objects.all() if selectors.execution_sent_at(e) is None]
     assert sorted(a.execution_id for a in report.refused) == sorted(str(e.pk) for e in unsent)
-    assert unsent.count() == 8
+    assert len(unsent) == 8
     assert {e.lease_expires_at for e in unsent} == {at(13, 0, 1) + dispatch._handoff()}
     assert Trigger.objects.filter(next_run_at=at(13)).count() == 8  # never claimed
 
@@ -429,6 +437,66 @@ def test_leases_recover__backlog_is_not_sent_twice(user, broker, monkeypatch):
     report = dispatch.leases_recover(now=at(13, 20))
     assert report.executions == 15
     assert dispatch.leases_recover(now=at(13, 20, 1)).executions == 0
+
+
+def test_dispatch_due__marks_a_batch_sent_with_one_handoff_row(user, broker, django_assert_num_queries):
+    """A published batch is marked sent by one UPDATE of its Handoff row, not of each execution
+    (every one of the execution table's indexes written again per row, in every burst)."""
+    workflow = WorkflowFactory(owner=user)
+    for index in range(6):
+        create(workflow, name=f"t{index}")
+    updates = []
+
+    def watch(execute, sql, params, many, context):
+        if sql.startswith("UPDATE"):
+            updates.append(sql.split(" SET ")[0])
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(watch):
+        report = dispatch.dispatch_due(now=at(13, 0, 1), batch_size=3)
+    assert (report.sent, report.batches) == (6, 3)
+    assert updates.count('UPDATE "schedules_handoff"') == 2
+    assert 'UPDATE "schedules_execution"' not in updates
+    handoffs = Handoff.objects.order_by("pk")
+    assert [(h.created_at, h.sent_at) for h in handoffs] == [(at(13, 0, 1), at(13, 0, 1))] * 2
+    assert sorted(Execution.objects.values_list("handoff_id", flat=True)) == sorted([h.pk for h in handoffs] * 3)
+
+
+def test_leases_recover__parked_first_attempt_is_not_taken_for_sent(user, broker):
+    """A first attempt parked by its claim (a concurrency limit) is back in the database, unsent: its
+    batch's Handoff no longer speaks for it, so recovery sends it when its lease runs out."""
+    workflow = WorkflowFactory(owner=user, max_concurrency=1)
+    first, second = create(workflow, name="first", overlap="allow"), create(workflow, name="second", overlap="allow")
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    running = dispatch.execution_claim(
+        execution_id=Execution.objects.get(trigger=first).pk, attempt=1, now=at(13, 0, 2)
+    )
+    assert running is not None
+    waiting = Execution.objects.get(trigger=second)
+    assert dispatch.execution_claim(execution_id=waiting.pk, attempt=1, now=at(13, 0, 2)) is None
+    waiting.refresh_from_db()
+    assert (waiting.wait_reason, waiting.sent_at, waiting.handoff_id) == ("concurrency", None, None)
+    assert selectors.execution_sent_at(waiting) is None
+    broker.attempts.clear()
+    Execution.objects.filter(pk=running.pk).update(lease_expires_at=at(14))  # still running
+    report = dispatch.leases_recover(now=waiting.lease_expires_at)
+    assert report.executions == 1 and broker.ids() == [str(waiting.pk)]
+
+
+def test_handoffs_prune__deletes_only_rows_no_lease_can_need(user, broker, settings):
+    """Handoff rows go once older than the longest hand-off lease (countdown max + hand-off) and a
+    minute; an execution whose row is gone counts as unsent (sent again: a claim calls once)."""
+    settings.SCHEDULER_COUNTDOWN_MAX_SECONDS = 300
+    workflow = WorkflowFactory(owner=user)
+    create(workflow)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    horizon = at(13, 0, 1) + timedelta(seconds=360) + dispatch._handoff()
+    assert dispatch.handoffs_prune(horizon) == 0
+    assert dispatch.handoffs_prune(horizon + timedelta(microseconds=1)) == 1
+    assert not Handoff.objects.exists()
+    execution = Execution.objects.get()
+    assert execution.handoff_id is not None and selectors.execution_sent_at(execution) is None
+    assert dispatch.leases_recover(now=horizon).executions == 1
 
 
 def test_leases_recover__message_older_than_visibility_timeout_is_resent(workflow, broker, settings):
