@@ -152,7 +152,7 @@ class StateCollector:
             labels=["status", "origin"],
         )
         counts = {(status.value, origin.value): 0 for status in UNFINISHED_STATUSES for origin in ExecutionOrigin}
-        # The unfinished rows only (index execution_status_lease): a small set however long the history.
+        # The unfinished rows only (index execution_unfinished_lease): a small set however long the history.
         rows = (
             Execution.objects.filter(status__in=UNFINISHED_STATUSES)
             .order_by()

@@ -66,3 +66,28 @@ class DropForeignKeyIndex(migrations.AlterField):
             schema_editor.execute(
                 f"CREATE INDEX {self._concurrently(schema_editor)}IF NOT EXISTS {index} ON {table} ({column})"
             )
+
+
+class RemoveIndexConcurrently(migrations.RemoveIndex):
+    """RemoveIndex, dropped with DROP INDEX CONCURRENTLY on PostgreSQL (and put back CONCURRENTLY
+    when unapplied), so writes to a table of millions of executions go on meanwhile. As with
+    AddIndexConcurrently, the migration sets ``atomic = False``. Other databases: a plain DROP INDEX.
+    """
+
+    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_forwards(app_label, schema_editor, from_state, to_state)
+        model = from_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            index = from_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
+            schema_editor.remove_index(model, index, concurrently=True)
+        return None
+
+    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        if schema_editor.connection.vendor != "postgresql":
+            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        model = to_state.apps.get_model(app_label, self.model_name)
+        if self.allow_migrate_model(schema_editor.connection.alias, model):
+            index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
+            schema_editor.add_index(model, index, concurrently=True)
+        return None

@@ -68,7 +68,12 @@ class TriggerStatus(models.TextChoices):
 class Trigger(models.Model):
     """When a workflow runs: a cron schedule in a time zone, a single time, or an interval."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="triggers")
+    # Beat rewrites a due trigger's row (next_run_at, which is indexed) at every slot, and each of
+    # the table's indexes gets a new entry then: the owner is served by trigger_unique_name_per_owner
+    # (it starts with it), and the rarely set keys below only by partial indexes (Meta.indexes).
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="triggers", db_index=False
+    )
     # PROTECT: a workflow's triggers are removed through trigger_delete, which also removes
     # their periodic tasks; a cascade would leave beat firing for triggers that are gone.
     workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="triggers")
@@ -108,7 +113,13 @@ class Trigger(models.Model):
     pause_reason = models.CharField(max_length=500, blank=True)
     paused_at = models.DateTimeField(null=True, blank=True)
     paused_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        db_index=False,
     )
     dst_policy = models.CharField(
         max_length=16,
@@ -200,6 +211,7 @@ class Trigger(models.Model):
         on_delete=models.SET_NULL,
         related_name="fallback_for",
         help_text="Run this workflow (same inputs) when an execution finally fails.",
+        db_index=False,
     )
     keep_succeeded = models.PositiveIntegerField(
         null=True, blank=True, help_text="Keep the last N succeeded executions. Blank: the setting's default."
@@ -268,6 +280,14 @@ class Trigger(models.Model):
             models.Index(fields=["name", "id"], name="trigger_name_id"),
             # The time zones in use (the admin's filter), one probe per zone (selectors.trigger_timezones).
             models.Index(fields=["timezone", "owner"], name="trigger_timezone_owner"),
+            # Mostly empty keys (for SET_NULL when a user or workflow goes): indexed where set only,
+            # so a trigger beat advances writes no entry in them.
+            models.Index(fields=["paused_by"], condition=Q(paused_by__isnull=False), name="trigger_paused_by"),
+            models.Index(
+                fields=["fallback_workflow"],
+                condition=Q(fallback_workflow__isnull=False),
+                name="trigger_fallback_workflow",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(fields=["owner", "name"], name="trigger_unique_name_per_owner"),
@@ -499,7 +519,13 @@ class Execution(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["status", "lease_expires_at"], name="execution_status_lease"),
+            # Recovery's look for stale leases, and the unfinished counts: the unfinished rows only, a
+            # small set however long the history, which finishing an execution leaves (no entry).
+            models.Index(
+                fields=["status", "lease_expires_at"],
+                condition=Q(status__in=["queued", "running", "retrying"]),
+                name="execution_unfinished_lease",
+            ),
             models.Index(fields=["trigger", "-scheduled_for"], name="execution_trigger_slot"),
             models.Index(fields=["workflow", "status"], name="execution_workflow_status"),
             # Retention keeps the newest N per (trigger, status): a range scan on this index.

@@ -499,6 +499,27 @@ def test_handoffs_prune__deletes_only_rows_no_lease_can_need(user, broker, setti
     assert dispatch.leases_recover(now=horizon).executions == 1
 
 
+@postgres_only
+def test_leases_recover__reads_the_unfinished_lease_index(user, broker):
+    """Recovery's looks (hand-offs to settle, stale leases) are served by the partial index over
+    unfinished executions, which finished ones (nearly all of a long history) are not in: a
+    filter that stopped implying its predicate would scan the whole table every second."""
+    workflow = WorkflowFactory(owner=user)
+    create(workflow)
+    dispatch.dispatch_due(now=at(13, 0, 1))
+    with CaptureQueriesContext(connection) as captured:
+        dispatch.leases_recover(now=at(13, 5))
+    looks = [q["sql"] for q in captured.captured_queries if '"lease_expires_at" <=' in q["sql"]]
+    assert len(looks) >= 3  # the settle, the stale look, the locked read
+    with connection.cursor() as cursor:
+        for kind in ("seqscan", "bitmapscan"):
+            cursor.execute(f"SET LOCAL enable_{kind} = off")
+        for sql in looks:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "execution_unfinished_lease" in plan, (sql, plan)
+
+
 def test_leases_recover__message_older_than_visibility_timeout_is_resent(workflow, broker, settings):
     """A sent message waiting longer than the broker's visibility timeout is taken as lost even with a backlog."""
     settings.CELERY_VISIBILITY_TIMEOUT_SECONDS = 600
