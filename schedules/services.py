@@ -15,9 +15,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
-from django.db.models import Count, F, Q
-from django.db.models.functions import Greatest
+from django.db import connection, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from workflows.models import Workflow, WorkflowRun
@@ -479,27 +478,78 @@ def trigger_backfill(
 _PRUNE_BATCH = 500
 
 
+_STATS_COUNTERS = ("total", "succeeded", "failed", "skipped", "duration_count", "duration_sum_ms")
+
+
 def _stats_add(trigger_id: int, workflow_id: int, delta: StatsDelta) -> None:
     """Add ``delta`` to the (trigger, workflow) stats row (call inside a transaction)."""
-    stats, _ = ExecutionStats.objects.get_or_create(trigger_id=trigger_id, workflow_id=workflow_id)
-    # The row lock serialises the histogram's read-modify-write (JSON has no portable atomic
-    # increment); the counters are F() expressions, so they stay exact even without it.
-    stats = ExecutionStats.objects.select_for_update().only("pk", "duration_histogram").get(pk=stats.pk)
-    changes: dict[str, Any] = {
-        name: F(name) + getattr(delta, name)
-        for name in ("total", "succeeded", "failed", "skipped", "duration_count", "duration_sum_ms")
-        if getattr(delta, name)
-    }
-    if delta.duration_count:
-        histogram = dict(stats.duration_histogram or {})
-        for key, count in delta.duration_histogram.items():
-            histogram[key] = histogram.get(key, 0) + count
-            if histogram[key] <= 0:  # (a negative delta: an execution taken back out, see stats_uncount)
-                del histogram[key]
-        changes.update(
-            duration_max_ms=Greatest(F("duration_max_ms"), delta.duration_max_ms), duration_histogram=histogram
+    _stats_add_many({(trigger_id, workflow_id): delta})
+
+
+def _stats_add_many(deltas: dict[tuple[int, int], StatsDelta]) -> None:
+    """Add each delta to its (trigger, workflow) stats row (call inside a transaction).
+
+    A fixed number of statements however many rows: the missing rows made in one INSERT (ON
+    CONFLICT DO NOTHING), all of them locked in one order and read in one SELECT ... FOR UPDATE
+    (the lock serialises the histogram's read-modify-write, and with it the counters'), and
+    written back in one UPDATE on PostgreSQL (``bulk_update`` elsewhere). One by one it was three
+    or four round trips per row: a fold after a burst of 10,000 triggers, each with its own row,
+    took about 25 s.
+    """
+    if not deltas:
+        return
+    keys = sorted(deltas)
+    ExecutionStats.objects.bulk_create(
+        [ExecutionStats(trigger_id=trigger_id, workflow_id=workflow_id) for trigger_id, workflow_id in keys],
+        ignore_conflicts=True,
+        batch_size=500,
+    )
+    locked = (
+        ExecutionStats.objects.select_for_update()
+        .filter(trigger_id__any=sorted({trigger_id for trigger_id, _ in keys}))
+        .order_by("trigger_id", "workflow_id")
+    )
+    now = timezone.now()
+    changed: list[ExecutionStats] = []
+    for stats in locked:
+        delta = deltas.get((stats.trigger_id, stats.workflow_id))
+        if delta is None:
+            continue  # (another workflow's row of the same trigger: locked, left as it is)
+        for name in _STATS_COUNTERS:
+            setattr(stats, name, getattr(stats, name) + getattr(delta, name))
+        if delta.duration_count:
+            histogram = dict(stats.duration_histogram or {})
+            for key, count in delta.duration_histogram.items():
+                histogram[key] = histogram.get(key, 0) + count
+                if histogram[key] <= 0:  # (a negative delta: an execution taken back out, see stats_uncount)
+                    del histogram[key]
+            stats.duration_histogram = histogram
+            stats.duration_max_ms = max(stats.duration_max_ms, delta.duration_max_ms)
+        stats.updated_at = now
+        changed.append(stats)
+    fields = [*_STATS_COUNTERS, "duration_max_ms", "duration_histogram", "updated_at"]
+    if connection.vendor != "postgresql":
+        ExecutionStats.objects.bulk_update(changed, fields, batch_size=200)
+        return
+    from psycopg.types.json import Jsonb
+
+    table = connection.ops.quote_name(ExecutionStats._meta.db_table)
+    columns = [ExecutionStats._meta.get_field(name).column for name in fields[:-1]]
+    types = ["bigint"] * len(_STATS_COUNTERS) + ["integer", "jsonb"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS s SET "  # noqa: S608 - the model's own table and column names
+            + ", ".join(f"{column} = v.{column}" for column in columns)
+            + ", updated_at = %s FROM unnest(%s::bigint[], "
+            + ", ".join(f"%s::{kind}[]" for kind in types)
+            + f") AS v(id, {', '.join(columns)}) WHERE s.id = v.id",
+            [
+                now,
+                [stats.pk for stats in changed],
+                *([getattr(stats, name) for stats in changed] for name in fields[: len(_STATS_COUNTERS) + 1]),
+                [Jsonb(stats.duration_histogram) for stats in changed],
+            ],
         )
-    ExecutionStats.objects.filter(pk=stats.pk).update(**changes, updated_at=timezone.now())
 
 
 @transaction.atomic
@@ -605,10 +655,8 @@ def _stats_fold_batch(limit: int) -> int:
     )
     if not rows:
         return 0
-    deltas = stats_deltas(row[1:] for row in rows)
     # Stats rows are locked in one order, so two folds never wait on each other in a circle.
-    for (trigger_id, workflow_id), delta in sorted(deltas.items()):
-        _stats_add(trigger_id, workflow_id, delta)
+    _stats_add_many(stats_deltas(row[1:] for row in rows))
     Execution.objects.filter(pk__in=[row[0] for row in rows]).update(counted=True)
     return len(rows)
 

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from schedules import selectors, services, tasks
@@ -136,6 +138,68 @@ def test_stats_record__keeps_workflows_apart_when_a_trigger_moves(trigger):
 
 
 # --- histogram ------------------------------------------------------------------------------------
+
+
+def _fold_queries(triggers) -> int:
+    """Finish executions of each trigger (two of the first, one each of the rest), fold them, and
+    return how many statements the fold took; every row must then be exact."""
+    expected = {}
+    for index, trigger in enumerate(triggers):
+        durations = [120, 4000] if index == 0 else [10 + index]
+        for n, duration in enumerate(durations):
+            status = ExecutionStatus.FAILED if (index + n) % 3 == 0 else ExecutionStatus.SUCCEEDED
+            _execution(trigger, at=_hours_ago(n + 1), status=status, duration_ms=duration)
+        expected[trigger.pk] = durations
+    with CaptureQueriesContext(connection) as captured:
+        assert services.stats_fold() == sum(map(len, expected.values()))
+    for trigger in triggers:
+        stats = ExecutionStats.objects.get(trigger=trigger)
+        durations = expected[trigger.pk]
+        assert (stats.total, stats.duration_count, stats.duration_sum_ms, stats.duration_max_ms) == (
+            len(durations),
+            len(durations),
+            sum(durations),
+            max(durations),
+        )
+        assert stats.succeeded + stats.failed == len(durations)
+        assert sum(stats.duration_histogram.values()) == len(durations)
+        assert set(stats.duration_histogram) == {duration_bucket(d) for d in durations}
+    return len(captured.captured_queries)
+
+
+def test_stats_fold__statements_do_not_grow_with_the_triggers(workflow):
+    """A fold writes every trigger's stats row in a fixed number of statements (rows made, locked
+    and read, written back), each exact; one by one it was three or four per trigger."""
+    few = _fold_queries(TriggerFactory.create_batch(2, workflow=workflow))
+    many = _fold_queries(TriggerFactory.create_batch(40, workflow=workflow))
+    assert many == few
+
+
+def test_stats_fold__adds_to_rows_that_exist_and_leaves_other_workflows_rows(trigger):
+    """A second fold adds to the counts and the histogram already there; the trigger's row for
+    the workflow it called before is locked with the others but left as it was."""
+    _recorded(trigger, at=_hours_ago(5), duration_ms=50)
+    old = trigger.workflow
+    trigger.workflow = WorkflowFactory(owner=trigger.owner)
+    trigger.save()
+    before = ExecutionStats.objects.get(trigger=trigger, workflow=old)
+    _execution(trigger, at=_hours_ago(3), duration_ms=50)
+    _execution(trigger, at=_hours_ago(2), duration_ms=70, status=ExecutionStatus.FAILED)
+    assert services.stats_fold() == 2
+    assert services.stats_fold() == 0
+    new = ExecutionStats.objects.get(trigger=trigger, workflow=trigger.workflow)
+    assert (new.total, new.succeeded, new.failed, new.duration_max_ms) == (2, 1, 1, 70)
+    assert new.duration_histogram == {duration_bucket(50): 1, duration_bucket(70): 1}
+    after = ExecutionStats.objects.get(trigger=trigger, workflow=old)
+    assert (after.total, after.duration_histogram, after.updated_at) == (
+        before.total,
+        before.duration_histogram,
+        before.updated_at,
+    )
+    _execution(trigger, at=_hours_ago(1), duration_ms=50)
+    assert services.stats_fold() == 1
+    new.refresh_from_db()
+    assert (new.total, new.duration_histogram) == (3, {duration_bucket(50): 2, duration_bucket(70): 1})
 
 
 def test_duration_bucket__inclusive_upper_bounds():
