@@ -749,9 +749,9 @@ class _Sender:
     """Publishes a burst's batches, and marks them sent, on a thread with its own broker and
     database connections while the caller writes the next batch.
 
-    A burst's time is about half database waits and half Python; the publish and the UPDATE that
-    marks a batch sent (an index entry per index for each row: the most expensive statement of a
-    burst) overlap the writing of the next batch instead of following it. One batch is sent while
+    A burst's time is about half database waits and half Python; the publish, the mark that the
+    batch was sent (its Handoff row) and the batch's PeriodicTask rows overlap the writing of the
+    next batch instead of following it. One batch is sent while
     the next is written, no more; after a refusal nothing more is sent, and the batch written
     meanwhile waits in the database like the refused one (for beat's next tick or recovery).
     Only on PostgreSQL, outside a transaction: another connection sees a batch only once it is
