@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factories import WorkflowFactory
-from tests.workflows.test_engine_runner import drive, output, path, sequence, start
+from tests.workflows.test_engine_runner import EXECUTION, drive, output, path, sequence, start
 from workflows.engine import runner
 from workflows.models import RunStatus, WorkflowRun
 
@@ -48,6 +48,34 @@ def test_run_workflow__waits_for_the_sub_run_and_reads_its_outputs(user):
         "steps": {"pick": {"output": {"region": "eu", "n": 7}}},
     }
     assert output(run, "use") == {"message": "eu"}
+
+
+def test_run_workflow__the_sub_run_reads_its_parents_execution_variables(user):
+    """A sub-workflow works for its parent's slot: ${execution.*} in the child are the parent's
+    (execution, trigger, slot), not empty."""
+    child_definition = sequence(
+        {
+            "id": "slot",
+            "action": "set",
+            "params": {
+                "values": {
+                    "at": "${execution.scheduled_for}",
+                    "execution": "${execution.execution_id}",
+                    "trigger": "${execution.trigger_id}",
+                }
+            },
+        }
+    )
+    child_workflow = WorkflowFactory(owner=user, endpoint_url="", definition=child_definition)
+    run = drive(start(parent_of(child_workflow, user), user=user))
+    child = drive(WorkflowRun.objects.get(workflow=child_workflow))
+    assert child.status == RunStatus.SUCCEEDED, child.error
+    assert output(child, "slot") == {
+        "at": EXECUTION["scheduled_for"],
+        "execution": EXECUTION["execution_id"],
+        "trigger": EXECUTION["trigger_id"],
+    }
+    assert run.context["execution"] == child.context["execution"]
 
 
 def test_run_workflow__a_failed_sub_run_fails_the_step(user):

@@ -502,10 +502,18 @@ def run_workflow(call: StepCall) -> Outcome:
         return failed(f"workflow {workflow_id} ({child.name}) is not active")
     if call.depth + 1 > MAX_SUB_WORKFLOW_DEPTH:
         return failed(f"sub-workflows nest deeper than {MAX_SUB_WORKFLOW_DEPTH} (does a workflow run itself?)")
+    # The sub-run works for the same slot: its ${execution.*} are its parent's (the execution, the
+    # trigger and the slot the parent run was started for, as far as the parent knows them).
+    slot = {
+        name: value
+        for name, value in (call.values.get("execution") or {}).items()
+        if name in ("execution_id", "scheduled_for", "trigger_id", "manual")
+    }
     run, _ = services.run_record(
         workflow=child,
         idempotency_key=f"{call.run_id}:{call.seq}:{call.step_id}",
         payload={
+            **slot,
             "inputs": {**child.default_inputs, **inputs},
             "parent_run_id": call.run_id,
             "parent_step": call.step_id,
