@@ -481,11 +481,6 @@ _PRUNE_BATCH = 500
 _STATS_COUNTERS = ("total", "succeeded", "failed", "skipped", "duration_count", "duration_sum_ms")
 
 
-def _stats_add(trigger_id: int, workflow_id: int, delta: StatsDelta) -> None:
-    """Add ``delta`` to the (trigger, workflow) stats row (call inside a transaction)."""
-    _stats_add_many({(trigger_id, workflow_id): delta})
-
-
 def _stats_add_many(deltas: dict[tuple[int, int], StatsDelta]) -> None:
     """Add each delta to its (trigger, workflow) stats row (call inside a transaction).
 
@@ -561,8 +556,7 @@ def stats_record(*, execution: Execution) -> None:
     if not Execution.objects.filter(pk=execution.pk, counted=False).update(counted=True):
         return
     rows = [(execution.trigger_id, execution.workflow_id, execution.status, execution.origin, execution.duration_ms)]
-    for (trigger_id, workflow_id), delta in stats_deltas(rows).items():
-        _stats_add(trigger_id, workflow_id, delta)
+    _stats_add_many(stats_deltas(rows))
 
 
 def _stats_uncount(execution: Execution) -> None:
@@ -573,15 +567,15 @@ def _stats_uncount(execution: Execution) -> None:
         return
     execution.counted = False
     rows = [(execution.trigger_id, execution.workflow_id, execution.status, execution.origin, execution.duration_ms)]
-    for (trigger_id, workflow_id), delta in stats_deltas(rows).items():
-        minus = StatsDelta(
-            **{
-                name: -getattr(delta, name)
-                for name in ("total", "succeeded", "failed", "skipped", "duration_count", "duration_sum_ms")
-            },
-            duration_histogram={key: -count for key, count in delta.duration_histogram.items()},
-        )
-        _stats_add(trigger_id, workflow_id, minus)
+    _stats_add_many(
+        {
+            key: StatsDelta(
+                **{name: -getattr(delta, name) for name in _STATS_COUNTERS},
+                duration_histogram={bucket: -count for bucket, count in delta.duration_histogram.items()},
+            )
+            for key, delta in stats_deltas(rows).items()
+        }
+    )
 
 
 def execution_reopen_for_run(*, run_id: str, now: datetime | None = None) -> Execution | None:
