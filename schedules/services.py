@@ -396,6 +396,7 @@ class BackfillReport:
 BACKFILL_OVERLAP = ("skip", "buffer_one", "buffer_all", "allow")
 
 
+@dispatch.retry_on_deadlock
 @transaction.atomic
 def trigger_backfill(
     *,
@@ -427,7 +428,9 @@ def trigger_backfill(
         raise ValidationError(errors)
     if not trigger.workflow.is_active:
         raise TriggerStateError(f"workflow {trigger.workflow.name!r} is not active.", field="workflow")
-    trigger = Trigger.objects.select_for_update().select_related("workflow").get(pk=trigger.pk)
+    # Only the trigger's row (OF self): with select_related, FOR UPDATE locked its workflow too,
+    # and a stats fold inserting a row that references that workflow deadlocked with it.
+    trigger = Trigger.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=trigger.pk)
     cadence = trigger.cadence
     slots = timing.slots_between(cadence, start - timedelta(microseconds=1), end, limit=limit + 1)
     if len(slots) > limit:

@@ -49,13 +49,13 @@ def create(workflow, **overrides) -> Trigger:
 
 
 @contextlib.contextmanager
-def trigger_held(trigger_id: int):
-    """While the block runs, another connection's transaction holds the trigger's row (FOR UPDATE)."""
+def row_held(sql: str, params: list):
+    """While the block runs, another connection's transaction holds the row lock ``sql`` takes."""
     holding, release = threading.Event(), threading.Event()
 
     def hold():
-        with transaction.atomic():
-            Trigger.objects.select_for_update().get(pk=trigger_id)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, params)
             holding.set()
             release.wait(10)
         connection.close()
@@ -68,6 +68,11 @@ def trigger_held(trigger_id: int):
     finally:
         release.set()
         holder.join()
+
+
+def trigger_held(trigger_id: int):
+    """While the block runs, another connection's transaction holds the trigger's row (FOR UPDATE)."""
+    return row_held('SELECT 1 FROM "schedules_trigger" WHERE "id" = %s FOR UPDATE', [trigger_id])
 
 
 class Broker:
@@ -855,6 +860,27 @@ def test_execution_claim__does_not_lock_the_trigger_row(broker):
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("SET lock_timeout = 0")
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_trigger_backfill__does_not_lock_the_workflow_row(broker):
+    """Backfill locks only its trigger: it completes while another transaction holds the workflow's
+    row FOR KEY SHARE, as inserting any row that references the workflow does (a stats fold's new
+    row). Before, select_related + FOR UPDATE locked the workflow too, and a fold deadlocked with
+    a backfill (seen in CI: the backfill API answered 500)."""
+    workflow = WorkflowFactory(owner=UserFactory())
+    trigger = create(workflow)
+    with row_held('SELECT 1 FROM "workflows_workflow" WHERE "id" = %s FOR KEY SHARE', [workflow.pk]):
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")
+        try:
+            report = services.trigger_backfill(trigger=trigger, start=at(12, 30), end=at(14), now=at(14, 30))
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = 0")
+    assert (report.created, report.existing) == (2, 0)
+    assert sorted(Execution.objects.values_list("scheduled_for", flat=True)) == [at(13), at(14)]
 
 
 @postgres_only
