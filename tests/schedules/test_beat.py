@@ -253,6 +253,24 @@ def test_trigger_scheduler__one_lease_holder_sends_periodic_tasks(db, make_sched
     assert second._holds_lease() is True
 
 
+def test_trigger_scheduler__asks_for_the_lease_on_any_tick_half_a_second_after_the_last_ask(
+    db, make_scheduler, monkeypatch
+):
+    """Ticks come up to a second apart: a beat that only asked once a full second had passed asked
+    every 1-2 s, so a standby took a dead holder's lease up to 5 s after it died. It asks on the
+    first tick at least half a second after its last ask, so asks are at most ~1 s apart."""
+    asks = []
+    monkeypatch.setattr(beat, "lease_acquire", lambda **kwargs: asks.append(kwargs["holder"]) or False)
+    clock = [1000.0]
+    monkeypatch.setattr(beat.time, "monotonic", lambda: clock[0])
+    scheduler = make_scheduler()
+    assert scheduler._holds_lease() is False and len(asks) == 1
+    clock[0] += 0.3
+    assert scheduler._holds_lease() is False and len(asks) == 1
+    clock[0] += 0.6  # a tick 0.9 s after the ask
+    assert scheduler._holds_lease() is False and len(asks) == 2
+
+
 def test_lease_acquire__expired_lease_is_taken_over(db):
     """A holder that stopped renewing loses the lease once it expires, not before."""
     now = timezone.now()
